@@ -1,0 +1,32 @@
+//! What bootseer's three filesystems (`fs-image`, `fs-deps`, `fs-ckpt`) stand on.
+//!
+//! Data flows in one direction, and each part only knows the one below it:
+//!
+//! ```text
+//!   FUSE adapter (per filesystem) ──► filesystem logic ──► cache::BlockCache ──► store::Store
+//!                                          │                     ▲
+//!                                          └─► trace::Recorder   └── trace::ReplayPlan (prefetch)
+//! ```
+//!
+//! - [`store`]: one narrow async trait for immutable, addressable bytes, with a local directory,
+//!   an OCI registry and HDFS behind it, and one wrapper that owns timeouts and retries.
+//! - [`cache`]: fixed-size blocks keyed by (blob, index); memory tier over a persistent disk tier,
+//!   single-flight misses, priorities (on-demand > replay > background), digest verification.
+//! - [`trace`]: the first access of each block after a mount, recorded off the request path, and
+//!   the replay planner that turns a stored trace into coalesced prefetch requests.
+//! - [`telemetry`], [`metrics`], [`errno`], [`mount`]: logging, counter names, one error-to-errno
+//!   mapping and the fuser mount plumbing every binary shares.
+//! - [`testing`] (feature `test-support`): in-memory store doubles and the guards that start the
+//!   real components tests run against (MiniDFS, docker-registry, FUSE mounts).
+
+pub mod cache;
+pub mod digest;
+pub mod errno;
+pub mod metrics;
+pub mod mount;
+pub mod store;
+pub mod telemetry;
+pub mod trace;
+
+#[cfg(feature = "test-support")]
+pub mod testing;

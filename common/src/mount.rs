@@ -1,0 +1,1 @@
+//! FUSE mount plumbing shared by the three binaries. (Being written.)

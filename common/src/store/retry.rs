@@ -1,0 +1,133 @@
+//! [`RetryStore`]: the one place where store timeouts and retries live.
+//!
+//! Every call gets a per-attempt timeout; retryable failures ([`StoreError::is_retryable`]) are
+//! tried again after an exponential backoff with full jitter, up to `max_attempts` attempts and
+//! never past `total_deadline` from the first attempt. The last error is returned as it was, so
+//! callers see why the final attempt failed.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{DynStore, ObjectMeta, Store, StoreError, StoreResult};
+use crate::metrics as m;
+
+/// Timeouts and retry policy for one store.
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Deadline of one attempt of one operation.
+    pub op_timeout: Duration,
+    /// Attempts per operation, the first included (1 = no retries).
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubles per retry up to `max_backoff`.
+    pub base_backoff: Duration,
+    /// Upper bound of one backoff.
+    pub max_backoff: Duration,
+    /// No new attempt starts later than this after the first one began.
+    pub total_deadline: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        // 30 s per attempt covers a multi-MiB range on a slow link; five attempts ride out a
+        // registry or DataNode restart; two minutes bound what a FUSE reader can wait.
+        Self {
+            op_timeout: Duration::from_secs(30),
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            total_deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The backoff before retry number `retry` (1-based): full jitter over an exponential cap.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let cap = self
+            .base_backoff
+            .saturating_mul(1u32.checked_shl(retry.saturating_sub(1).min(20)).unwrap_or(u32::MAX))
+            .min(self.max_backoff);
+        cap.mul_f64(fastrand::f64())
+    }
+}
+
+/// Wraps a store with per-attempt timeouts and bounded retries.
+#[derive(Debug)]
+pub struct RetryStore {
+    inner: DynStore,
+    config: RetryConfig,
+}
+
+impl RetryStore {
+    /// Wraps `inner` with `config`.
+    pub fn new(inner: DynStore, config: RetryConfig) -> Self {
+        Self { inner, config }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &DynStore {
+        &self.inner
+    }
+
+    async fn run<T, F, Fut>(&self, op: &'static str, key: &str, mut attempt: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let started = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let result = match tokio::time::timeout(self.config.op_timeout, attempt()).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout {
+                    op,
+                    key: key.to_string(),
+                    after: self.config.op_timeout,
+                }),
+            };
+            let err = match result {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            let backoff = self.config.backoff(tries);
+            let out_of_time = started.elapsed() + backoff >= self.config.total_deadline;
+            if !err.is_retryable() || tries >= self.config.max_attempts || out_of_time {
+                ::metrics::counter!(m::STORE_ERRORS, "op" => op).increment(1);
+                tracing::debug!(op, key, tries, error = %err, "store operation failed");
+                return Err(err);
+            }
+            ::metrics::counter!(m::STORE_RETRIES, "op" => op).increment(1);
+            tracing::debug!(op, key, tries, ?backoff, error = %err, "retrying store operation");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RetryStore {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    async fn stat(&self, key: &str) -> StoreResult<ObjectMeta> {
+        self.run("stat", key, || self.inner.stat(key)).await
+    }
+
+    async fn read_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
+        let bytes = self.run("read_range", key, || self.inner.read_range(key, range.clone())).await?;
+        ::metrics::counter!(m::STORE_READ_BYTES).increment(bytes.len() as u64);
+        Ok(bytes)
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
+        self.run("put", key, || self.inner.put(key, data.clone())).await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.run("list", prefix, || self.inner.list(prefix)).await
+    }
+}
