@@ -32,3 +32,16 @@ impl ToErrno for std::io::Error {
         self.raw_os_error().unwrap_or(libc::EIO)
     }
 }
+
+/// The one way an error becomes a FUSE reply: logs it, counts it under `op`, and returns the
+/// errno to reply with. `ENOENT` from lookups is routine and logged at trace level only.
+pub fn fuse_error<E: ToErrno + std::fmt::Display>(op: &'static str, err: &E) -> fuser::Errno {
+    let errno = err.errno();
+    if errno == libc::ENOENT {
+        tracing::trace!(op, error = %err, "fuse op failed");
+    } else {
+        ::metrics::counter!(crate::metrics::FUSE_ERRORS, "op" => op).increment(1);
+        tracing::warn!(op, errno, error = %err, "fuse op failed");
+    }
+    fuser::Errno::from_i32(errno)
+}

@@ -1,1 +1,403 @@
-//! FUSE mount plumbing shared by the three binaries. (Being written.)
+//! FUSE mount plumbing shared by the three binaries.
+//!
+//! - [`MountConfig`] → [`MountConfig::fuser_config`]: read-only, fsname/subtype, threads with
+//!   cloned fds, `allow_other`, `auto_unmount` when `fusermount3` exists (a killed daemon then
+//!   leaves no stuck mount).
+//! - [`MountConfig::kernel_init`]: called from each filesystem's `init`; raises
+//!   `max_background` (the kernel's default of 12 serializes prefetch-heavy readers) and asks
+//!   for the largest read-ahead the kernel allows at init.
+//! - [`raise_read_ahead`]: read-ahead can only be *lowered* at FUSE init; raising it past the
+//!   kernel's default means writing `/sys/class/bdi/<major>:<minor>/read_ahead_kb` as root after
+//!   the mount is up.
+//! - [`MountArgs::parse_helper`]: the `mount -t fuse.NAME SOURCE DIR -o k=v,…` calling form.
+//! - [`daemonize`]: forks before any thread exists; the parent returns only once the child says
+//!   the mount is ready (exit 0) or failed (its message, exit 1), as `mount(8)` expects.
+//! - [`serve`]: keeps a mounted session until SIGTERM/SIGINT (then unmounts cleanly) or until
+//!   someone else unmounts it.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fuser::{Config, KernelConfig, MountOption, SessionACL};
+
+/// How a bootseer filesystem is mounted.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Name shown as the mount's source in /proc/mounts.
+    pub fsname: String,
+    /// Filesystem subtype (`fuse.<subtype>` in /proc/mounts).
+    pub subtype: String,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Give each worker thread its own /dev/fuse fd (Linux 4.5+).
+    pub clone_fd: bool,
+    /// Let users other than the mounter read the tree (needed by containers running as others).
+    pub allow_other: bool,
+    /// Have `fusermount3` unmount when the daemon dies (used when it is installed).
+    pub auto_unmount: bool,
+    /// Honour device nodes and setuid bits (root images run from a chroot need both).
+    pub dev_suid: bool,
+    /// Pending background requests the kernel may queue (readahead, async reads).
+    pub max_background: u16,
+    /// Read-ahead to set through sysfs after mount, in KiB (0: leave the kernel's).
+    pub read_ahead_kb: u32,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        Self {
+            fsname: "bootseer".into(),
+            subtype: "bootseer".into(),
+            // Two cores serve CI; production hosts have many. 8 threads keep several cold
+            // reads in flight without per-thread buffers adding up (each holds 1 MiB+).
+            threads: 8,
+            clone_fd: true,
+            allow_other: true,
+            auto_unmount: true,
+            dev_suid: false,
+            // DESIGN: ≥ 64 so read-ahead and parallel readers are not throttled by the kernel.
+            max_background: 64,
+            // 4 MiB of read-ahead turns sequential 128 KiB FUSE reads into few large ones.
+            read_ahead_kb: 4096,
+        }
+    }
+}
+
+/// Whether `fusermount3` is on the PATH (required for `auto_unmount`).
+pub fn have_fusermount3() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("fusermount3").is_file())
+    })
+}
+
+impl MountConfig {
+    /// The fuser session configuration for this mount.
+    pub fn fuser_config(&self) -> Config {
+        let mut options = vec![
+            MountOption::RO,
+            MountOption::FSName(self.fsname.clone()),
+            MountOption::Subtype(self.subtype.clone()),
+            MountOption::NoAtime,
+            MountOption::DefaultPermissions,
+        ];
+        if self.dev_suid {
+            options.extend([MountOption::Dev, MountOption::Suid]);
+        } else {
+            options.extend([MountOption::NoDev, MountOption::NoSuid]);
+        }
+        let auto_unmount = self.auto_unmount && have_fusermount3();
+        if auto_unmount {
+            options.push(MountOption::AutoUnmount);
+        }
+        let mut config = Config::default();
+        config.mount_options = options;
+        config.acl = if self.allow_other {
+            SessionACL::All
+        } else if auto_unmount {
+            // auto_unmount needs allow_root or allow_other (fusermount's rule).
+            SessionACL::RootAndOwner
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(self.threads.max(1));
+        config.clone_fd = self.clone_fd && self.threads > 1;
+        config
+    }
+
+    /// Applies the kernel-side settings; call from `Filesystem::init`.
+    pub fn kernel_init(&self, kernel: &mut KernelConfig) {
+        if let Err(max) = kernel.set_max_background(self.max_background) {
+            let _ = kernel.set_max_background(max);
+        }
+        // The kernel only lets init lower read-ahead; ask for the most it allows here and raise
+        // it further through sysfs once mounted.
+        if let Err(max) = kernel.set_max_readahead(u32::MAX) {
+            let _ = kernel.set_max_readahead(max);
+        }
+    }
+}
+
+/// Sets the read-ahead of the FUSE mount at `mountpoint` through its backing-device entry in
+/// sysfs. Needs root; returns the path written.
+pub fn raise_read_ahead(mountpoint: &Path, kb: u32) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let path = PathBuf::from(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"));
+    std::fs::write(&path, kb.to_string())?;
+    Ok(path)
+}
+
+/// The read-ahead (KiB) the kernel uses for the mount at `mountpoint`.
+pub fn read_ahead_kb(mountpoint: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    std::fs::read_to_string(path)?
+        .trim()
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Whether `path` is a mount point listed in /proc/self/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canonical) = path.canonicalize().or_else(|_| Ok::<_, ()>(path.to_path_buf())) else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|line| {
+            line.split(' ').nth(1).is_some_and(|p| Path::new(&unescape_mount_path(p)) == canonical)
+        })
+    })
+}
+
+fn unescape_mount_path(p: &str) -> String {
+    // /proc/mounts escapes space, tab, newline and backslash as \ooo octal.
+    let bytes = p.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How [`unmount`] got a mount off its mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// Gone; the FUSE session's threads end now.
+    Fully,
+    /// Detached while busy (`MNT_DETACH`): the kernel keeps the filesystem until its last open
+    /// file closes, and the session's threads wait until then.
+    Lazily,
+}
+
+/// Unmounts `path`: a plain unmount first, a lazy one (`MNT_DETACH`) if it is busy, and
+/// `fusermount3 -u -z` when not root.
+pub fn unmount(path: &Path) -> std::io::Result<Unmounted> {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(path, MntFlags::empty()) {
+        Ok(()) => Ok(Unmounted::Fully),
+        Err(nix::errno::Errno::EBUSY) => {
+            umount2(path, MntFlags::MNT_DETACH).map(|()| Unmounted::Lazily).map_err(Into::into)
+        }
+        Err(e) => {
+            let status =
+                std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(path).status();
+            match status {
+                Ok(s) if s.success() => Ok(Unmounted::Lazily),
+                _ => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Arguments in the mount-helper form `BINARY SOURCE MOUNTPOINT [-o opt[,opt…]]`, which is how
+/// `mount -t fuse.NAME` (through `mount.fuse3`) and systemd `.mount` units call a binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountArgs {
+    /// What to mount (a store reference).
+    pub source: String,
+    /// Where.
+    pub mountpoint: PathBuf,
+    /// `-o` options in order: `key=value` or bare `flag` (value empty).
+    pub options: Vec<(String, String)>,
+}
+
+impl MountArgs {
+    /// Parses the helper form; `None` if `args` (without the program name) are not in it.
+    pub fn parse_helper(args: &[OsString]) -> Option<Self> {
+        let mut positional = Vec::new();
+        let mut options = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let arg = arg.to_str()?;
+            if arg == "-o" {
+                options.extend(split_options(it.next()?.to_str()?));
+            } else if let Some(rest) = arg.strip_prefix("-o") {
+                options.extend(split_options(rest));
+            } else if arg.starts_with('-') {
+                // Flags mount(8) may pass (-n, -s, -v): accepted and ignored.
+                continue;
+            } else {
+                positional.push(arg.to_string());
+            }
+        }
+        let [source, mountpoint] = <[String; 2]>::try_from(positional).ok()?;
+        Some(Self { source, mountpoint: mountpoint.into(), options })
+    }
+
+    /// The value of option `key`, if given.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+fn split_options(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter(|o| !o.is_empty())
+        .map(|o| match o.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (o.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// How the daemon child tells its waiting parent the mount is ready (or why it is not).
+#[derive(Debug)]
+pub struct Ready {
+    pipe: Option<std::fs::File>,
+}
+
+impl Ready {
+    /// A notifier that tells nobody (foreground mode).
+    pub fn foreground() -> Self {
+        Self { pipe: None }
+    }
+
+    /// The mount is up: the parent exits 0.
+    pub fn ready(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(b"OK\n");
+        }
+    }
+
+    /// The mount failed: the parent prints `message` and exits 1.
+    pub fn failed(&mut self, message: &str) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(format!("ERR {message}\n").as_bytes());
+        }
+    }
+}
+
+/// Forks into the background. Call before any thread or runtime exists.
+///
+/// In the parent this never returns: it waits for the child's [`Ready`] message and exits 0, or
+/// prints the child's error and exits 1. In the child it returns the notifier, after `setsid`,
+/// with stdin and stdout on /dev/null and stderr on `log` (or /dev/null).
+pub fn daemonize(log: Option<&Path>) -> std::io::Result<Ready> {
+    let (read, write) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+    // SAFETY: called before any other thread exists (documented precondition), so the child
+    // has a consistent copy of the address space and may run arbitrary code.
+    match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write);
+            let mut reply = String::new();
+            let _ = std::fs::File::from(read).read_to_string(&mut reply);
+            match reply.lines().next() {
+                Some("OK") => std::process::exit(0),
+                Some(line) => {
+                    eprintln!("{}", line.strip_prefix("ERR ").unwrap_or(line));
+                    std::process::exit(1)
+                }
+                None => {
+                    eprintln!("the mount daemon exited before the mount was ready");
+                    std::process::exit(1)
+                }
+            }
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read);
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            let err: OwnedFd = match log {
+                Some(path) => {
+                    std::fs::OpenOptions::new().create(true).append(true).open(path)?.into()
+                }
+                None => null.try_clone()?.into(),
+            };
+            for (fd, target) in [(null.as_raw_fd(), 0), (null.as_raw_fd(), 1), (err.as_raw_fd(), 2)]
+            {
+                // SAFETY: dup2 on fds we own onto the standard descriptors; no Rust object
+                // owns 0–2 in a way that a replaced descriptor could break.
+                if unsafe { libc::dup2(fd, target) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // SAFETY: `write` is an open fd we own; the File takes over closing it.
+            let pipe =
+                unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(write)) };
+            Ok(Ready { pipe: Some(pipe) })
+        }
+    }
+}
+
+/// Keeps `session` mounted at `mountpoint` until SIGTERM or SIGINT (then unmounts and joins) or
+/// until the mount goes away by other means (`umount`, `fusermount3 -u`).
+pub fn serve(session: fuser::BackgroundSession, mountpoint: &Path) -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    // Blocked in this thread only; a watcher thread waits for them synchronously.
+    signals.thread_block().map_err(std::io::Error::from)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watcher_signals = signals;
+    std::thread::Builder::new().name("bootseer-signals".into()).spawn(move || {
+        let mask = watcher_signals;
+        let _ = mask.thread_block();
+        if let Ok(sig) = mask.wait() {
+            let _ = tx.send(sig);
+        }
+    })?;
+    loop {
+        if session.guard.is_finished() {
+            tracing::info!(mountpoint = %mountpoint.display(), "unmounted externally");
+            return session.join();
+        }
+        if let Ok(sig) = rx.recv_timeout(Duration::from_millis(200)) {
+            tracing::info!(?sig, mountpoint = %mountpoint.display(), "unmounting");
+            // Our own unmount, not fuser's: with auto_unmount, fuser leaves the kernel mount to
+            // fusermount3 and its worker threads would wait on /dev/fuse forever.
+            if unmount(mountpoint)? == Unmounted::Lazily {
+                tracing::warn!(mountpoint = %mountpoint.display(), "busy: detached lazily");
+            }
+            return session.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<OsString> {
+        s.split(' ').map(OsString::from).collect()
+    }
+
+    #[test]
+    fn helper_form_parses() {
+        let a =
+            MountArgs::parse_helper(&args("file:///s/img:v1 /mnt -o ro,cache_dir=/c,trace=auto"))
+                .expect("helper form");
+        assert_eq!(a.source, "file:///s/img:v1");
+        assert_eq!(a.mountpoint, PathBuf::from("/mnt"));
+        assert_eq!(a.option("cache_dir"), Some("/c"));
+        assert_eq!(a.option("ro"), Some(""));
+        assert_eq!(a.option("nope"), None);
+        assert!(MountArgs::parse_helper(&args("only-one")).is_none());
+        assert!(MountArgs::parse_helper(&args("a b c")).is_none());
+        let b = MountArgs::parse_helper(&args("src /m -n -oro")).expect("compact -o");
+        assert_eq!(b.options, vec![("ro".to_string(), String::new())]);
+    }
+
+    #[test]
+    fn mount_paths_unescape() {
+        assert_eq!(unescape_mount_path(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mount_path(r"/plain"), "/plain");
+        assert_eq!(unescape_mount_path(r"/end\04"), r"/end\04");
+    }
+}

@@ -12,8 +12,8 @@ pub const LOG_ENV: &str = "BOOTSEER_LOG";
 pub fn init(default_filter: &str) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let filter = EnvFilter::try_from_env(LOG_ENV)
-            .unwrap_or_else(|_| EnvFilter::new(default_filter));
+        let filter =
+            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
         let _ = tracing_log::LogTracer::init();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)

@@ -118,7 +118,8 @@ impl Store for RetryStore {
     }
 
     async fn read_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
-        let bytes = self.run("read_range", key, || self.inner.read_range(key, range.clone())).await?;
+        let bytes =
+            self.run("read_range", key, || self.inner.read_range(key, range.clone())).await?;
         ::metrics::counter!(m::STORE_READ_BYTES).increment(bytes.len() as u64);
         Ok(bytes)
     }

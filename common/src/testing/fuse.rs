@@ -1,1 +1,82 @@
-//! (Being written.)
+//! [`MountGuard`]: a test mount that cannot outlive its test. `Drop` unmounts (lazily if the
+//! mount is busy) and joins the session thread, so a failed assertion never leaves a stale mount.
+//! Test bodies touch the mount only through `std::fs`, as users do.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::mount::{MountConfig, Unmounted, is_mounted, unmount};
+
+/// A mounted filesystem, unmounted on drop.
+#[derive(Debug)]
+pub struct MountGuard {
+    mountpoint: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl MountGuard {
+    /// Mounts `fs` on a fresh temporary directory. Fails (for [`super::require_real`]) when
+    /// /dev/fuse is missing or the mount is refused.
+    pub fn mount<FS: fuser::Filesystem + Send + 'static>(
+        fs: FS,
+        config: &MountConfig,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bootseer-mnt-").tempdir()?;
+        let mut guard = Self::mount_at(fs, dir.path(), config)?;
+        guard._dir = Some(dir);
+        Ok(guard)
+    }
+
+    /// Mounts `fs` at `mountpoint` (an existing directory).
+    pub fn mount_at<FS: fuser::Filesystem + Send + 'static>(
+        fs: FS,
+        mountpoint: &Path,
+        config: &MountConfig,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(Path::new("/dev/fuse").exists(), "/dev/fuse does not exist");
+        let session = fuser::spawn_mount(fs, mountpoint, &config.fuser_config())
+            .with_context(|| format!("mounting FUSE at {}", mountpoint.display()))?;
+        let guard =
+            Self { mountpoint: mountpoint.to_path_buf(), session: Some(session), _dir: None };
+        // The mount is ready once the kernel lists it and the root answers.
+        for _ in 0..200 {
+            if is_mounted(&guard.mountpoint) && std::fs::metadata(&guard.mountpoint).is_ok() {
+                return Ok(guard);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        anyhow::bail!("{} did not become a mount within 2 s", mountpoint.display())
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        // Unmount first, then join: with auto_unmount, fuser's own unmount only hands the mount to
+        // fusermount3's watcher, and its worker threads stay blocked on /dev/fuse until the
+        // kernel tears the mount down.
+        let mut lazily = false;
+        if is_mounted(&self.mountpoint) {
+            match unmount(&self.mountpoint) {
+                Ok(how) => lazily = how == Unmounted::Lazily,
+                Err(e) => eprintln!("unmount of {} failed: {e}", self.mountpoint.display()),
+            }
+        }
+        if lazily {
+            // Something still holds a file open: joining now would wait for it forever.
+            eprintln!("{} was busy and is detached lazily", self.mountpoint.display());
+            return;
+        }
+        if let Some(session) = self.session.take()
+            && let Err(e) = session.join()
+        {
+            eprintln!("FUSE session at {} ended with {e}", self.mountpoint.display());
+        }
+    }
+}

@@ -25,7 +25,9 @@ pub fn require_real<T>(component: &str, started: anyhow::Result<T>) -> Option<T>
         Ok(value) => Some(value),
         Err(err) => {
             if std::env::var(REQUIRE_REAL_ENV).is_ok_and(|v| v == "1") {
-                panic!("{component} is required ({REQUIRE_REAL_ENV}=1) but could not start: {err:#}");
+                panic!(
+                    "{component} is required ({REQUIRE_REAL_ENV}=1) but could not start: {err:#}"
+                );
             }
             eprintln!("SKIPPED: {component} could not start: {err:#}");
             None

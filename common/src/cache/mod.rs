@@ -1,0 +1,701 @@
+//! The block cache every bootseer filesystem reads through.
+//!
+//! Blocks are keyed by (blob id, block index); a [`BlockSource`] says how a blob's blocks are
+//! fetched and what digest each must have. A lookup goes:
+//!
+//! ```text
+//!   get(source, i, priority)
+//!     ├─ memory tier (LRU, hard byte budget)          → hit
+//!     ├─ flight for (blob, i) already queued/running  → wait for it (a queued prefetch is
+//!     │                                                  promoted: fetched now, not in turn)
+//!     └─ new flight → task: disk tier (verified) or source.fetch → verify → memory + disk
+//!   prefetch(source, blocks, Replay | Background)
+//!     └─ flights registered as *queued* → prefetch queue (Replay before Background, FIFO)
+//!        → `prefetch_concurrency` workers claim what is still queued and fill it in runs
+//! ```
+//!
+//! Invariants:
+//! - Single-flight: while a flight for a block exists, no second fetch of it starts. A flight is
+//!   removed only after its block is in the memory tier (or it failed), and lookups that miss the
+//!   memory tier re-check it under the flights lock, so no window lets two fetches race.
+//! - On-demand reads never wait behind queued prefetch: they either join a running fetch or
+//!   start their own. Prefetch holds at most `prefetch_concurrency` fetches at once.
+//! - Nothing unverified is served: every fetched block and every disk load is checked against
+//!   [`BlockSource::block_digest`]; a mismatch is [`CacheError::Corrupt`] and is never cached.
+//! - Every flight is completed exactly once, even if its task is dropped or panics (a guard
+//!   completes leftovers with [`CacheError::Abandoned`]), so no reader waits forever.
+//!
+//! Lock order: `flights` → `mem`. The disk tier's own lock is never held with either.
+//! The memory budget counts block lengths; a block that is a slice of a larger fetched run keeps
+//! that run's buffer alive until all its slices are dropped, so runs are kept short (sources cap
+//! them; prefetch requests name at most a few blocks).
+
+pub mod disk;
+pub mod source;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+use lru::LruCache;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, watch};
+
+pub use self::disk::DiskTier;
+pub use self::source::{BlockSource, DynSource, StoreBlocks};
+use crate::digest::Digest;
+use crate::errno::ToErrno;
+use crate::metrics as m;
+use crate::store::StoreError;
+
+/// Who is waiting for a block. Lower is more urgent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// A reader is blocked on it.
+    OnDemand,
+    /// A trace says the job will read it soon.
+    Replay,
+    /// Opportunistic fill.
+    Background,
+}
+
+impl Priority {
+    fn label(self) -> &'static str {
+        match self {
+            Priority::OnDemand => "demand",
+            Priority::Replay => "replay",
+            Priority::Background => "background",
+        }
+    }
+}
+
+/// Why a block could not be served. Cloneable: one failed fetch answers every waiter.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// The store failed (after its retries).
+    #[error("block {block} of {blob}: {source}")]
+    Fetch { blob: String, block: u64, source: Arc<StoreError> },
+    /// The bytes do not have the block's digest.
+    #[error("block {block} of {blob}: digest mismatch: got {actual}, expected {expected}")]
+    Corrupt { blob: String, block: u64, expected: Digest, actual: Digest },
+    /// The source got bytes it cannot make a block of (wrong length, bad compression).
+    #[error("block {block} of {blob}: {message}")]
+    Malformed { blob: String, block: u64, message: String },
+    /// The block index is past the blob's end.
+    #[error("block {block} of {blob}: out of range, the blob has {count} blocks")]
+    OutOfRange { blob: String, block: u64, count: u64 },
+    /// The fetch was dropped before it finished (runtime shutting down).
+    #[error("block {block} of {blob}: fetch abandoned")]
+    Abandoned { blob: String, block: u64 },
+    /// The cache directory could not be opened.
+    #[error("cache directory {path}: {source}")]
+    Setup { path: String, source: Arc<std::io::Error> },
+}
+
+impl ToErrno for CacheError {
+    fn errno(&self) -> i32 {
+        match self {
+            CacheError::Fetch { source, .. } => match source.errno() {
+                // A blob the metadata names but the store lacks is an I/O failure, not ENOENT.
+                libc::ENOENT => libc::EIO,
+                errno => errno,
+            },
+            CacheError::Corrupt { .. } => libc::EIO,
+            CacheError::Malformed { .. } => libc::EIO,
+            CacheError::OutOfRange { .. } => libc::EINVAL,
+            CacheError::Abandoned { .. } => libc::EIO,
+            CacheError::Setup { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+/// Sizes and concurrency of a [`BlockCache`].
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Bytes of blocks the memory tier may hold.
+    pub memory_bytes: u64,
+    /// Directory of the persistent disk tier; `None` keeps blocks in memory only.
+    pub disk_dir: Option<PathBuf>,
+    /// Bytes the disk tier may hold, headers included.
+    pub disk_bytes: u64,
+    /// Prefetch fetches in flight at once (on-demand fetches are not limited by this).
+    pub prefetch_concurrency: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            // 512 MiB holds a typical start's hot set (LESSONS: 15–100 MB of multi-GB images)
+            // several times over without growing daemons into GBs.
+            memory_bytes: 512 << 20,
+            disk_dir: None,
+            disk_bytes: 10 << 30,
+            // Four runs of up to a few MiB each keep a 1–10 Gbit/s link busy without crowding
+            // out on-demand reads.
+            prefetch_concurrency: 4,
+        }
+    }
+}
+
+/// Counters of one cache, readable at any time for a mount's summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Lookups answered from memory.
+    pub hits_memory: u64,
+    /// Lookups answered from disk.
+    pub hits_disk: u64,
+    /// Lookups that joined a fetch already under way.
+    pub joined: u64,
+    /// Queued prefetches an on-demand read pulled forward.
+    pub promoted: u64,
+    /// Blocks fetched from a source, by priority.
+    pub fetched_demand: u64,
+    /// See `fetched_demand`.
+    pub fetched_replay: u64,
+    /// See `fetched_demand`.
+    pub fetched_background: u64,
+    /// Bytes fetched from a source, by priority.
+    pub bytes_demand: u64,
+    /// See `bytes_demand`.
+    pub bytes_replay: u64,
+    /// See `bytes_demand`.
+    pub bytes_background: u64,
+    /// Source fetch calls (one call may bring several blocks).
+    pub fetch_calls: u64,
+    /// Blocks that failed to fetch.
+    pub fetch_errors: u64,
+    /// Blocks rejected by verification (fetched or on disk).
+    pub corrupt: u64,
+    /// Bytes now in the memory tier.
+    pub memory_bytes: u64,
+    /// Bytes now in the disk tier.
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits_memory: AtomicU64,
+    hits_disk: AtomicU64,
+    joined: AtomicU64,
+    promoted: AtomicU64,
+    fetched: [AtomicU64; 3],
+    bytes: [AtomicU64; 3],
+    fetch_calls: AtomicU64,
+    fetch_errors: AtomicU64,
+    corrupt: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BlockKey {
+    blob: Arc<str>,
+    index: u64,
+}
+
+type Outcome = Option<Result<Bytes, CacheError>>;
+
+#[derive(Debug)]
+struct Flight {
+    tx: watch::Sender<Outcome>,
+    /// False while the block waits in the prefetch queue.
+    running: bool,
+}
+
+#[derive(Debug)]
+struct MemTier {
+    blocks: LruCache<BlockKey, Bytes>,
+    bytes: u64,
+    budget: u64,
+}
+
+impl MemTier {
+    fn insert(&mut self, key: BlockKey, data: Bytes) {
+        let len = data.len() as u64;
+        if len > self.budget {
+            return;
+        }
+        if let Some(old) = self.blocks.put(key, data) {
+            self.bytes -= old.len() as u64;
+        }
+        self.bytes += len;
+        while self.bytes > self.budget {
+            match self.blocks.pop_lru() {
+                Some((_, evicted)) => {
+                    self.bytes -= evicted.len() as u64;
+                    ::metrics::counter!(m::CACHE_EVICT_MEMORY).increment(1);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Job {
+    source: DynSource,
+    blocks: Vec<u64>,
+    priority: Priority,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: Mutex<[VecDeque<Job>; 2]>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Queue {
+    fn push(&self, job: Job) {
+        let lane = usize::from(job.priority != Priority::Replay);
+        lock(&self.jobs)[lane].push_back(job);
+        self.notify.notify_one();
+    }
+
+    async fn pop(&self) -> Option<Job> {
+        loop {
+            let notified = self.notify.notified();
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            {
+                let mut lanes = lock(&self.jobs);
+                if let Some(job) = lanes[0].pop_front().or_else(|| lanes[1].pop_front()) {
+                    return Some(job);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No critical section here can leave its data half-updated in a way that serves wrong
+    // bytes, so a poisoned lock (a panic elsewhere) is used as is.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug)]
+struct Inner {
+    flights: Mutex<HashMap<BlockKey, Flight>>,
+    mem: Mutex<MemTier>,
+    disk: Option<Arc<DiskTier>>,
+    queue: Arc<Queue>,
+    counters: Counters,
+    runtime: Handle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Release);
+        self.queue.notify.notify_waiters();
+    }
+}
+
+/// A two-tier block cache with single-flight fetches and prioritized prefetch. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BlockCache {
+    inner: Arc<Inner>,
+}
+
+impl BlockCache {
+    /// Builds a cache whose fetches and prefetch workers run on `runtime`.
+    pub fn new(config: CacheConfig, runtime: Handle) -> Result<Self, CacheError> {
+        let disk = match &config.disk_dir {
+            Some(dir) => Some(Arc::new(DiskTier::open(dir, config.disk_bytes).map_err(|e| {
+                CacheError::Setup { path: dir.display().to_string(), source: Arc::new(e) }
+            })?)),
+            None => None,
+        };
+        let queue = Arc::new(Queue::default());
+        let inner = Arc::new(Inner {
+            flights: Mutex::new(HashMap::new()),
+            mem: Mutex::new(MemTier {
+                blocks: LruCache::unbounded(),
+                bytes: 0,
+                budget: config.memory_bytes,
+            }),
+            disk,
+            queue: queue.clone(),
+            counters: Counters::default(),
+            runtime: runtime.clone(),
+        });
+        for _ in 0..config.prefetch_concurrency.max(1) {
+            runtime.spawn(prefetch_worker(Arc::downgrade(&inner), queue.clone()));
+        }
+        Ok(Self { inner })
+    }
+
+    /// Block `index` of `source`, for a reader that waits for it.
+    pub async fn get(&self, source: &DynSource, index: u64) -> Result<Bytes, CacheError> {
+        self.get_with(source, index, Priority::OnDemand).await
+    }
+
+    /// Block `index` of `source` at `priority`.
+    pub async fn get_with(
+        &self,
+        source: &DynSource,
+        index: u64,
+        priority: Priority,
+    ) -> Result<Bytes, CacheError> {
+        let inner = &self.inner;
+        let count = source.block_count();
+        if index >= count {
+            return Err(CacheError::OutOfRange { blob: source.id().into(), block: index, count });
+        }
+        let key = BlockKey { blob: source.id().into(), index };
+        if let Some(data) = lock(&inner.mem).blocks.get(&key) {
+            bump(&inner.counters.hits_memory, 1);
+            ::metrics::counter!(m::CACHE_HIT_MEMORY).increment(1);
+            return Ok(data.clone());
+        }
+        let mut rx = {
+            let mut flights = lock(&inner.flights);
+            match flights.get_mut(&key) {
+                Some(flight) => {
+                    if !flight.running {
+                        flight.running = true;
+                        bump(&inner.counters.promoted, 1);
+                        self.spawn_fill(source.clone(), vec![index], priority);
+                    } else {
+                        bump(&inner.counters.joined, 1);
+                    }
+                    flight.tx.subscribe()
+                }
+                None => {
+                    if let Some(data) = lock(&inner.mem).blocks.get(&key) {
+                        bump(&inner.counters.hits_memory, 1);
+                        return Ok(data.clone());
+                    }
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key, Flight { tx, running: true });
+                    self.spawn_fill(source.clone(), vec![index], priority);
+                    rx
+                }
+            }
+        };
+        wait(&mut rx, source.id(), index).await
+    }
+
+    /// Queues `blocks` of `source` for prefetch at `priority` and waits until each is cached or
+    /// failed; the first failure is returned. Blocks already cached or under way are not fetched
+    /// again. Dropping the future does not cancel the queued work.
+    pub async fn prefetch(
+        &self,
+        source: &DynSource,
+        blocks: std::ops::Range<u64>,
+        priority: Priority,
+    ) -> Result<(), CacheError> {
+        let mut waiting = self.enqueue(source, blocks, priority);
+        let mut first_error = None;
+        for (index, rx) in &mut waiting {
+            if let Err(e) = wait(rx, source.id(), *index).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Queues `blocks` of `source` for prefetch without waiting.
+    pub fn spawn_prefetch(
+        &self,
+        source: &DynSource,
+        blocks: std::ops::Range<u64>,
+        priority: Priority,
+    ) {
+        drop(self.enqueue(source, blocks, priority));
+    }
+
+    fn enqueue(
+        &self,
+        source: &DynSource,
+        blocks: std::ops::Range<u64>,
+        priority: Priority,
+    ) -> Vec<(u64, watch::Receiver<Outcome>)> {
+        let inner = &self.inner;
+        let blocks = blocks.start..blocks.end.min(source.block_count());
+        let blob: Arc<str> = source.id().into();
+        let mut waiting = Vec::new();
+        let mut queued = Vec::new();
+        {
+            let mut flights = lock(&inner.flights);
+            for index in blocks {
+                let key = BlockKey { blob: blob.clone(), index };
+                if let Some(flight) = flights.get(&key) {
+                    waiting.push((index, flight.tx.subscribe()));
+                } else if !lock(&inner.mem).blocks.contains(&key) {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key, Flight { tx, running: false });
+                    waiting.push((index, rx));
+                    queued.push(index);
+                }
+            }
+        }
+        if !queued.is_empty() {
+            let priority = priority.max(Priority::Replay);
+            inner.queue.push(Job { source: source.clone(), blocks: queued, priority });
+        }
+        waiting
+    }
+
+    /// Whether block `index` of the blob `blob` is in the memory or disk tier.
+    pub fn contains(&self, blob: &str, index: u64) -> bool {
+        let key = BlockKey { blob: blob.into(), index };
+        lock(&self.inner.mem).blocks.contains(&key)
+            || self.inner.disk.as_ref().is_some_and(|d| d.contains(&disk::disk_key(blob, index)))
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            hits_memory: get(&c.hits_memory),
+            hits_disk: get(&c.hits_disk),
+            joined: get(&c.joined),
+            promoted: get(&c.promoted),
+            fetched_demand: get(&c.fetched[0]),
+            fetched_replay: get(&c.fetched[1]),
+            fetched_background: get(&c.fetched[2]),
+            bytes_demand: get(&c.bytes[0]),
+            bytes_replay: get(&c.bytes[1]),
+            bytes_background: get(&c.bytes[2]),
+            fetch_calls: get(&c.fetch_calls),
+            fetch_errors: get(&c.fetch_errors),
+            corrupt: get(&c.corrupt),
+            memory_bytes: lock(&self.inner.mem).bytes,
+            disk_bytes: self.inner.disk.as_ref().map_or(0, |d| d.bytes()),
+        }
+    }
+
+    /// The disk tier, if there is one.
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.inner.disk.as_deref()
+    }
+
+    fn spawn_fill(&self, source: DynSource, blocks: Vec<u64>, priority: Priority) {
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move { fill(&inner, source, blocks, priority).await });
+    }
+}
+
+async fn wait(
+    rx: &mut watch::Receiver<Outcome>,
+    blob: &str,
+    block: u64,
+) -> Result<Bytes, CacheError> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(outcome) => match &*outcome {
+            Some(result) => result.clone(),
+            None => Err(CacheError::Abandoned { blob: blob.into(), block }),
+        },
+        Err(_) => Err(CacheError::Abandoned { blob: blob.into(), block }),
+    }
+}
+
+async fn prefetch_worker(inner: Weak<Inner>, queue: Arc<Queue>) {
+    while let Some(job) = queue.pop().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let blob: Arc<str> = job.source.id().into();
+        let claimed: Vec<u64> = {
+            let mut flights = lock(&inner.flights);
+            job.blocks
+                .into_iter()
+                .filter(|&index| {
+                    let key = BlockKey { blob: blob.clone(), index };
+                    match flights.get_mut(&key) {
+                        Some(flight) if !flight.running => {
+                            flight.running = true;
+                            true
+                        }
+                        _ => false, // promoted by a reader, or already done
+                    }
+                })
+                .collect()
+        };
+        if !claimed.is_empty() {
+            fill(&inner, job.source, claimed, job.priority).await;
+        }
+    }
+}
+
+/// Completes every flight it was given exactly once, including when dropped mid-way.
+struct Completer<'a> {
+    inner: &'a Inner,
+    blob: Arc<str>,
+    pending: Vec<u64>,
+}
+
+impl Completer<'_> {
+    fn complete(&mut self, index: u64, result: Result<Bytes, CacheError>) {
+        self.pending.retain(|&i| i != index);
+        let key = BlockKey { blob: self.blob.clone(), index };
+        if let Ok(data) = &result {
+            lock(&self.inner.mem).insert(key.clone(), data.clone());
+        }
+        if let Some(flight) = lock(&self.inner.flights).remove(&key) {
+            flight.tx.send_replace(Some(result));
+        }
+    }
+}
+
+impl Drop for Completer<'_> {
+    fn drop(&mut self) {
+        for index in std::mem::take(&mut self.pending) {
+            let err = CacheError::Abandoned { blob: self.blob.to_string(), block: index };
+            self.complete(index, Err(err));
+        }
+    }
+}
+
+/// Fills the claimed `blocks` (sorted) from the disk tier or the source and completes them.
+async fn fill(inner: &Arc<Inner>, source: DynSource, blocks: Vec<u64>, priority: Priority) {
+    let blob: Arc<str> = source.id().into();
+    let mut done = Completer { inner, blob: blob.clone(), pending: blocks.clone() };
+    let mut missing = blocks;
+    if let Some(tier) = inner.disk.clone() {
+        let candidates: Vec<(u64, Option<Digest>)> = missing
+            .iter()
+            .filter(|&&i| tier.contains(&disk::disk_key(&blob, i)))
+            .map(|&i| (i, source.block_digest(i)))
+            .collect();
+        if !candidates.is_empty() {
+            let blob2 = blob.clone();
+            let loads = inner
+                .runtime
+                .spawn_blocking(move || {
+                    candidates
+                        .into_iter()
+                        .map(|(i, d)| (i, tier.load(&disk::disk_key(&blob2, i), i, d)))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+            for (index, load) in loads {
+                match load {
+                    disk::Load::Hit(data) => {
+                        bump(&inner.counters.hits_disk, 1);
+                        ::metrics::counter!(m::CACHE_HIT_DISK).increment(1);
+                        missing.retain(|&i| i != index);
+                        done.complete(index, Ok(data));
+                    }
+                    disk::Load::Corrupt(why) => {
+                        bump(&inner.counters.corrupt, 1);
+                        ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
+                        tracing::warn!(blob = %blob, block = index, why, "dropped corrupt disk cache entry");
+                    }
+                    disk::Load::Miss => {}
+                }
+            }
+        }
+    }
+    for run in runs(&missing) {
+        fetch_run(inner, &source, &mut done, run, priority).await;
+    }
+}
+
+/// Splits sorted block indexes into runs of consecutive ones.
+fn runs(blocks: &[u64]) -> Vec<std::ops::Range<u64>> {
+    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+    for &b in blocks {
+        match out.last_mut() {
+            Some(run) if run.end == b => run.end += 1,
+            _ => out.push(b..b + 1),
+        }
+    }
+    out
+}
+
+async fn fetch_run(
+    inner: &Arc<Inner>,
+    source: &DynSource,
+    done: &mut Completer<'_>,
+    run: std::ops::Range<u64>,
+    priority: Priority,
+) {
+    let c = &inner.counters;
+    let lane = priority as usize;
+    bump(&c.fetch_calls, 1);
+    ::metrics::counter!(m::CACHE_MISS, "priority" => priority.label())
+        .increment(run.end - run.start);
+    let fetched = match source.fetch(run.clone()).await {
+        Ok(blocks) if blocks.len() as u64 == run.end - run.start => Ok(blocks),
+        Ok(blocks) => Err(CacheError::Malformed {
+            blob: source.id().into(),
+            block: run.start,
+            message: format!("source returned {} blocks for {run:?}", blocks.len()),
+        }),
+        Err(e) => Err(e),
+    };
+    let blocks = match fetched {
+        Ok(blocks) => blocks,
+        Err(e) => {
+            bump(&c.fetch_errors, run.end - run.start);
+            tracing::warn!(blob = source.id(), blocks = ?run, error = %e, "block fetch failed");
+            for index in run {
+                done.complete(index, Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for (index, data) in run.zip(blocks) {
+        if let Some(expected) = source.block_digest(index) {
+            let actual = Digest::of(&data);
+            if actual != expected {
+                bump(&c.corrupt, 1);
+                ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "fetch").increment(1);
+                let err = CacheError::Corrupt {
+                    blob: source.id().into(),
+                    block: index,
+                    expected,
+                    actual,
+                };
+                tracing::error!(error = %err, "fetched block failed verification");
+                done.complete(index, Err(err));
+                continue;
+            }
+        }
+        bump(&c.fetched[lane], 1);
+        bump(&c.bytes[lane], data.len() as u64);
+        ::metrics::counter!(m::FETCH_BYTES, "priority" => priority.label())
+            .increment(data.len() as u64);
+        if let Some(tier) = inner.disk.clone() {
+            let key = disk::disk_key(source.id(), index);
+            let copy = data.clone();
+            // Off the request path: a failed disk write costs a refetch later, never a read.
+            inner.runtime.spawn_blocking(move || {
+                if let Err(e) = tier.store(&key, index, &copy) {
+                    tracing::warn!(error = %e, "disk cache write failed");
+                }
+            });
+        }
+        done.complete(index, Ok(data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_at_gaps() {
+        assert_eq!(runs(&[1, 2, 3, 5, 7, 8]), vec![1..4, 5..6, 7..9]);
+        assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn memory_tier_holds_its_budget() {
+        let mut tier = MemTier { blocks: LruCache::unbounded(), bytes: 0, budget: 10 };
+        for i in 0..20 {
+            tier.insert(BlockKey { blob: "b".into(), index: i }, Bytes::from(vec![0u8; 3]));
+            assert!(tier.bytes <= 10);
+        }
+        assert_eq!(tier.blocks.len(), 3);
+        tier.insert(BlockKey { blob: "b".into(), index: 99 }, Bytes::from(vec![0u8; 11]));
+        assert_eq!(tier.blocks.len(), 3, "a block over the whole budget is not kept");
+    }
+}
