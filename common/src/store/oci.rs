@@ -1136,4 +1136,188 @@ mod tests {
         assert!(matches!(c(400), StoreError::Other { .. }));
         assert!(matches!(c(302), StoreError::BadReply { .. }));
     }
+
+    /// A fake registry with a bearer-token server whose tokens can be expired at will: enough of
+    /// the protocol to show that an expired token mid-read renews instead of failing.
+    mod token_expiry {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+
+        use super::*;
+
+        #[derive(Default)]
+        struct Fake {
+            /// Tokens handed out so far; token `n` is `tok-n`.
+            issued: AtomicU64,
+            /// Tokens below this number are expired.
+            min_valid: AtomicU64,
+            /// The token server refuses everyone.
+            deny: AtomicBool,
+        }
+
+        impl Fake {
+            fn expire_all(&self) {
+                self.min_valid
+                    .store(self.issued.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+            }
+
+            fn answer(&self, head: &str, data: &[u8], port: u16) -> Vec<u8> {
+                let mut lines = head.lines();
+                let mut first = lines.next().unwrap_or_default().split(' ');
+                let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                let header = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                };
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\"\r\n"
+                );
+                let reply = |status: &str, extra: &str, body: &[u8]| {
+                    let mut out = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    if method != "HEAD" {
+                        out.extend_from_slice(body);
+                    }
+                    out
+                };
+                if path == "/v2/" {
+                    return reply("401 Unauthorized", &challenge, b"");
+                }
+                if path.starts_with("/token") {
+                    if self.deny.load(Ordering::SeqCst) {
+                        return reply("401 Unauthorized", "", b"denied");
+                    }
+                    let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+                    return reply(
+                        "200 OK",
+                        "",
+                        format!("{{\"token\":\"tok-{n}\"}}").as_bytes(),
+                    );
+                }
+                let token_ok = header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer tok-")?.parse::<u64>().ok())
+                    .is_some_and(|n| n >= self.min_valid.load(Ordering::SeqCst));
+                if !token_ok {
+                    return reply("401 Unauthorized", &challenge, b"");
+                }
+                if !path.starts_with("/v2/repo/blobs/") {
+                    return reply("404 Not Found", "", b"");
+                }
+                if method == "HEAD" {
+                    let len = data.len();
+                    return format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                    )
+                    .into_bytes();
+                }
+                let range = header("range")
+                    .and_then(|r| {
+                        let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+                        Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                    })
+                    .filter(|(a, b)| a <= b && *b < data.len());
+                match range {
+                    Some((a, b)) => reply(
+                        "206 Partial Content",
+                        &format!("Content-Range: bytes {a}-{b}/{}\r\n", data.len()),
+                        &data[a..=b],
+                    ),
+                    None => reply("200 OK", "", data),
+                }
+            }
+        }
+
+        async fn serve(fake: Arc<Fake>, data: Bytes) -> u16 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let (fake, data) = (fake.clone(), data.clone());
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let answer = fake.answer(&String::from_utf8_lossy(&head), &data, port);
+                        let _ = conn.write_all(&answer).await;
+                    });
+                }
+            });
+            port
+        }
+
+        #[tokio::test]
+        async fn expired_token_mid_read_renews_once() {
+            let fake = Arc::new(Fake::default());
+            let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+            let port = serve(fake.clone(), data.clone()).await;
+            let store = Arc::new(
+                OciStore::open_with_auth(
+                    &format!("docker://127.0.0.1:{port}/repo"),
+                    &[],
+                    RegistryAuth::Anonymous,
+                )
+                .expect("open"),
+            );
+            let key = format!("blobs/{}", Digest::of(&data));
+
+            assert_eq!(
+                store.read_range(&key, 0..10).await.expect("first read"),
+                data.slice(0..10)
+            );
+            assert_eq!(fake.issued.load(Ordering::SeqCst), 1);
+
+            fake.expire_all();
+            let got = store
+                .read_range(&key, 500..1500)
+                .await
+                .expect("read after expiry");
+            assert_eq!(got, data.slice(500..1500));
+            assert_eq!(
+                fake.issued.load(Ordering::SeqCst),
+                2,
+                "one re-authentication"
+            );
+
+            // Many readers meet the expired token at once: one renewal serves them all.
+            fake.expire_all();
+            let reads = (0..8u64).map(|i| {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move { store.read_range(&key, i * 1000..i * 1000 + 10).await })
+            });
+            for (i, read) in reads.enumerate() {
+                let got = read
+                    .await
+                    .expect("join")
+                    .expect("concurrent read after expiry");
+                assert_eq!(got, data.slice(i * 1000..i * 1000 + 10));
+            }
+            assert_eq!(
+                fake.issued.load(Ordering::SeqCst),
+                3,
+                "one shared re-authentication"
+            );
+
+            // Expired, and the token server now refuses: a typed error, no retry loop.
+            fake.deny.store(true, Ordering::SeqCst);
+            fake.expire_all();
+            let err = store
+                .read_range(&key, 0..10)
+                .await
+                .expect_err("refused token");
+            assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
+        }
+    }
 }
