@@ -18,5 +18,5 @@ fi
 offline=()
 if [[ "${MAVEN_OFFLINE:-0}" == 1 ]]; then offline=(-o); fi
 mvn -B -q -Dstyle.color=never "${offline[@]}" compile dependency:build-classpath \
-  -Dmdep.outputFile=target/classpath.txt.tmp -Dmdep.includeScope=runtime
+  -Dmdep.outputFile=target/classpath.txt.tmp -Dmdep.includeScope=runtime 1>&2
 mv target/classpath.txt.tmp target/classpath.txt
