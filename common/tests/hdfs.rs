@@ -247,3 +247,18 @@ async fn datanode_faults_fail_in_bounded_time_and_recover() {
     assert!(got[..] == data[BLOCK as usize..BLOCK as usize + 100]);
     assert_eq!(store.stat("model.bin").await.expect("stat").len, len);
 }
+
+#[test]
+fn a_launcher_that_fails_reports_its_log() {
+    if std::process::Command::new("java").arg("-version").output().is_err() {
+        eprintln!("SKIPPED: no java");
+        return;
+    }
+    // HDFS block sizes must be multiples of 512: the launcher refuses this before Hadoop starts.
+    let config = MiniDfsConfig { block_size: 1000, ..Default::default() };
+    let started = Instant::now();
+    let err = MiniDfs::start(config).expect_err("a bad block size must fail");
+    let message = format!("{err:#}");
+    assert!(message.contains("--block-size must be"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+}

@@ -1,6 +1,7 @@
 //! [`MiniDfs`]: a real HDFS (Hadoop's MiniDFSCluster) for tests, as an RAII guard.
 //!
-//! [`MiniDfs::start`] builds `scripts/minidfs/` if needed (`build.sh`: Maven, once), starts its
+//! [`MiniDfs::start`] builds `scripts/minidfs/` if needed (`build.sh`: Maven, a no-op when up to
+//! date), starts its
 //! JVM with a fresh base directory in a tempdir, and waits for the launcher's `READY` line. The
 //! launcher speaks a line protocol: stdout carries `DATANODE <i> <addr>` lines, one
 //! `READY <uri> <conf-dir>`, then one `OK <cmd>`/`ERR <message>` per command written to its stdin.
@@ -86,27 +87,26 @@ fn log_tail(log: &Path) -> String {
 }
 
 impl MiniDfs {
-    /// Builds the launcher if needed, starts a cluster shaped by `config` and waits until it is
-    /// ready. Fails (with the tail of the JVM's log) if Java or Maven is missing, the build fails,
-    /// or the cluster is not up within two minutes.
+    /// Builds the launcher if needed (`scripts/minidfs/build.sh`), starts a cluster shaped by
+    /// `config` and waits until it is ready. Fails (with the tail of the JVM's log) if Java or
+    /// Maven is missing, the build fails, or the cluster is not up within two minutes.
     pub fn start(config: MiniDfsConfig) -> anyhow::Result<MiniDfs> {
         let script_dir = repo_root().join("scripts/minidfs");
         let classpath_file = script_dir.join("target/classpath.txt");
-        let class_file = script_dir.join("target/classes/bootseer/MiniDfs.class");
-        if !classpath_file.exists() || !class_file.exists() {
-            let out = Command::new("bash")
-                .arg(script_dir.join("build.sh"))
-                .stdin(Stdio::null())
-                .output()
-                .context("running scripts/minidfs/build.sh")?;
-            if !out.status.success() {
-                bail!(
-                    "scripts/minidfs/build.sh failed ({}): {}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+        // build.sh returns at once when the classes are up to date and serializes concurrent
+        // builds (flock), so every start runs it: an edited launcher never runs stale.
+        let out = Command::new("bash")
+            .arg(script_dir.join("build.sh"))
+            .stdin(Stdio::null())
+            .output()
+            .context("running scripts/minidfs/build.sh")?;
+        if !out.status.success() {
+            bail!(
+                "scripts/minidfs/build.sh failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let classpath = std::fs::read_to_string(&classpath_file)
             .with_context(|| format!("reading {}", classpath_file.display()))?;
