@@ -1,1 +1,0 @@
-//! Traces: the first access of each block after a mount, and the replay planner. (Being written.)
