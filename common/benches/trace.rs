@@ -100,10 +100,7 @@ fn format_and_plan(c: &mut Criterion) {
         encoded.len() as f64 / 1e5
     );
     let plan = ReplayPlan::new(&trace, &PlanOptions::default());
-    eprintln!(
-        "100k-record trace: {} requests at default plan options",
-        plan.requests().len()
-    );
+    eprintln!("100k-record trace: {} requests at default plan options", plan.requests().len());
 
     let mut g = c.benchmark_group("trace_100k");
     g.sample_size(10)
@@ -116,9 +113,7 @@ fn format_and_plan(c: &mut Criterion) {
     g.bench_function("plan", |b| {
         b.iter(|| ReplayPlan::new(black_box(&trace), &PlanOptions::default()))
     });
-    g.bench_function("merge_with_self", |b| {
-        b.iter(|| Trace::merge([&trace, &trace], usize::MAX))
-    });
+    g.bench_function("merge_with_self", |b| b.iter(|| Trace::merge([&trace, &trace], usize::MAX)));
     g.finish();
 }
 

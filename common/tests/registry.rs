@@ -62,10 +62,7 @@ async fn blob_round_trip_at_boundaries() {
         (7, 3),
     ];
     for (start, end) in spans {
-        let got = store
-            .read_range(&key, start..end)
-            .await
-            .expect("read_range");
+        let got = store.read_range(&key, start..end).await.expect("read_range");
         let s = start.min(len) as usize;
         let e = end.min(len).max(start.min(len)) as usize;
         assert_eq!(got.len(), e - s, "length of {start}..{end}");
@@ -74,25 +71,13 @@ async fn blob_round_trip_at_boundaries() {
 
     let empty = Bytes::new();
     let empty_key = blob_key(&empty);
-    store
-        .put(&empty_key, empty.clone())
-        .await
-        .expect("put empty blob");
+    store.put(&empty_key, empty.clone()).await.expect("put empty blob");
     assert_eq!(store.stat(&empty_key).await.expect("stat empty").len, 0);
-    assert!(
-        store
-            .read_range(&empty_key, 0..10)
-            .await
-            .expect("read empty")
-            .is_empty()
-    );
+    assert!(store.read_range(&empty_key, 0..10).await.expect("read empty").is_empty());
 
     // A fresh store (nothing cached) reads the same bytes.
     let fresh = self::store(&reg, "bootseer/blobs");
-    let got = fresh
-        .read_range(&key, 2 * MIB..2 * MIB + 100)
-        .await
-        .expect("fresh read");
+    let got = fresh.read_range(&key, 2 * MIB..2 * MIB + 100).await.expect("fresh read");
     assert!(got[..] == data[2 * MIB as usize..2 * MIB as usize + 100]);
 }
 
@@ -104,50 +89,23 @@ async fn digest_mismatch_and_missing_objects() {
     let store = store(&reg, "bootseer/errors");
     let data = pattern(1000, 2);
     let wrong_key = blob_key(b"something else");
-    let err = store
-        .put(&wrong_key, data)
-        .await
-        .expect_err("mismatch accepted");
+    let err = store.put(&wrong_key, data).await.expect_err("mismatch accepted");
     assert!(matches!(err, StoreError::InvalidKey { .. }), "{err}");
-    let err = store
-        .stat(&wrong_key)
-        .await
-        .expect_err("refused blob stored");
+    let err = store.stat(&wrong_key).await.expect_err("refused blob stored");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
-    let err = store
-        .read_range(&wrong_key, 0..10)
-        .await
-        .expect_err("missing blob read");
+    let err = store.read_range(&wrong_key, 0..10).await.expect_err("missing blob read");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
-    let err = store
-        .stat("manifests/nope")
-        .await
-        .expect_err("missing manifest");
+    let err = store.stat("manifests/nope").await.expect_err("missing manifest");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
-    let err = store
-        .stat("refs/latest")
-        .await
-        .expect_err("unknown key form");
+    let err = store.stat("refs/latest").await.expect_err("unknown key form");
     assert!(matches!(err, StoreError::InvalidKey { .. }), "{err}");
-    let err = store
-        .put("manifests/bad", Bytes::from_static(b"not json"))
-        .await
-        .expect_err("bad");
+    let err = store.put("manifests/bad", Bytes::from_static(b"not json")).await.expect_err("bad");
     assert!(matches!(err, StoreError::InvalidKey { .. }), "{err}");
     // Nobody pushed to this repository: no tags, not an error.
-    assert!(
-        store
-            .list("manifests/")
-            .await
-            .expect("list empty repo")
-            .is_empty()
-    );
+    assert!(store.list("manifests/").await.expect("list empty repo").is_empty());
     for prefix in ["", "b", "blobs/", "blobs/sha256:"] {
         let err = store.list(prefix).await.expect_err("listing blobs");
-        assert!(
-            matches!(err, StoreError::Unsupported { .. }),
-            "{prefix:?}: {err}"
-        );
+        assert!(matches!(err, StoreError::Unsupported { .. }), "{prefix:?}: {err}");
     }
 }
 
@@ -190,76 +148,38 @@ async fn manifests_tags_and_skopeo_interop() {
     };
     let store = store(&reg, "bootseer/image");
     let (layer, config, manifest) = image();
-    store
-        .put(&blob_key(&layer), layer.clone())
-        .await
-        .expect("put layer");
-    store
-        .put(&blob_key(&config), config.clone())
-        .await
-        .expect("put config");
+    store.put(&blob_key(&layer), layer.clone()).await.expect("put layer");
+    store.put(&blob_key(&config), config.clone()).await.expect("put config");
     for tag in ["v2", "v1", "latest"] {
-        store
-            .put(&format!("manifests/{tag}"), manifest.clone())
-            .await
-            .expect("put manifest");
+        store.put(&format!("manifests/{tag}"), manifest.clone()).await.expect("put manifest");
     }
     let by_digest = format!("manifests/{}", Digest::of(&manifest));
-    store
-        .put(&by_digest, manifest.clone())
-        .await
-        .expect("put manifest by digest");
+    store.put(&by_digest, manifest.clone()).await.expect("put manifest by digest");
     let wrong = format!("manifests/{}", Digest::of(b"x"));
-    let err = store
-        .put(&wrong, manifest.clone())
-        .await
-        .expect_err("digest mismatch");
+    let err = store.put(&wrong, manifest.clone()).await.expect_err("digest mismatch");
     assert!(matches!(err, StoreError::InvalidKey { .. }), "{err}");
 
     for key in ["manifests/v1", by_digest.as_str()] {
-        let got = store
-            .read_range(key, 0..u64::MAX)
-            .await
-            .expect("read manifest");
+        let got = store.read_range(key, 0..u64::MAX).await.expect("read manifest");
         assert_eq!(got, manifest, "{key}: exact bytes");
-        assert_eq!(
-            store.stat(key).await.expect("stat manifest").len,
-            manifest.len() as u64
-        );
+        assert_eq!(store.stat(key).await.expect("stat manifest").len, manifest.len() as u64);
     }
-    let part = store
-        .read_range("manifests/v1", 3..10)
-        .await
-        .expect("manifest range");
+    let part = store.read_range("manifests/v1", 3..10).await.expect("manifest range");
     assert_eq!(part, manifest.slice(3..10));
 
-    let keys: Vec<String> = store
-        .list("manifests/")
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
+    let keys: Vec<String> =
+        store.list("manifests/").await.expect("list").into_iter().map(|m| m.key).collect();
     assert_eq!(keys, ["manifests/latest", "manifests/v1", "manifests/v2"]);
-    let keys: Vec<String> = store
-        .list("manifests/v")
-        .await
-        .expect("list v")
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
+    let keys: Vec<String> =
+        store.list("manifests/v").await.expect("list v").into_iter().map(|m| m.key).collect();
     assert_eq!(keys, ["manifests/v1", "manifests/v2"]);
     assert!(store.list("zzz").await.expect("list nothing").is_empty());
 
     // A manifest naming a blob the registry lacks is refused, not stored.
-    let missing = String::from_utf8(manifest.to_vec()).expect("utf8").replace(
-        &Digest::of(&layer).to_string(),
-        &Digest::of(b"absent").to_string(),
-    );
-    let err = store
-        .put("manifests/broken", Bytes::from(missing))
-        .await
-        .expect_err("dangling");
+    let missing = String::from_utf8(manifest.to_vec())
+        .expect("utf8")
+        .replace(&Digest::of(&layer).to_string(), &Digest::of(b"absent").to_string());
+    let err = store.put("manifests/broken", Bytes::from(missing)).await.expect_err("dangling");
     assert!(!err.is_retryable(), "{err}");
 
     let Ok(output) = std::process::Command::new("skopeo")
@@ -302,10 +222,7 @@ async fn stopped_registry_fails_in_bounded_time_then_recovers() {
     reg.stop();
     let other = blob_key(b"never pushed");
     let started = Instant::now();
-    let err = store
-        .stat(&other)
-        .await
-        .expect_err("stat against a stopped registry");
+    let err = store.stat(&other).await.expect_err("stat against a stopped registry");
     let took = started.elapsed();
     assert!(err.is_retryable(), "not retryable: {err}");
     // total_deadline 3 s + one op_timeout + slack.
@@ -313,61 +230,35 @@ async fn stopped_registry_fails_in_bounded_time_then_recovers() {
     eprintln!("stopped registry: failed after {took:?} with {err}");
 
     reg.start_again().expect("restart registry");
-    let got = store
-        .read_range(&key, 10..20)
-        .await
-        .expect("read after restart");
+    let got = store.read_range(&key, 10..20).await.expect("read after restart");
     assert_eq!(got, data.slice(10..20));
 }
 
 #[tokio::test]
 async fn basic_auth_right_and_wrong() {
-    let Some(reg) = require_real(
-        "docker-registry",
-        Registry::start_with_htpasswd("alice", "s3cret"),
-    ) else {
+    let Some(reg) =
+        require_real("docker-registry", Registry::start_with_htpasswd("alice", "s3cret"))
+    else {
         return;
     };
     let url = reg.url("bootseer/private");
-    let good = OciStore::open_with_auth(
-        &url,
-        &[],
-        RegistryAuth::Basic("alice".into(), "s3cret".into()),
-    )
-    .expect("open");
+    let good =
+        OciStore::open_with_auth(&url, &[], RegistryAuth::Basic("alice".into(), "s3cret".into()))
+            .expect("open");
     let data = pattern(300_000, 4);
     let key = blob_key(&data);
-    good.put(&key, data.clone())
-        .await
-        .expect("put with credentials");
-    assert_eq!(
-        good.read_range(&key, 5..9).await.expect("read"),
-        data.slice(5..9)
-    );
-    assert!(
-        good.list("manifests/")
-            .await
-            .expect("list with credentials")
-            .is_empty()
-    );
+    good.put(&key, data.clone()).await.expect("put with credentials");
+    assert_eq!(good.read_range(&key, 5..9).await.expect("read"), data.slice(5..9));
+    assert!(good.list("manifests/").await.expect("list with credentials").is_empty());
 
-    let wrong = OciStore::open_with_auth(
-        &url,
-        &[],
-        RegistryAuth::Basic("alice".into(), "nope".into()),
-    )
-    .expect("open");
+    let wrong =
+        OciStore::open_with_auth(&url, &[], RegistryAuth::Basic("alice".into(), "nope".into()))
+            .expect("open");
     let anonymous = OciStore::open_with_auth(&url, &[], RegistryAuth::Anonymous).expect("open");
     for store in [&wrong, &anonymous] {
-        let err = store
-            .stat(&key)
-            .await
-            .expect_err("stat without the right credentials");
+        let err = store.stat(&key).await.expect_err("stat without the right credentials");
         assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
-        let err = store
-            .put(&blob_key(b"x"), Bytes::from_static(b"x"))
-            .await
-            .expect_err("put");
+        let err = store.put(&blob_key(b"x"), Bytes::from_static(b"x")).await.expect_err("put");
         assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
         let err = store.list("manifests/").await.expect_err("list");
         assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");

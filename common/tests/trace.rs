@@ -36,22 +36,12 @@ fn recorder_keeps_only_the_first_access() {
     assert_eq!(t.recordings, 1);
     assert_eq!(
         t.blobs,
-        vec![BlobEntry {
-            id: "sha256:aa".into(),
-            block_size: 1 << 20,
-            block_count: 100
-        }]
+        vec![BlobEntry { id: "sha256:aa".into(), block_size: 1 << 20, block_count: 100 }]
     );
-    assert_eq!(
-        t.files,
-        vec!["/usr/lib/a.so".to_string(), "/usr/lib/b.so".to_string()]
-    );
+    assert_eq!(t.files, vec!["/usr/lib/a.so".to_string(), "/usr/lib/b.so".to_string()]);
     let got: Vec<(u64, u32)> = t.records.iter().map(|r| (r.block, r.file)).collect();
     assert_eq!(got, vec![(5, 0), (6, 1)]);
-    assert!(
-        t.records[1].at_us >= t.records[0].at_us + 1000,
-        "time since start, in µs"
-    );
+    assert!(t.records[1].at_us >= t.records[0].at_us + 1000, "time since start, in µs");
 }
 
 #[test]
@@ -59,9 +49,8 @@ fn concurrent_recording_loses_nothing_when_capacity_suffices() {
     const BLOBS: u64 = 4;
     const BLOCKS: u64 = 2000;
     let rec = Arc::new(Recorder::new((BLOBS * BLOCKS) as usize).expect("recorder"));
-    let slots: Vec<_> = (0..BLOBS)
-        .map(|i| rec.register_blob(&format!("blob{i}"), 4096, BLOCKS))
-        .collect();
+    let slots: Vec<_> =
+        (0..BLOBS).map(|i| rec.register_blob(&format!("blob{i}"), 4096, BLOCKS)).collect();
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let rec = Arc::clone(&rec);
@@ -83,16 +72,10 @@ fn concurrent_recording_loses_nothing_when_capacity_suffices() {
     let t = rec.finish();
     t.validate().expect("valid");
     assert_eq!(t.records.len() as u64, BLOBS * BLOCKS);
-    let keys: HashSet<(String, u64)> = t
-        .records
-        .iter()
-        .map(|r| (t.blobs[r.blob as usize].id.clone(), r.block))
-        .collect();
+    let keys: HashSet<(String, u64)> =
+        t.records.iter().map(|r| (t.blobs[r.blob as usize].id.clone(), r.block)).collect();
     assert_eq!(keys.len() as u64, BLOBS * BLOCKS);
-    assert!(
-        t.records.windows(2).all(|w| w[0].at_us <= w[1].at_us),
-        "sorted by time"
-    );
+    assert!(t.records.windows(2).all(|w| w[0].at_us <= w[1].at_us), "sorted by time");
 }
 
 #[test]
@@ -100,9 +83,7 @@ fn a_full_channel_drops_and_counts_without_blocking() {
     const CAPACITY: u64 = 4;
     let rec = Recorder::new(CAPACITY as usize).expect("recorder");
     let file = rec.intern_file("/f");
-    let slots: Vec<_> = (0..50)
-        .map(|i| rec.register_blob(&format!("blob{i}"), 0, 100))
-        .collect();
+    let slots: Vec<_> = (0..50).map(|i| rec.register_blob(&format!("blob{i}"), 0, 100)).collect();
     let stall = rec.stall_writer();
     let started = Instant::now();
     for s in &slots {
@@ -110,10 +91,7 @@ fn a_full_channel_drops_and_counts_without_blocking() {
             rec.record(s, b, file);
         }
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "record must not block on a full channel"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "record must not block on a full channel");
     assert_eq!(rec.recorded(), CAPACITY);
     assert_eq!(rec.dropped(), 50 * 100 - CAPACITY);
     drop(stall);
@@ -137,10 +115,7 @@ fn summary_names_sizes_span_and_top_files() {
     }
     let t = rec.finish();
     let s = t.summary();
-    assert_eq!(
-        (s.blobs, s.files, s.blocks, s.bytes),
-        (1, 2, 4, Some(4 << 20))
-    );
+    assert_eq!((s.blobs, s.files, s.blocks, s.bytes), (1, 2, 4, Some(4 << 20)));
     assert_eq!(s.top_files[0], ("/lib/libtorch.so".to_string(), 3));
     let text = t.to_string();
     assert!(text.contains("blocks:     4 (4.0 MiB)"), "{text}");
@@ -153,20 +128,12 @@ fn summary_names_sizes_span_and_top_files() {
 
 /// A valid trace: distinct blob ids, unique (blob, block), seen within 1..=recordings.
 fn arb_trace() -> impl Strategy<Value = Trace> {
-    let raw_record = (
-        any::<u8>(),
-        prop_oneof![0u64..64, any::<u64>()],
-        any::<u32>(),
-        any::<u8>(),
-        any::<u8>(),
-    );
+    let raw_record =
+        (any::<u8>(), prop_oneof![0u64..64, any::<u64>()], any::<u32>(), any::<u8>(), any::<u8>());
     (
         1u32..5,
         prop::collection::vec(
-            (
-                "\\PC{0,6}",
-                prop_oneof![Just(0u32), Just(4096), any::<u32>()],
-            ),
+            ("\\PC{0,6}", prop_oneof![Just(0u32), Just(4096), any::<u32>()]),
             1..4,
         ),
         prop::collection::vec("/\\PC{0,10}", 1..4),
@@ -184,30 +151,17 @@ fn arb_trace() -> impl Strategy<Value = Trace> {
                 if !seen_keys.insert((blob, block)) {
                     continue;
                 }
-                at = if sorted {
-                    at.saturating_add(u64::from(dt))
-                } else {
-                    u64::from(dt) << 20
-                };
+                at = if sorted { at.saturating_add(u64::from(dt)) } else { u64::from(dt) << 20 };
                 let file = u32::from(f) % files.len() as u32;
                 let seen = 1 + u32::from(s) % recordings;
-                records.push(Record {
-                    blob,
-                    block,
-                    at_us: at,
-                    file,
-                    seen,
-                });
+                records.push(Record { blob, block, at_us: at, file, seen });
             }
             let blobs = blob_specs
                 .into_iter()
                 .enumerate()
                 .map(|(i, (suffix, block_size))| {
-                    let max = records
-                        .iter()
-                        .filter(|r| r.blob == i as u32)
-                        .map(|r| r.block + 1)
-                        .max();
+                    let max =
+                        records.iter().filter(|r| r.blob == i as u32).map(|r| r.block + 1).max();
                     BlobEntry {
                         id: format!("sha256:{i}{suffix}"),
                         block_size,
@@ -215,12 +169,7 @@ fn arb_trace() -> impl Strategy<Value = Trace> {
                     }
                 })
                 .collect();
-            Trace {
-                recordings,
-                blobs,
-                files,
-                records,
-            }
+            Trace { recordings, blobs, files, records }
         })
 }
 
@@ -228,44 +177,23 @@ fn arb_trace() -> impl Strategy<Value = Trace> {
 fn arb_recording() -> impl Strategy<Value = Trace> {
     prop::collection::vec((0u32..3, 0u64..40, 0u64..1000, 0u32..3), 0..60).prop_map(|accesses| {
         let rec_blobs: Vec<BlobEntry> = (0..3)
-            .map(|i| BlobEntry {
-                id: format!("blob{i}"),
-                block_size: 4096,
-                block_count: 40,
-            })
+            .map(|i| BlobEntry { id: format!("blob{i}"), block_size: 4096, block_count: 40 })
             .collect();
         let files: Vec<String> = (0..3).map(|i| format!("/f{i}")).collect();
         let mut seen = HashSet::new();
         let mut records: Vec<Record> = accesses
             .into_iter()
             .filter(|(b, blk, _, _)| seen.insert((*b, *blk)))
-            .map(|(blob, block, at_us, file)| Record {
-                blob,
-                block,
-                at_us,
-                file,
-                seen: 1,
-            })
+            .map(|(blob, block, at_us, file)| Record { blob, block, at_us, file, seen: 1 })
             .collect();
         records.sort_by_key(|r| r.at_us);
         // Canonical tables, the way the recorder produces them.
-        Trace::merge(
-            [&Trace {
-                recordings: 1,
-                blobs: rec_blobs,
-                files,
-                records,
-            }],
-            usize::MAX,
-        )
+        Trace::merge([&Trace { recordings: 1, blobs: rec_blobs, files, records }], usize::MAX)
     })
 }
 
 fn keyed(t: &Trace) -> Vec<(String, u64)> {
-    t.records
-        .iter()
-        .map(|r| (t.blobs[r.blob as usize].id.clone(), r.block))
-        .collect()
+    t.records.iter().map(|r| (t.blobs[r.blob as usize].id.clone(), r.block)).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -290,17 +218,11 @@ fn every_truncation_of_a_valid_encoding_is_rejected() {
     assert!(Trace::decode(&enc).is_ok());
     for len in 0..enc.len() {
         let err = Trace::decode(&enc[..len]).expect_err("a prefix must not decode");
-        assert!(
-            matches!(err, TraceError::Truncated { .. }),
-            "prefix {len}: {err}"
-        );
+        assert!(matches!(err, TraceError::Truncated { .. }), "prefix {len}: {err}");
     }
     let mut longer = enc.clone();
     longer.push(0);
-    assert_eq!(
-        Trace::decode(&longer),
-        Err(TraceError::TrailingBytes { extra: 1 })
-    );
+    assert_eq!(Trace::decode(&longer), Err(TraceError::TrailingBytes { extra: 1 }));
 }
 
 #[test]
@@ -329,20 +251,11 @@ fn wrong_version_is_rejected_with_a_clear_message() {
     let err = Trace::decode(&enc).expect_err("future version");
     assert_eq!(
         err,
-        TraceError::UnsupportedVersion {
-            found: FORMAT_VERSION + 1,
-            supported: FORMAT_VERSION
-        }
+        TraceError::UnsupportedVersion { found: FORMAT_VERSION + 1, supported: FORMAT_VERSION }
     );
-    assert!(
-        err.to_string().contains("version 2 is not supported"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("version 2 is not supported"), "{err}");
     // Even a truncated header reports the version once it has it.
-    assert!(matches!(
-        Trace::decode(&enc[..12]),
-        Err(TraceError::UnsupportedVersion { .. })
-    ));
+    assert!(matches!(Trace::decode(&enc[..12]), Err(TraceError::UnsupportedVersion { .. })));
 }
 
 #[test]
@@ -466,21 +379,11 @@ proptest! {
 fn merge_takes_the_earliest_time_and_its_file() {
     let mk = |file: &str, at: &[(u64, u64)]| Trace {
         recordings: 1,
-        blobs: vec![BlobEntry {
-            id: "x".into(),
-            block_size: 4096,
-            block_count: 10,
-        }],
+        blobs: vec![BlobEntry { id: "x".into(), block_size: 4096, block_count: 10 }],
         files: vec![file.into()],
         records: at
             .iter()
-            .map(|&(block, at_us)| Record {
-                blob: 0,
-                block,
-                at_us,
-                file: 0,
-                seen: 1,
-            })
+            .map(|&(block, at_us)| Record { blob: 0, block, at_us, file: 0, seen: 1 })
             .collect(),
     };
     let a = mk("/a", &[(1, 10), (2, 20), (3, 30)]);
@@ -491,15 +394,7 @@ fn merge_takes_the_earliest_time_and_its_file() {
         .iter()
         .map(|r| (r.block, r.at_us, m.files[r.file as usize].as_str(), r.seen))
         .collect();
-    assert_eq!(
-        got,
-        vec![
-            (3, 5, "/b", 2),
-            (1, 10, "/a", 1),
-            (2, 20, "/a", 1),
-            (4, 25, "/b", 1)
-        ]
-    );
+    assert_eq!(got, vec![(3, 5, "/b", 2), (1, 10, "/a", 1), (2, 20, "/a", 1), (4, 25, "/b", 1)]);
     assert_eq!(m.recordings, 2);
 }
 
@@ -507,26 +402,13 @@ fn merge_takes_the_earliest_time_and_its_file() {
 fn merge_drops_records_of_a_blob_whose_block_size_changed() {
     let mk = |block_size: u32, block: u64| Trace {
         recordings: 1,
-        blobs: vec![BlobEntry {
-            id: "x".into(),
-            block_size,
-            block_count: 100,
-        }],
+        blobs: vec![BlobEntry { id: "x".into(), block_size, block_count: 100 }],
         files: vec!["/f".into()],
-        records: vec![Record {
-            blob: 0,
-            block,
-            at_us: 0,
-            file: 0,
-            seen: 1,
-        }],
+        records: vec![Record { blob: 0, block, at_us: 0, file: 0, seen: 1 }],
     };
     let m = Trace::merge([&mk(4096, 1), &mk(1 << 20, 2)], DEFAULT_MAX_RECORDS);
     assert_eq!(m.blobs[0].block_size, 1 << 20);
-    assert_eq!(
-        m.records.iter().map(|r| r.block).collect::<Vec<_>>(),
-        vec![2]
-    );
+    assert_eq!(m.records.iter().map(|r| r.block).collect::<Vec<_>>(), vec![2]);
     m.validate().expect("valid");
 }
 
@@ -534,41 +416,13 @@ fn merge_drops_records_of_a_blob_whose_block_size_changed() {
 fn merge_of_invalid_input_is_valid() {
     let t = Trace {
         recordings: 0,
-        blobs: vec![BlobEntry {
-            id: "x".into(),
-            block_size: 0,
-            block_count: 5,
-        }],
+        blobs: vec![BlobEntry { id: "x".into(), block_size: 0, block_count: 5 }],
         files: vec!["/f".into()],
         records: vec![
-            Record {
-                blob: 0,
-                block: 1,
-                at_us: 0,
-                file: 0,
-                seen: 0,
-            },
-            Record {
-                blob: 3,
-                block: 1,
-                at_us: 0,
-                file: 0,
-                seen: 1,
-            },
-            Record {
-                blob: 0,
-                block: 9,
-                at_us: 0,
-                file: 0,
-                seen: 1,
-            },
-            Record {
-                blob: 0,
-                block: 2,
-                at_us: 0,
-                file: 7,
-                seen: 1,
-            },
+            Record { blob: 0, block: 1, at_us: 0, file: 0, seen: 0 },
+            Record { blob: 3, block: 1, at_us: 0, file: 0, seen: 1 },
+            Record { blob: 0, block: 9, at_us: 0, file: 0, seen: 1 },
+            Record { blob: 0, block: 2, at_us: 0, file: 7, seen: 1 },
         ],
     };
     let m = Trace::merge([&t, &t], 10);
@@ -655,10 +509,7 @@ impl Drop for InFlight<'_> {
 impl Prefetcher for Parking {
     async fn prefetch(&self, blob: &str, blocks: Range<u64>) -> Result<(), PrefetchError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.log
-            .lock()
-            .expect("log")
-            .push((blob.to_owned(), blocks));
+        self.log.lock().expect("log").push((blob.to_owned(), blocks));
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let mut guard = InFlight(self, false);
@@ -685,13 +536,7 @@ fn replay_trace(blocks: u64) -> Trace {
         }],
         files: vec!["/f".into()],
         records: (0..blocks)
-            .map(|i| Record {
-                blob: 0,
-                block: 2 * i,
-                at_us: i,
-                file: 0,
-                seen: 1,
-            })
+            .map(|i| Record { blob: 0, block: 2 * i, at_us: i, file: 0, seen: 1 })
             .collect(),
     }
 }
@@ -699,53 +544,24 @@ fn replay_trace(blocks: u64) -> Trace {
 #[tokio::test]
 async fn replay_respects_the_window_and_keeps_order() {
     let plan = ReplayPlan::new(&replay_trace(40), &PlanOptions::default());
-    let p = Parking {
-        park: Duration::from_millis(3),
-        ..Default::default()
-    };
-    let stats = replay(
-        &plan,
-        &p,
-        &ReplayOptions { window: 4 },
-        std::future::pending(),
-    )
-    .await;
+    let p = Parking { park: Duration::from_millis(3), ..Default::default() };
+    let stats = replay(&plan, &p, &ReplayOptions { window: 4 }, std::future::pending()).await;
     assert_eq!(p.max_in_flight.load(Ordering::SeqCst), 4);
     assert_eq!(stats.max_in_flight, 4);
-    assert_eq!(
-        (stats.requests, stats.blocks, stats.failures, stats.stopped),
-        (40, 40, 0, false)
-    );
+    assert_eq!((stats.requests, stats.blocks, stats.failures, stats.stopped), (40, 40, 0, false));
     let log = p.log.lock().expect("log").clone();
-    let expected: Vec<_> = plan
-        .requests()
-        .iter()
-        .map(|r| ("sha256:cc".to_string(), r.blocks.clone()))
-        .collect();
+    let expected: Vec<_> =
+        plan.requests().iter().map(|r| ("sha256:cc".to_string(), r.blocks.clone())).collect();
     assert_eq!(log, expected, "issued in plan order");
 }
 
 #[tokio::test]
 async fn replay_continues_after_failures() {
     let plan = ReplayPlan::new(&replay_trace(30), &PlanOptions::default());
-    let p = Parking {
-        fail_every: 3,
-        ..Default::default()
-    };
-    let stats = replay(
-        &plan,
-        &p,
-        &ReplayOptions { window: 2 },
-        std::future::pending(),
-    )
-    .await;
+    let p = Parking { fail_every: 3, ..Default::default() };
+    let stats = replay(&plan, &p, &ReplayOptions { window: 2 }, std::future::pending()).await;
     assert_eq!(
-        (
-            stats.requests,
-            stats.failures,
-            stats.blocks,
-            stats.failed_blocks
-        ),
+        (stats.requests, stats.failures, stats.blocks, stats.failed_blocks),
         (30, 10, 20, 10)
     );
 }
@@ -753,10 +569,7 @@ async fn replay_continues_after_failures() {
 #[tokio::test]
 async fn replay_stops_when_told_and_drops_what_is_in_flight() {
     let plan = ReplayPlan::new(&replay_trace(30), &PlanOptions::default());
-    let p = Parking {
-        forever: true,
-        ..Default::default()
-    };
+    let p = Parking { forever: true, ..Default::default() };
     let stats = replay(
         &plan,
         &p,
@@ -767,32 +580,17 @@ async fn replay_stops_when_told_and_drops_what_is_in_flight() {
     assert!(stats.stopped);
     assert_eq!(stats.requests, 0);
     assert_eq!(p.calls.load(Ordering::SeqCst), 3);
-    assert_eq!(
-        p.dropped.load(Ordering::SeqCst),
-        3,
-        "in-flight requests are cancelled"
-    );
+    assert_eq!(p.dropped.load(Ordering::SeqCst), 3, "in-flight requests are cancelled");
     assert_eq!(p.in_flight.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
 async fn dropping_a_spawned_replay_cancels_it() {
     let plan = Arc::new(ReplayPlan::new(&replay_trace(10), &PlanOptions::default()));
-    let p = Arc::new(Parking {
-        forever: true,
-        ..Default::default()
-    });
+    let p = Arc::new(Parking { forever: true, ..Default::default() });
     let task = tokio::spawn({
         let (plan, p) = (Arc::clone(&plan), Arc::clone(&p));
-        async move {
-            replay(
-                &plan,
-                &*p,
-                &ReplayOptions { window: 2 },
-                std::future::pending(),
-            )
-            .await
-        }
+        async move { replay(&plan, &*p, &ReplayOptions { window: 2 }, std::future::pending()).await }
     });
     while p.calls.load(Ordering::SeqCst) < 2 {
         tokio::time::sleep(Duration::from_millis(1)).await;

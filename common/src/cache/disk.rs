@@ -144,7 +144,7 @@ impl DiskTier {
     /// Loads and verifies block `index` of a blob with disk key `key`, against `expected` too
     /// where given.
     pub fn load(&self, key: &DiskKey, index: u64, expected: Option<Digest>) -> Load {
-        if !self.lock().entries.get(key).is_some() {
+        if self.lock().entries.get(key).is_none() {
             return Load::Miss;
         }
         match self.read_verified(key, index, expected) {

@@ -6,7 +6,7 @@
 //! | URL                               | type                  | keys map to                          |
 //! | --------------------------------- | --------------------- | ------------------------------------ |
 //! | `file:///abs/dir`                 | [`local::LocalStore`] | files under the directory            |
-//! | `docker://host[:port]/repo`       | [`oci::OciStore`]     | `blobs/<digest>` → blobs, `refs/<tag>` → manifests |
+//! | `docker://host[:port]/repo`       | [`oci::OciStore`]     | `blobs/<digest>` → blobs, `manifests/<tag-or-digest>` → manifests |
 //! | `hdfs://host:port/dir`, `hdfs://ns/dir` | [`hdfs::HdfsStore`] | files under the HDFS directory   |
 //!
 //! Backends are thin: they translate one call into one backend request and classify failures into
@@ -155,6 +155,8 @@ pub struct OpenOptions {
     pub retry: RetryConfig,
     /// Registry hosts reached over plain `http` (loopback hosts always are).
     pub insecure_registries: Vec<String>,
+    /// HDFS client configuration beyond `HADOOP_CONF_DIR`.
+    pub hdfs: hdfs::HdfsOptions,
 }
 
 /// Opens the store a URL names, wrapped in [`RetryStore`].
@@ -169,7 +171,7 @@ pub async fn open(url: &str, options: &OpenOptions) -> StoreResult<DynStore> {
     let inner: DynStore = match scheme {
         "file" => Arc::new(local::LocalStore::open(url)?),
         "docker" | "oci" => Arc::new(oci::OciStore::open(url, &options.insecure_registries)?),
-        "hdfs" | "viewfs" => Arc::new(hdfs::HdfsStore::open(url).await?),
+        "hdfs" | "viewfs" => Arc::new(hdfs::HdfsStore::open_with(url, &options.hdfs).await?),
         other => {
             return Err(bad(format!("unknown scheme {other:?}: expected file, docker or hdfs")));
         }

@@ -96,19 +96,14 @@ enum Target {
 
 fn parse_key(key: &str) -> StoreResult<Target> {
     check_key(key)?;
-    let bad = |reason: String| StoreError::InvalidKey {
-        key: key.to_string(),
-        reason,
-    };
+    let bad = |reason: String| StoreError::InvalidKey { key: key.to_string(), reason };
     if let Some(digest) = key.strip_prefix("blobs/") {
         let digest = digest.parse::<Digest>().map_err(|e| bad(e.to_string()))?;
         return Ok(Target::Blob(digest));
     }
     if let Some(reference) = key.strip_prefix("manifests/") {
         if reference.starts_with("sha256:") {
-            reference
-                .parse::<Digest>()
-                .map_err(|e| bad(e.to_string()))?;
+            reference.parse::<Digest>().map_err(|e| bad(e.to_string()))?;
         } else if !is_tag(reference) {
             return Err(bad(format!(
                 "{reference:?} is not a tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}) or a sha256 digest"
@@ -116,17 +111,13 @@ fn parse_key(key: &str) -> StoreResult<Target> {
         }
         return Ok(Target::Manifest(reference.to_string()));
     }
-    Err(bad(
-        "a registry key is blobs/sha256:<hex> or manifests/<tag or digest>".into(),
-    ))
+    Err(bad("a registry key is blobs/sha256:<hex> or manifests/<tag or digest>".into()))
 }
 
 /// A tag as the distribution spec allows it.
 fn is_tag(s: &str) -> bool {
     let mut bytes = s.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
     first_ok
         && s.len() <= 128
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -180,10 +171,7 @@ pub struct OciStore {
 
 impl std::fmt::Debug for OciStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OciStore")
-            .field("url", &self.url)
-            .field("auth", &self.creds)
-            .finish()
+        f.debug_struct("OciStore").field("url", &self.url).field("auth", &self.creds).finish()
     }
 }
 
@@ -204,10 +192,7 @@ impl OciStore {
         creds: RegistryAuth,
     ) -> StoreResult<Self> {
         let (registry, repository) = split_url(url)?;
-        let bad = |reason: String| StoreError::InvalidKey {
-            key: url.to_string(),
-            reason,
-        };
+        let bad = |reason: String| StoreError::InvalidKey { key: url.to_string(), reason };
         let parsed = url::Url::parse(&format!("http://{registry}/"))
             .map_err(|e| bad(format!("bad registry host {registry:?}: {e}")))?;
         let host = parsed.host_str().unwrap_or_default().to_string();
@@ -268,11 +253,7 @@ impl OciStore {
     }
 
     fn reference(&self, tag: &str) -> Reference {
-        Reference::with_tag(
-            self.registry.clone(),
-            self.repository.clone(),
-            tag.to_string(),
-        )
+        Reference::with_tag(self.registry.clone(), self.repository.clone(), tag.to_string())
     }
 
     fn target_url(&self, target: &Target) -> String {
@@ -339,10 +320,7 @@ impl OciStore {
             }
             (None, RegistryAuth::Anonymous) => Credential::None,
         };
-        let fresh = AuthSlot {
-            generation,
-            credential,
-        };
+        let fresh = AuthSlot { generation, credential };
         *slot = Some(fresh.clone());
         Ok(fresh)
     }
@@ -401,20 +379,12 @@ impl OciStore {
         key: &str,
         digest: &Digest,
     ) -> StoreResult<u64> {
-        if let Some(len) = self
-            .lens
-            .lock()
-            .ok()
-            .and_then(|mut c| c.get(digest).copied())
-        {
+        if let Some(len) = self.lens.lock().ok().and_then(|mut c| c.get(digest).copied()) {
             return Ok(len);
         }
         let url = self.target_url(&Target::Blob(*digest));
-        let response = self
-            .send(op_name, key, RegistryOperation::Pull, || {
-                self.http.head(&url)
-            })
-            .await?;
+        let response =
+            self.send(op_name, key, RegistryOperation::Pull, || self.http.head(&url)).await?;
         let status = response.status();
         if status != StatusCode::OK {
             return Err(status_error(op_name, key, status, ""));
@@ -452,15 +422,9 @@ impl OciStore {
             .await?;
         let status = response.status();
         if status != StatusCode::OK {
-            let body = read_body(&mut response, op_name, key, 4096, false)
-                .await
-                .unwrap_or_default();
-            return Err(status_error(
-                op_name,
-                key,
-                status,
-                &String::from_utf8_lossy(&body),
-            ));
+            let body =
+                read_body(&mut response, op_name, key, 4096, false).await.unwrap_or_default();
+            return Err(status_error(op_name, key, status, &String::from_utf8_lossy(&body)));
         }
         let body = read_body(&mut response, op_name, key, MAX_MANIFEST_LEN, true).await?;
         if let Ok(want) = reference.parse::<Digest>()
@@ -490,11 +454,7 @@ impl OciStore {
                 self.http.get(&url).header(header::RANGE, &spec)
             })
             .await?;
-        let bad = |message: String| StoreError::BadReply {
-            op: OP,
-            key: key.to_string(),
-            message,
-        };
+        let bad = |message: String| StoreError::BadReply { op: OP, key: key.to_string(), message };
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
                 if let Some(value) = response.headers().get(header::CONTENT_RANGE) {
@@ -515,10 +475,7 @@ impl OciStore {
                 }
                 let body = read_body(&mut response, OP, key, want, true).await?;
                 if body.len() as u64 != want {
-                    return Err(bad(format!(
-                        "asked {want} bytes ({spec}), got {}",
-                        body.len()
-                    )));
+                    return Err(bad(format!("asked {want} bytes ({spec}), got {}", body.len())));
                 }
                 Ok(body)
             }
@@ -536,20 +493,11 @@ impl OciStore {
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 self.forget_len(digest);
-                Err(bad(format!(
-                    "registry refused {spec} of a blob it said has {len} bytes"
-                )))
+                Err(bad(format!("registry refused {spec} of a blob it said has {len} bytes")))
             }
             status => {
-                let body = read_body(&mut response, OP, key, 4096, false)
-                    .await
-                    .unwrap_or_default();
-                Err(status_error(
-                    OP,
-                    key,
-                    status,
-                    &String::from_utf8_lossy(&body),
-                ))
+                let body = read_body(&mut response, OP, key, 4096, false).await.unwrap_or_default();
+                Err(status_error(OP, key, status, &String::from_utf8_lossy(&body)))
             }
         }
     }
@@ -557,12 +505,9 @@ impl OciStore {
     async fn put_blob(&self, key: &str, digest: &Digest, data: Bytes) -> StoreResult<()> {
         const OP: &str = "put";
         let hashed = data.clone();
-        let actual = tokio::task::spawn_blocking(move || Digest::of(&hashed))
-            .await
-            .map_err(|e| StoreError::Other {
-                op: OP,
-                key: key.to_string(),
-                message: e.to_string(),
+        let actual =
+            tokio::task::spawn_blocking(move || Digest::of(&hashed)).await.map_err(|e| {
+                StoreError::Other { op: OP, key: key.to_string(), message: e.to_string() }
             })?;
         if actual != *digest {
             return Err(StoreError::InvalidKey {
@@ -590,10 +535,7 @@ impl OciStore {
 
     async fn put_manifest(&self, key: &str, reference: &str, data: Bytes) -> StoreResult<()> {
         const OP: &str = "put";
-        let invalid = |reason: String| StoreError::InvalidKey {
-            key: key.to_string(),
-            reason,
-        };
+        let invalid = |reason: String| StoreError::InvalidKey { key: key.to_string(), reason };
         #[derive(serde::Deserialize)]
         struct Typed {
             #[serde(rename = "mediaType")]
@@ -601,9 +543,7 @@ impl OciStore {
         }
         let typed: Typed = serde_json::from_slice(&data)
             .map_err(|e| invalid(format!("data is not a JSON manifest: {e}")))?;
-        let media_type = typed
-            .media_type
-            .unwrap_or_else(|| DEFAULT_MANIFEST_TYPE.to_string());
+        let media_type = typed.media_type.unwrap_or_else(|| DEFAULT_MANIFEST_TYPE.to_string());
         let content_type = HeaderValue::from_str(&media_type)
             .map_err(|_| invalid(format!("mediaType {media_type:?} is not a valid header")))?;
         if let Ok(want) = reference.parse::<Digest>() {
@@ -627,9 +567,7 @@ impl OciStore {
         if status.is_success() {
             return Ok(());
         }
-        let body = read_body(&mut response, OP, key, 4096, false)
-            .await
-            .unwrap_or_default();
+        let body = read_body(&mut response, OP, key, 4096, false).await.unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
         if status == StatusCode::BAD_REQUEST {
             // The registry refused the manifest itself (invalid, or it names missing blobs).
@@ -656,21 +594,15 @@ impl OciStore {
             Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut tags: Vec<String> = tags
-            .into_iter()
-            .filter(|t| t.starts_with(tag_prefix) && is_tag(t))
-            .collect();
+        let mut tags: Vec<String> =
+            tags.into_iter().filter(|t| t.starts_with(tag_prefix) && is_tag(t)).collect();
         tags.sort();
         tags.dedup();
         let metas: Vec<ObjectMeta> = futures::stream::iter(tags)
             .map(|tag| async move {
                 let key = format!("manifests/{tag}");
                 let body = self.get_manifest(OP, &key, &tag).await?;
-                Ok::<_, StoreError>(ObjectMeta {
-                    key,
-                    len: body.len() as u64,
-                    mtime: None,
-                })
+                Ok::<_, StoreError>(ObjectMeta { key, len: body.len() as u64, mtime: None })
             })
             .buffered(LIST_CONCURRENCY)
             .try_collect()
@@ -692,11 +624,7 @@ impl Store for OciStore {
                 self.get_manifest("stat", key, &reference).await?.len() as u64
             }
         };
-        Ok(ObjectMeta {
-            key: key.to_string(),
-            len,
-            mtime: None,
-        })
+        Ok(ObjectMeta { key: key.to_string(), len, mtime: None })
     }
 
     async fn read_range(&self, key: &str, range: Range<u64>) -> StoreResult<Bytes> {
@@ -723,10 +651,7 @@ impl Store for OciStore {
         }
         if "blobs/".starts_with(prefix) || prefix.starts_with("blobs/") {
             // The prefix covers blobs (or is empty): a registry cannot enumerate them.
-            return Err(StoreError::Unsupported {
-                op: "list",
-                key: prefix.to_string(),
-            });
+            return Err(StoreError::Unsupported { op: "list", key: prefix.to_string() });
         }
         if "manifests/".starts_with(prefix) {
             return self.list_tags(prefix, "").await;
@@ -737,17 +662,14 @@ impl Store for OciStore {
 
 /// Splits `docker://host[:port]/repo[/path]` into `host[:port]` and the repository.
 fn split_url(url: &str) -> StoreResult<(String, String)> {
-    let bad = |reason: &str| StoreError::InvalidKey {
-        key: url.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad =
+        |reason: &str| StoreError::InvalidKey { key: url.to_string(), reason: reason.to_string() };
     let rest = url
         .strip_prefix("docker://")
         .or_else(|| url.strip_prefix("oci://"))
         .ok_or_else(|| bad("expected docker://host[:port]/repository"))?;
-    let (registry, repository) = rest
-        .split_once('/')
-        .ok_or_else(|| bad("no repository: expected docker://host/repo"))?;
+    let (registry, repository) =
+        rest.split_once('/').ok_or_else(|| bad("no repository: expected docker://host/repo"))?;
     let repository = repository.trim_end_matches('/');
     if registry.is_empty() || registry.contains(['@', '?', '#', ' ']) {
         return Err(bad("bad registry host"));
@@ -792,19 +714,13 @@ fn docker_config_auth(text: &[u8], registry: &str) -> Option<RegistryAuth> {
         password: Option<String>,
     }
     let config: Config = serde_json::from_slice(text).ok()?;
-    let entry = [
-        registry.to_string(),
-        format!("https://{registry}"),
-        format!("http://{registry}"),
-    ]
-    .iter()
-    .find_map(|k| config.auths.get(k))?;
+    let entry = [registry.to_string(), format!("https://{registry}"), format!("http://{registry}")]
+        .iter()
+        .find_map(|k| config.auths.get(k))?;
     if let (Some(user), Some(pass)) = (&entry.username, &entry.password) {
         return Some(RegistryAuth::Basic(user.clone(), pass.clone()));
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(entry.auth.as_ref()?)
-        .ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(entry.auth.as_ref()?).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, pass) = decoded.split_once(':')?;
     Some(RegistryAuth::Basic(user.to_string(), pass.to_string()))
@@ -827,11 +743,7 @@ async fn read_body(
     strict: bool,
 ) -> StoreResult<Bytes> {
     let mut buf = BytesMut::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| request_error(op, key, &e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| request_error(op, key, &e))? {
         if (buf.len() + chunk.len()) as u64 > limit {
             if strict {
                 return Err(StoreError::BadReply {
@@ -850,14 +762,7 @@ async fn read_body(
 }
 
 fn header_u64(response: &Response, name: header::HeaderName) -> Option<u64> {
-    response
-        .headers()
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    response.headers().get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Parses `bytes START-END/TOTAL` (TOTAL may be `*`).
@@ -878,10 +783,7 @@ fn status_error(op: &'static str, key: &str, status: StatusCode, body: &str) -> 
     let message = if body.is_empty() {
         format!("HTTP {status}")
     } else {
-        format!(
-            "HTTP {status}: {}",
-            body.trim().chars().take(300).collect::<String>()
-        )
+        format!("HTTP {status}: {}", body.trim().chars().take(300).collect::<String>())
     };
     match status.as_u16() {
         404 => StoreError::NotFound { key },
@@ -916,10 +818,9 @@ fn is_unauthorized(error: &OciDistributionError) -> bool {
     match error {
         OciDistributionError::UnauthorizedError { .. } => true,
         OciDistributionError::ServerError { code, .. } => *code == 401,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| e.code == OciErrorCode::Unauthorized),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|e| e.code == OciErrorCode::Unauthorized)
+        }
         OciDistributionError::RequestError(e) => e.status() == Some(StatusCode::UNAUTHORIZED),
         _ => false,
     }
@@ -931,23 +832,13 @@ fn oci_error(op: &'static str, key: &str, error: OciDistributionError) -> StoreE
     let message = error.to_string();
     let key_s = key.to_string();
     match error {
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => StoreError::Unauthorized {
-            op,
-            key: key_s,
-            message,
-        },
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
+            StoreError::Unauthorized { op, key: key_s, message }
+        }
         E::RequestError(e) => request_error(op, key, &e),
-        E::ServerError {
-            code,
-            message: body,
-            ..
-        } => match StatusCode::from_u16(code) {
+        E::ServerError { code, message: body, .. } => match StatusCode::from_u16(code) {
             Ok(status) => status_error(op, key, status, &body),
-            Err(_) => StoreError::BadReply {
-                op,
-                key: key_s,
-                message,
-            },
+            Err(_) => StoreError::BadReply { op, key: key_s, message },
         },
         E::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
@@ -960,37 +851,17 @@ fn oci_error(op: &'static str, key: &str, error: OciDistributionError) -> StoreE
             ]) {
                 StoreError::NotFound { key: key_s }
             } else if any(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
-                StoreError::Unauthorized {
-                    op,
-                    key: key_s,
-                    message,
-                }
+                StoreError::Unauthorized { op, key: key_s, message }
             } else if any(&[OciErrorCode::Toomanyrequests]) {
-                StoreError::Transient {
-                    op,
-                    key: key_s,
-                    message,
-                }
+                StoreError::Transient { op, key: key_s, message }
             } else if any(&[OciErrorCode::DigestInvalid, OciErrorCode::SizeInvalid]) {
                 // We checked the digest before sending, so the bytes changed on the way.
-                StoreError::BadReply {
-                    op,
-                    key: key_s,
-                    message,
-                }
+                StoreError::BadReply { op, key: key_s, message }
             } else {
-                StoreError::Other {
-                    op,
-                    key: key_s,
-                    message,
-                }
+                StoreError::Other { op, key: key_s, message }
             }
         }
-        E::IoError(_) => StoreError::Transient {
-            op,
-            key: key_s,
-            message,
-        },
+        E::IoError(_) => StoreError::Transient { op, key: key_s, message },
         E::DigestError(_)
         | E::HeaderValueError(_)
         | E::JsonError(_)
@@ -1003,11 +874,7 @@ fn oci_error(op: &'static str, key: &str, error: OciDistributionError) -> StoreE
         | E::UnsupportedMediaTypeError(_)
         | E::UnsupportedSchemaVersionError(_)
         | E::VersionedParsingError(_)
-        | E::UrlParseError(_) => StoreError::BadReply {
-            op,
-            key: key_s,
-            message,
-        },
+        | E::UrlParseError(_) => StoreError::BadReply { op, key: key_s, message },
         E::ConfigConversionError(_)
         | E::GenericError(_)
         | E::ImageManifestNotFoundError(_)
@@ -1015,11 +882,7 @@ fn oci_error(op: &'static str, key: &str, error: OciDistributionError) -> StoreE
         | E::IncompatibleLayerMediaTypeError(_)
         | E::PushNoDataError
         | E::PushLayerNoDataError
-        | E::PullNoLayersError => StoreError::Other {
-            op,
-            key: key_s,
-            message,
-        },
+        | E::PullNoLayersError => StoreError::Other { op, key: key_s, message },
     }
 }
 
@@ -1030,10 +893,7 @@ mod tests {
     #[test]
     fn keys_map_to_blobs_and_manifests() {
         let hex = "ab".repeat(32);
-        assert!(matches!(
-            parse_key(&format!("blobs/sha256:{hex}")),
-            Ok(Target::Blob(_))
-        ));
+        assert!(matches!(parse_key(&format!("blobs/sha256:{hex}")), Ok(Target::Blob(_))));
         assert!(
             matches!(parse_key("manifests/v1.0_x-y"), Ok(Target::Manifest(t)) if t == "v1.0_x-y")
         );
@@ -1084,13 +944,9 @@ mod tests {
             .expect("open");
             assert!(s.base.starts_with("http://"), "{insecure}");
         }
-        for bad in [
-            "docker://host",
-            "docker:///repo",
-            "docker://h/Upper",
-            "docker://h/a//b",
-            "file:///x",
-        ] {
+        for bad in
+            ["docker://host", "docker:///repo", "docker://h/Upper", "docker://h/a//b", "file:///x"]
+        {
             assert!(
                 OciStore::open_with_auth(bad, &[], RegistryAuth::Anonymous).is_err(),
                 "{bad:?} accepted"
@@ -1100,10 +956,7 @@ mod tests {
 
     #[test]
     fn content_range_parsing() {
-        assert_eq!(
-            parse_content_range("bytes 0-9/100"),
-            Some((0, 9, Some(100)))
-        );
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 9, Some(100))));
         assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 5, None)));
         for bad in ["", "bytes", "bytes x-1/2", "items 0-1/2", "bytes 0-1"] {
             assert_eq!(parse_content_range(bad), None, "{bad:?}");
@@ -1160,8 +1013,7 @@ mod tests {
 
         impl Fake {
             fn expire_all(&self) {
-                self.min_valid
-                    .store(self.issued.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+                self.min_valid.store(self.issued.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
             }
 
             fn answer(&self, head: &str, data: &[u8], port: u16) -> Vec<u8> {
@@ -1196,11 +1048,7 @@ mod tests {
                         return reply("401 Unauthorized", "", b"denied");
                     }
                     let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-                    return reply(
-                        "200 OK",
-                        "",
-                        format!("{{\"token\":\"tok-{n}\"}}").as_bytes(),
-                    );
+                    return reply("200 OK", "", format!("{{\"token\":\"tok-{n}\"}}").as_bytes());
                 }
                 let token_ok = header("authorization")
                     .and_then(|v| v.strip_prefix("Bearer tok-")?.parse::<u64>().ok())
@@ -1273,23 +1121,13 @@ mod tests {
             );
             let key = format!("blobs/{}", Digest::of(&data));
 
-            assert_eq!(
-                store.read_range(&key, 0..10).await.expect("first read"),
-                data.slice(0..10)
-            );
+            assert_eq!(store.read_range(&key, 0..10).await.expect("first read"), data.slice(0..10));
             assert_eq!(fake.issued.load(Ordering::SeqCst), 1);
 
             fake.expire_all();
-            let got = store
-                .read_range(&key, 500..1500)
-                .await
-                .expect("read after expiry");
+            let got = store.read_range(&key, 500..1500).await.expect("read after expiry");
             assert_eq!(got, data.slice(500..1500));
-            assert_eq!(
-                fake.issued.load(Ordering::SeqCst),
-                2,
-                "one re-authentication"
-            );
+            assert_eq!(fake.issued.load(Ordering::SeqCst), 2, "one re-authentication");
 
             // Many readers meet the expired token at once: one renewal serves them all.
             fake.expire_all();
@@ -1298,25 +1136,15 @@ mod tests {
                 tokio::spawn(async move { store.read_range(&key, i * 1000..i * 1000 + 10).await })
             });
             for (i, read) in reads.enumerate() {
-                let got = read
-                    .await
-                    .expect("join")
-                    .expect("concurrent read after expiry");
+                let got = read.await.expect("join").expect("concurrent read after expiry");
                 assert_eq!(got, data.slice(i * 1000..i * 1000 + 10));
             }
-            assert_eq!(
-                fake.issued.load(Ordering::SeqCst),
-                3,
-                "one shared re-authentication"
-            );
+            assert_eq!(fake.issued.load(Ordering::SeqCst), 3, "one shared re-authentication");
 
             // Expired, and the token server now refuses: a typed error, no retry loop.
             fake.deny.store(true, Ordering::SeqCst);
             fake.expire_all();
-            let err = store
-                .read_range(&key, 0..10)
-                .await
-                .expect_err("refused token");
+            let err = store.read_range(&key, 0..10).await.expect_err("refused token");
             assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
         }
     }

@@ -43,9 +43,7 @@ impl Registry {
     }
 
     fn start_inner(auth: Option<(&str, &str)>) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("bootseer-registry-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("bootseer-registry-").tempdir()?;
         let port = free_port()?;
         let auth_section = match auth {
             Some((user, pass)) => {
@@ -70,11 +68,7 @@ impl Registry {
             storage = storage.display(),
         );
         std::fs::write(dir.path().join("config.yml"), config)?;
-        let mut registry = Self {
-            dir,
-            port,
-            child: None,
-        };
+        let mut registry = Self { dir, port, child: None };
         registry.start_again()?;
         Ok(registry)
     }
@@ -111,10 +105,7 @@ impl Registry {
         self.stop();
         let binary =
             std::env::var("BOOTSEER_DOCKER_REGISTRY").unwrap_or_else(|_| DEFAULT_BINARY.into());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let child = Command::new(&binary)
             .arg("serve")
             .arg(self.dir.path().join("config.yml"))
@@ -133,10 +124,7 @@ impl Registry {
                 && let Some(status) = child.try_wait()?
             {
                 self.child = None;
-                bail!(
-                    "docker-registry exited with {status} at start:\n{}",
-                    self.log_tail()
-                );
+                bail!("docker-registry exited with {status} at start:\n{}", self.log_tail());
             }
             if Instant::now() > deadline {
                 self.stop();
@@ -196,12 +184,7 @@ fn bcrypt_hash(pass: &str) -> anyhow::Result<String> {
         .collect();
     // Cost 5: the lowest libxcrypt takes happily; tests need speed, not strength.
     let output = Command::new("perl")
-        .args([
-            "-e",
-            "print crypt($ARGV[0], $ARGV[1])",
-            pass,
-            &format!("$2b$05${salt}"),
-        ])
+        .args(["-e", "print crypt($ARGV[0], $ARGV[1])", pass, &format!("$2b$05${salt}")])
         .output()
         .context("cannot run perl to make a bcrypt htpasswd entry")?;
     let hash = String::from_utf8(output.stdout).context("perl printed non-UTF-8")?;

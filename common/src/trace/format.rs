@@ -132,16 +132,10 @@ impl Trace {
         let available = (data.len() - HEADER_LEN) as u64;
         let needed = body_len.saturating_add(CRC_LEN as u64);
         if available < needed {
-            return Err(TraceError::Truncated {
-                what: "body and checksum",
-                needed,
-                available,
-            });
+            return Err(TraceError::Truncated { what: "body and checksum", needed, available });
         }
         if available > needed {
-            return Err(TraceError::TrailingBytes {
-                extra: available - needed,
-            });
+            return Err(TraceError::TrailingBytes { extra: available - needed });
         }
         // `needed <= available <= usize::MAX` here, so the cast is exact.
         let end = HEADER_LEN + body_len as usize;
@@ -157,10 +151,7 @@ impl Trace {
             ));
         }
 
-        let mut r = Reader {
-            buf: &data[HEADER_LEN..end],
-            pos: 0,
-        };
+        let mut r = Reader { buf: &data[HEADER_LEN..end], pos: 0 };
         let recordings = r.u32("recordings")?;
 
         let blob_count = r.count("blob count", MIN_BLOB_LEN)?;
@@ -169,11 +160,7 @@ impl Trace {
             let id = r.string("blob id")?;
             let block_size = r.u32("block size")?;
             let block_count = r.varint("block count")?;
-            blobs.push(BlobEntry {
-                id,
-                block_size,
-                block_count,
-            });
+            blobs.push(BlobEntry { id, block_size, block_count });
         }
 
         let file_count = r.count("file count", MIN_FILE_LEN)?;
@@ -214,13 +201,7 @@ impl Trace {
             };
             let block = prev.wrapping_add(unzigzag(r.varint("record block")?));
             *prev = block;
-            records.push(Record {
-                blob,
-                block,
-                at_us,
-                file,
-                seen,
-            });
+            records.push(Record { blob, block, at_us, file, seen });
         }
         if r.pos != r.buf.len() {
             return Err(TraceError::malformed(
@@ -229,12 +210,7 @@ impl Trace {
             ));
         }
 
-        let trace = Trace {
-            recordings,
-            blobs,
-            files,
-            records,
-        };
+        let trace = Trace { recordings, blobs, files, records };
         trace.validate()?;
         Ok(trace)
     }
@@ -244,10 +220,7 @@ fn check_version(found: u16) -> Result<(), TraceError> {
     if found == FORMAT_VERSION {
         Ok(())
     } else {
-        Err(TraceError::UnsupportedVersion {
-            found,
-            supported: FORMAT_VERSION,
-        })
+        Err(TraceError::UnsupportedVersion { found, supported: FORMAT_VERSION })
     }
 }
 
@@ -291,11 +264,7 @@ impl Reader<'_> {
         // A u64 takes at most ten 7-bit groups; the tenth may only carry the top bit.
         for i in 0..10 {
             let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(TraceError::Truncated {
-                    what,
-                    needed: 1,
-                    available: 0,
-                });
+                return Err(TraceError::Truncated { what, needed: 1, available: 0 });
             };
             self.pos += 1;
             if i == 9 && byte > 1 {
@@ -331,11 +300,7 @@ impl Reader<'_> {
         let len = self.varint(what)?;
         let left = self.left() as u64;
         if len > left {
-            return Err(TraceError::Truncated {
-                what,
-                needed: len,
-                available: left,
-            });
+            return Err(TraceError::Truncated { what, needed: len, available: left });
         }
         let bytes = &self.buf[self.pos..self.pos + len as usize];
         self.pos += len as usize;
@@ -350,16 +315,7 @@ mod tests {
 
     #[test]
     fn varint_and_zigzag_round_trip_edges() {
-        for v in [
-            0,
-            1,
-            127,
-            128,
-            300,
-            u64::from(u32::MAX),
-            u64::MAX - 1,
-            u64::MAX,
-        ] {
+        for v in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             let mut r = Reader { buf: &out, pos: 0 };
@@ -401,15 +357,6 @@ mod tests {
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         let err = Trace::decode(&out).expect_err("must fail");
-        assert!(
-            matches!(
-                err,
-                TraceError::Malformed {
-                    what: "blob count",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, TraceError::Malformed { what: "blob count", .. }), "{err}");
     }
 }

@@ -103,12 +103,7 @@ impl Trace {
                             a.file = nf;
                         }
                     })
-                    .or_insert(Acc {
-                        at_us: r.at_us,
-                        src: (ti, pos),
-                        file: nf,
-                        seen,
-                    });
+                    .or_insert(Acc { at_us: r.at_us, src: (ti, pos), file: nf, seen });
             }
         }
 
@@ -116,35 +111,19 @@ impl Trace {
             .into_iter()
             .filter(|((blob, block), _)| *block < blobs[*blob as usize].block_count)
             .map(|((blob, block), a)| {
-                (
-                    Record {
-                        blob,
-                        block,
-                        at_us: a.at_us,
-                        file: a.file,
-                        seen: a.seen,
-                    },
-                    a.src,
-                )
+                (Record { blob, block, at_us: a.at_us, file: a.file, seen: a.seen }, a.src)
             })
             .collect();
         if merged.len() > max_records {
             merged.sort_by(|(a, asrc), (b, bsrc)| {
-                b.seen
-                    .cmp(&a.seen)
-                    .then(a.at_us.cmp(&b.at_us))
-                    .then(asrc.cmp(bsrc))
+                b.seen.cmp(&a.seen).then(a.at_us.cmp(&b.at_us)).then(asrc.cmp(bsrc))
             });
             merged.truncate(max_records);
         }
         merged.sort_by(|(a, asrc), (b, bsrc)| a.at_us.cmp(&b.at_us).then(asrc.cmp(bsrc)));
 
         // Inputs that broke `seen <= recordings` (or had 0 recordings) are clamped back into it.
-        let recordings = if merged.is_empty() {
-            recordings
-        } else {
-            recordings.max(1)
-        };
+        let recordings = if merged.is_empty() { recordings } else { recordings.max(1) };
         let records = merged
             .into_iter()
             .map(|(mut r, _)| {
@@ -152,12 +131,7 @@ impl Trace {
                 r
             })
             .collect();
-        let mut out = Trace {
-            recordings,
-            blobs,
-            files,
-            records,
-        };
+        let mut out = Trace { recordings, blobs, files, records };
         out.canonicalize_tables();
         out
     }

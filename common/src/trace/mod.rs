@@ -98,11 +98,7 @@ pub enum TraceError {
     UnsupportedVersion { found: u16, supported: u16 },
     /// The input ends before the part it is reading.
     #[error("trace truncated: {what} needs {needed} bytes, only {available} left")]
-    Truncated {
-        what: &'static str,
-        needed: u64,
-        available: u64,
-    },
+    Truncated { what: &'static str, needed: u64, available: u64 },
     /// Bytes follow the end the header announced.
     #[error("trace has {extra} unexpected bytes after its end")]
     TrailingBytes { extra: u64 },
@@ -116,10 +112,7 @@ pub enum TraceError {
 
 impl TraceError {
     fn malformed(what: &'static str, reason: impl Into<String>) -> Self {
-        Self::Malformed {
-            what,
-            reason: reason.into(),
-        }
+        Self::Malformed { what, reason: reason.into() }
     }
 }
 
@@ -139,21 +132,14 @@ impl Trace {
             }
         }
         if !self.records.is_empty() && self.recordings == 0 {
-            return Err(TraceError::malformed(
-                "recordings",
-                "0 recordings but records present",
-            ));
+            return Err(TraceError::malformed("recordings", "0 recordings but records present"));
         }
         let mut seen_blocks = HashSet::with_capacity(self.records.len());
         for (i, r) in self.records.iter().enumerate() {
             let Some(blob) = self.blobs.get(r.blob as usize) else {
                 return Err(TraceError::malformed(
                     "record",
-                    format!(
-                        "record {i}: blob index {} out of {} blobs",
-                        r.blob,
-                        self.blobs.len()
-                    ),
+                    format!("record {i}: blob index {} out of {} blobs", r.blob, self.blobs.len()),
                 ));
             };
             if r.block >= blob.block_count {
@@ -168,29 +154,19 @@ impl Trace {
             if r.file as usize >= self.files.len() {
                 return Err(TraceError::malformed(
                     "record",
-                    format!(
-                        "record {i}: file index {} out of {} files",
-                        r.file,
-                        self.files.len()
-                    ),
+                    format!("record {i}: file index {} out of {} files", r.file, self.files.len()),
                 ));
             }
             if r.seen == 0 || r.seen > self.recordings {
                 return Err(TraceError::malformed(
                     "record",
-                    format!(
-                        "record {i}: seen {} outside 1..={}",
-                        r.seen, self.recordings
-                    ),
+                    format!("record {i}: seen {} outside 1..={}", r.seen, self.recordings),
                 ));
             }
             if !seen_blocks.insert((r.blob, r.block)) {
                 return Err(TraceError::malformed(
                     "record",
-                    format!(
-                        "record {i}: block {} of {:?} recorded twice",
-                        r.block, blob.id
-                    ),
+                    format!("record {i}: block {} of {:?} recorded twice", r.block, blob.id),
                 ));
             }
         }
@@ -203,8 +179,7 @@ impl Trace {
     /// Records whose indexes are out of range are dropped first.
     pub(crate) fn canonicalize_tables(&mut self) {
         let (nblobs, nfiles) = (self.blobs.len(), self.files.len());
-        self.records
-            .retain(|r| (r.blob as usize) < nblobs && (r.file as usize) < nfiles);
+        self.records.retain(|r| (r.blob as usize) < nblobs && (r.file as usize) < nfiles);
         let mut blob_map: HashMap<u32, u32> = HashMap::new();
         let mut file_map: HashMap<u32, u32> = HashMap::new();
         let mut blobs = Vec::new();
@@ -242,13 +217,7 @@ impl Trace {
         let mut top: Vec<(String, u64)> = per_file
             .into_iter()
             .map(|(f, n)| {
-                (
-                    self.files
-                        .get(f as usize)
-                        .cloned()
-                        .unwrap_or_else(|| format!("<file #{f}>")),
-                    n,
-                )
+                (self.files.get(f as usize).cloned().unwrap_or_else(|| format!("<file #{f}>")), n)
             })
             .collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

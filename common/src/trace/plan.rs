@@ -35,10 +35,7 @@ impl Default for PlanOptions {
         // HDFS round trip, small enough that one request does not hold up the next. A lookahead
         // of 64 is about what a window of 8 such requests has in flight anyway, so pulling a
         // block forward by that much does not fetch it before it would have been fetched.
-        Self {
-            max_run_blocks: 8,
-            lookahead: 64,
-        }
+        Self { max_run_blocks: 8, lookahead: 64 }
     }
 }
 
@@ -67,10 +64,7 @@ impl ReplayPlan {
         let mut entries: Vec<Option<(u32, u64)>> = Vec::with_capacity(n);
         let mut position: HashMap<(u32, u64), usize> = HashMap::with_capacity(n);
         for (i, r) in trace.records.iter().enumerate() {
-            let valid = trace
-                .blobs
-                .get(r.blob as usize)
-                .is_some_and(|b| r.block < b.block_count);
+            let valid = trace.blobs.get(r.blob as usize).is_some_and(|b| r.block < b.block_count);
             let first = valid && !position.contains_key(&(r.blob, r.block));
             if first {
                 position.insert((r.blob, r.block), i);
@@ -105,15 +99,9 @@ impl ReplayPlan {
             while hi - lo < max_run && lo > 0 && joins(lo - 1, &mut done) {
                 lo -= 1;
             }
-            requests.push(PrefetchRequest {
-                blob,
-                blocks: lo..hi,
-            });
+            requests.push(PrefetchRequest { blob, blocks: lo..hi });
         }
-        ReplayPlan {
-            blobs: trace.blobs.iter().map(|b| b.id.clone()).collect(),
-            requests,
-        }
+        ReplayPlan { blobs: trace.blobs.iter().map(|b| b.id.clone()).collect(), requests }
     }
 
     /// The requests, in the order to issue them.
@@ -133,10 +121,7 @@ impl ReplayPlan {
 
     /// Blocks over all requests.
     pub fn block_count(&self) -> u64 {
-        self.requests
-            .iter()
-            .map(|r| r.blocks.end - r.blocks.start)
-            .sum()
+        self.requests.iter().map(|r| r.blocks.end - r.blocks.start).sum()
     }
 }
 
@@ -149,16 +134,8 @@ mod tests {
         Trace {
             recordings: 1,
             blobs: vec![
-                BlobEntry {
-                    id: "a".into(),
-                    block_size: 0,
-                    block_count: 100,
-                },
-                BlobEntry {
-                    id: "b".into(),
-                    block_size: 0,
-                    block_count: 100,
-                },
+                BlobEntry { id: "a".into(), block_size: 0, block_count: 100 },
+                BlobEntry { id: "b".into(), block_size: 0, block_count: 100 },
             ],
             files: vec!["/f".into()],
             records: blocks
@@ -180,17 +157,11 @@ mod tests {
         max_run_blocks: u64,
         lookahead: usize,
     ) -> Vec<(u32, Range<u64>)> {
-        ReplayPlan::new(
-            &trace(blocks),
-            &PlanOptions {
-                max_run_blocks,
-                lookahead,
-            },
-        )
-        .requests()
-        .iter()
-        .map(|r| (r.blob, r.blocks.clone()))
-        .collect()
+        ReplayPlan::new(&trace(blocks), &PlanOptions { max_run_blocks, lookahead })
+            .requests()
+            .iter()
+            .map(|r| (r.blob, r.blocks.clone()))
+            .collect()
     }
 
     #[test]
@@ -210,10 +181,7 @@ mod tests {
         let seq = [(0, 0), (1, 1), (1, 2), (0, 1)];
         assert_eq!(plan(&seq, 8, 2), vec![(0, 0..1), (1, 1..3), (0, 1..2)]);
         assert_eq!(plan(&seq, 8, 3), vec![(0, 0..2), (1, 1..3)]);
-        assert_eq!(
-            plan(&seq, 8, 0),
-            vec![(0, 0..1), (1, 1..2), (1, 2..3), (0, 1..2)]
-        );
+        assert_eq!(plan(&seq, 8, 0), vec![(0, 0..1), (1, 1..2), (1, 2..3), (0, 1..2)]);
     }
 
     #[test]

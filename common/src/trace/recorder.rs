@@ -134,11 +134,7 @@ impl Recorder {
                 bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
             }),
         };
-        t.blobs.push(BlobEntry {
-            id: id.to_owned(),
-            block_size,
-            block_count,
-        });
+        t.blobs.push(BlobEntry { id: id.to_owned(), block_size, block_count });
         t.slots.insert(id.to_owned(), slot.clone());
         slot
     }
@@ -176,13 +172,7 @@ impl Recorder {
             return; // another thread won this block
         }
         let at_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let rec = Record {
-            blob: s.index,
-            block,
-            at_us,
-            file: file.0,
-            seen: 1,
-        };
+        let rec = Record { blob: s.index, block, at_us, file: file.0, seen: 1 };
         match self.tx.try_send(Msg::Access(rec)) {
             Ok(()) => {
                 self.sent.fetch_add(1, Ordering::Relaxed);
@@ -222,11 +212,7 @@ impl Recorder {
     /// order), tables holding only referenced blobs and files in order of first reference.
     /// Accesses after this are ignored; a second call returns an empty trace.
     pub fn finish(&self) -> Trace {
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(writer) = writer else {
             return Trace::default();
         };
@@ -241,12 +227,8 @@ impl Recorder {
         };
         records.sort_by_key(|r| r.at_us);
         let t = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut trace = Trace {
-            recordings: 1,
-            blobs: t.blobs.clone(),
-            files: t.files.clone(),
-            records,
-        };
+        let mut trace =
+            Trace { recordings: 1, blobs: t.blobs.clone(), files: t.files.clone(), records };
         drop(t);
         trace.canonicalize_tables();
         trace
@@ -255,12 +237,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if let Some(writer) = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(writer) = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = self.tx.send(Msg::Stop);
             let _ = writer.join();
         }

@@ -95,12 +95,7 @@ pub async fn replay(
             let blocks = req.blocks.clone();
             in_flight.push(async move {
                 let n = blocks.end - blocks.start;
-                (
-                    blob,
-                    blocks.clone(),
-                    n,
-                    prefetcher.prefetch(blob, blocks).await,
-                )
+                (blob, blocks.clone(), n, prefetcher.prefetch(blob, blocks).await)
             });
             stats.max_in_flight = stats.max_in_flight.max(in_flight.len());
         }
