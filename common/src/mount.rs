@@ -16,7 +16,7 @@
 //!   someone else unmounts it.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -288,14 +288,18 @@ impl Ready {
 /// prints the child's error and exits 1. In the child it returns the notifier, after `setsid`,
 /// with stdin and stdout on /dev/null and stderr on `log` (or /dev/null).
 pub fn daemonize(log: Option<&Path>) -> std::io::Result<Ready> {
-    let (read, write) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+    // Close-on-exec: fusermount3 (exec'd by the child for auto_unmount) lives as long as the
+    // mount and must not inherit the write end, or the parent would wait for its EOF forever.
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
     // SAFETY: called before any other thread exists (documented precondition), so the child
     // has a consistent copy of the address space and may run arbitrary code.
     match unsafe { nix::unistd::fork() }.map_err(std::io::Error::from)? {
         nix::unistd::ForkResult::Parent { .. } => {
             drop(write);
+            // One line is the whole answer; never wait for EOF.
             let mut reply = String::new();
-            let _ = std::fs::File::from(read).read_to_string(&mut reply);
+            let _ = std::io::BufReader::new(std::fs::File::from(read)).read_line(&mut reply);
             match reply.lines().next() {
                 Some("OK") => std::process::exit(0),
                 Some(line) => {
