@@ -1,6 +1,7 @@
 //! DataNode faults under a real mount (own MiniDFS: 3 DataNodes, replication 3, 1 MiB blocks):
 //! one DataNode stopped mid-read → still the right bytes; every DataNode stopped → EIO within the
-//! stripe deadline, never a hang; DataNodes back → the same mount reads again.
+//! stripe deadline, never a hang; DataNodes back → the same mount reads again; a NameNode
+//! restart → later opens and reads recover.
 
 mod support;
 
@@ -14,6 +15,7 @@ fn datanode_faults_give_correct_bytes_or_a_bounded_eio() {
     let Some(dfs) = support::start_dfs() else { return };
     let first = bytes(7, 12 * BLOCK as usize + 4321);
     let second = bytes(8, 4 * BLOCK as usize + 99);
+    let third = bytes(9, 3 * BLOCK as usize + 5);
     let config = bootseer_ckpt::CkptConfig {
         // No whole-file prefetch: the stop must land while stripes are still being fetched.
         prefetch_threshold: u64::MAX,
@@ -23,7 +25,11 @@ fn datanode_faults_give_correct_bytes_or_a_bounded_eio() {
     let deadline = config.stripe_deadline;
     let Some(env) = support::setup(
         dfs,
-        &[("first.bin", first.as_slice()), ("second.bin", second.as_slice())],
+        &[
+            ("first.bin", first.as_slice()),
+            ("second.bin", second.as_slice()),
+            ("third.bin", third.as_slice()),
+        ],
         config,
     ) else {
         return;
@@ -62,6 +68,15 @@ fn datanode_faults_give_correct_bytes_or_a_bounded_eio() {
         sha(&std::fs::read(root.join("second.bin")).expect("read after restart")),
         sha(&second)
     );
+
+    // A NameNode restart mid-mount: later opens and reads (new locations) recover.
+    env.dfs.restart_namenode().expect("restart namenode");
+    std::thread::sleep(env.fs.config().metadata_ttl);
+    assert_eq!(
+        sha(&std::fs::read(root.join("third.bin")).expect("read after NN restart")),
+        sha(&third)
+    );
+    assert!(std::fs::read_dir(&root).expect("list after NN restart").count() == 3);
 
     let mountpoint = root.clone();
     drop(env);
