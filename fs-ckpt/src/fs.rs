@@ -155,7 +155,8 @@ pub struct Summary {
     pub bytes_read: u64,
     /// Reads that failed.
     pub read_errors: u64,
-    /// Time readers spent waiting for stripes not yet cached, in seconds.
+    /// Time reads spent waiting for stripes not yet cached, in seconds, summed over reads (the
+    /// kernel issues several at once, so this can exceed the wall time).
     pub stall_secs: f64,
     /// Stripes fetched from HDFS.
     pub stripes_fetched: u64,
@@ -397,7 +398,9 @@ impl CkptFs {
         if large {
             // Whole-file prefetch, bounded by the window (half the memory budget), which later
             // reads slide forward to the end of the file.
-            self.advance_window(&file, &plan, 0);
+            let end = window.min(plan.count());
+            lock(&file.window).queued_end = end;
+            self.queue_stripes(&file, 0..end);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, file);
@@ -458,9 +461,13 @@ impl CkptFs {
             w.queued_end = w.queued_end.max(end);
             start..end
         };
+        self.queue_stripes(file, range);
+    }
+
+    fn queue_stripes(&self, file: &OpenFile, stripes: std::ops::Range<u64>) {
         // One job per stripe: the cache fetches a job's blocks as one run and completes them
         // together, so per-stripe jobs let readers use each stripe as soon as it lands.
-        for stripe in range {
+        for stripe in stripes {
             self.cache.spawn_prefetch(&file.dyn_source, stripe..stripe + 1, Priority::Background);
         }
     }

@@ -133,12 +133,74 @@ fn reads_through_the_mount_equal_the_source() {
     assert!(summary.stripes_fetched > 0 && summary.bytes_read > 0, "{summary:?}");
     assert_eq!(summary.stripes_failed, 0, "{summary:?}");
 
+    logic_layer_fetches_each_stripe_once(&env, &files[5].1);
     replaced_file(&env, &swap.1);
     cli_mounts_in_daemon_form(&env, &files[5]);
 
     let mountpoint = root.clone();
     drop(env);
     support::assert_nothing_leaked(&mountpoint);
+}
+
+/// Straight through `CkptFs` (no kernel): several handles of one version share one fetch per
+/// stripe, and opening a large file prefetches all of it without any read.
+fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
+    let data = bytes(4242, like.len());
+    let len = data.len() as u64;
+    for key in ["logic.bin", "large.bin"] {
+        env.runtime.block_on(env.store.put(key, Bytes::from(data.clone()))).expect("put");
+    }
+    std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
+    let fs = env.fs.clone();
+    let stripes =
+        bootseer_ckpt::stripe::StripePlan::new(len, BLOCK, fs.config().stripe_size).count();
+    let before = fs.summary();
+    let reads = env.runtime.block_on(async {
+        let ino = fs.lookup(bootseer_ckpt::fs::ROOT_INO, "logic.bin").await.expect("lookup").ino;
+        let mut tasks = Vec::new();
+        for reader in 0..3u64 {
+            let fs = fs.clone();
+            tasks.push(tokio::spawn(async move {
+                let fh = fs.open(ino).await.expect("open").fh;
+                let mut out = Vec::new();
+                // Each handle reads in its own uneven steps.
+                let step = 100_000 + reader as u32 * 77_777;
+                while (out.len() as u64) < len {
+                    let chunk = fs.read(fh, out.len() as u64, step).await.expect("read");
+                    assert!(!chunk.is_empty(), "a short read before EOF");
+                    out.extend_from_slice(&chunk);
+                }
+                assert!(fs.read(fh, len, 10).await.expect("read at EOF").is_empty());
+                fs.release(fh).expect("release");
+                out
+            }));
+        }
+        futures::future::join_all(tasks).await
+    });
+    for read in reads {
+        assert_eq!(sha(&read.expect("reader task")), sha(&data));
+    }
+    let after = fs.summary();
+    assert_eq!(after.stripes_fetched - before.stripes_fetched, stripes, "{after:?}");
+
+    // large.bin is above prefetch_threshold: open alone fetches every stripe.
+    let ino = env
+        .runtime
+        .block_on(fs.lookup(bootseer_ckpt::fs::ROOT_INO, "large.bin"))
+        .expect("lookup")
+        .ino;
+    let fh = env.runtime.block_on(fs.open(ino)).expect("open").fh;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs.summary().stripes_fetched - after.stripes_fetched < stripes {
+        assert!(
+            Instant::now() < deadline,
+            "whole-file prefetch did not finish: {:?}",
+            fs.summary()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs.release(fh).expect("release");
+    assert!(matches!(fs.release(fh), Err(bootseer_ckpt::CkptError::BadHandle(_))));
 }
 
 /// An open handle never mixes versions: after the file is replaced it reads old bytes or EIO;
