@@ -135,7 +135,10 @@ fn reads_through_the_mount_equal_the_source() {
 
     logic_layer_fetches_each_stripe_once(&env, &files[5].1);
     replaced_file(&env, &swap.1);
-    cli_mounts_in_daemon_form(&env, &files[5]);
+    cli_mounts_in_daemon_form(&env, &files[5], Form::Helper);
+    if Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists() {
+        cli_mounts_in_daemon_form(&env, &files[5], Form::MountFuse3);
+    }
 
     let mountpoint = root.clone();
     drop(env);
@@ -242,8 +245,17 @@ fn replaced_file(env: &Env, old: &[u8]) {
     assert_eq!(sha(&read_all(&path)), sha(&new), "a new open must see the new version");
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// `bootseer-ckpt SOURCE MOUNTPOINT -o …`, run directly.
+    Helper,
+    /// `mount.fuse3 SOURCE MOUNTPOINT -t bootseer-ckpt -o …`: what `mount -t fuse.bootseer-ckpt`
+    /// runs, which calls the helper form with the binary found on PATH.
+    MountFuse3,
+}
+
 /// The built binary in mount-helper form daemonizes, serves, and exits after `umount`.
-fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>)) {
+fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>), form: Form) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mountpoint = dir.path().join("mnt");
     std::fs::create_dir(&mountpoint).expect("mkdir");
@@ -256,12 +268,23 @@ fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>)) {
         log.display()
     );
     let started = Instant::now();
-    let mut helper = std::process::Command::new(env!("CARGO_BIN_EXE_bootseer-ckpt"))
-        .arg(&env.url)
-        .arg(&mountpoint)
-        .args(["-o", &options])
-        .spawn()
-        .expect("run bootseer-ckpt");
+    let binary = Path::new(env!("CARGO_BIN_EXE_bootseer-ckpt"));
+    let mut command = match form {
+        Form::Helper => std::process::Command::new(binary),
+        Form::MountFuse3 => {
+            // mount(8) resets PATH for its helpers, so call the helper it would run.
+            let mut c = std::process::Command::new("mount.fuse3");
+            let dir = binary.parent().expect("binary dir");
+            let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+            c.env("PATH", path);
+            c
+        }
+    };
+    command.arg(&env.url).arg(&mountpoint);
+    if let Form::MountFuse3 = form {
+        command.args(["-t", "bootseer-ckpt"]);
+    }
+    let mut helper = command.args(["-o", &options]).spawn().expect("run the mount command");
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     // The helper must return once the mount is ready, not when the daemon ends.
     let status = loop {
@@ -278,7 +301,7 @@ fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>)) {
     };
     assert!(status.success(), "mount helper failed: {status}\n{}", log_text());
     assert!(bootseer_common::mount::is_mounted(&mountpoint), "not mounted after exit 0");
-    eprintln!("daemon mount ready after {:?}", started.elapsed());
+    eprintln!("{form:?}: daemon mount ready after {:?}", started.elapsed());
     let read = std::fs::read(mountpoint.join(key));
     // Unmount before asserting, so a failure leaves no mount behind.
     let umount = std::process::Command::new("umount").arg(&mountpoint).status().expect("umount");
