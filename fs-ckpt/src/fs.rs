@@ -7,7 +7,8 @@
 //!              └─ large file: queue the first window of stripes at Background priority
 //!   read  ──► stripes under [offset, offset+size) → BlockCache::get (OnDemand, which promotes
 //!              a queued stripe) → bytes copied into one full-length reply
-//!              └─ window: queue stripes ahead of the reader; grows ×2 per sequential read
+//!              └─ window: queue stripes ahead of the reader; grows ×2 per sequential read,
+//!                 capped at half the memory budget split over the open handles
 //!   release ─► handle dropped (its source stays while other handles or the cache need it)
 //! ```
 //!
@@ -388,7 +389,7 @@ impl CkptFs {
         let source = self.source_for(&path, version, info.block_size).await?;
         let plan = *source.plan();
         let large = version.len >= self.config.prefetch_threshold;
-        let window = if large { self.config.max_window() } else { self.config.initial_window };
+        let window = if large { self.window_share(1) } else { self.config.initial_window };
         let dyn_source: DynSource = source.clone();
         let file = Arc::new(OpenFile {
             source,
@@ -440,8 +441,18 @@ impl CkptFs {
         Ok(source)
     }
 
+    /// The window one handle may have when `extra` more handles open: the memory budget's
+    /// prefetch half split over all open handles, so many open shards cannot queue more than
+    /// the cache can hold (stripes prefetched only to be evicted unread).
+    fn window_share(&self, extra: usize) -> u64 {
+        let handles = (self.open_handles() + extra).max(1) as u64;
+        (self.config.max_window() / handles)
+            .max(self.config.initial_window.min(self.config.max_window()))
+    }
+
     /// Queues stripes up to `reader_stripe + window` that are not queued yet.
     fn advance_window(&self, file: &OpenFile, plan: &StripePlan, reader_stripe: u64) {
+        let share = self.window_share(0);
         let range = {
             let mut w = lock(&file.window);
             let sequential = match w.last {
@@ -453,8 +464,9 @@ impl CkptFs {
                 w.size = self.config.initial_window.min(w.size);
                 w.queued_end = reader_stripe + 1;
             } else if w.last.is_some_and(|last| reader_stripe == last + 1) {
-                w.size = (w.size * 2).min(self.config.max_window());
+                w.size = (w.size * 2).min(share);
             }
+            w.size = w.size.min(share);
             w.last = Some(reader_stripe);
             let end = (reader_stripe + 1 + w.size).min(plan.count());
             let start = w.queued_end.max(reader_stripe + 1);
