@@ -1,0 +1,329 @@
+//! The `bootseer-ckpt` command line, in two calling forms:
+//!
+//! - `bootseer-ckpt mount hdfs://HOST:PORT/DIR MOUNTPOINT [--stripe-size 8M …] [-f]`
+//! - `bootseer-ckpt SOURCE MOUNTPOINT -o stripe_size=8M,concurrency=16,…` (mount helper form,
+//!   as `mount -t fuse.bootseer-ckpt` and systemd call it).
+//!
+//! Both go through [`MountOptions`] → [`mount`]: daemonize (unless foreground) before any
+//! thread exists → logging → one tokio runtime → HDFS store on it → [`CkptFs`] → a first listing
+//! (so a bad URL fails the mount, not the first `ls`) → fuser session → `Ready` → [`serve`]
+//! until SIGTERM or unmount → JSON summary to the log and `--summary FILE`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bootseer_common::mount::{MountArgs, MountConfig, Ready, daemonize, is_mounted, serve};
+use bootseer_common::store::hdfs::{HdfsOptions, HdfsStore};
+use clap::{Parser, Subcommand};
+
+use crate::config::{CkptConfig, parse_duration, parse_size};
+use crate::fs::CkptFs;
+use crate::fuse::CkptFuse;
+
+/// Read checkpoints on HDFS through a FUSE mount, with striped concurrent reads.
+#[derive(Debug, Parser)]
+#[command(name = "bootseer-ckpt", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount an HDFS directory read-only.
+    Mount(MountCmd),
+}
+
+#[derive(Debug, clap::Args)]
+struct MountCmd {
+    /// `hdfs://HOST:PORT/DIR` or `hdfs://NAMESERVICE/DIR` (through HADOOP_CONF_DIR).
+    source: String,
+    /// An existing directory to mount on.
+    mountpoint: PathBuf,
+    /// Bytes per striped read (capped at the HDFS block size).
+    #[arg(long, value_parser = parse_size)]
+    stripe_size: Option<u64>,
+    /// Stripe reads in flight at once.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Independently opened readers per file.
+    #[arg(long)]
+    readers: Option<usize>,
+    /// Memory budget for cached stripes.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Files at least this large are prefetched whole on open.
+    #[arg(long, value_parser = parse_size)]
+    prefetch_threshold: Option<u64>,
+    /// How long one stripe may take, retries included, before EIO.
+    #[arg(long, value_parser = parse_duration)]
+    stripe_deadline: Option<Duration>,
+    /// How long listings are trusted.
+    #[arg(long, value_parser = parse_duration)]
+    metadata_ttl: Option<Duration>,
+    /// Directory with core-site.xml/hdfs-site.xml (default: $HADOOP_CONF_DIR).
+    #[arg(long)]
+    conf_dir: Option<PathBuf>,
+    /// Write the JSON summary here at unmount.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Log file of the daemon (default: none).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Stay in the foreground.
+    #[arg(short = 'f', long)]
+    foreground: bool,
+}
+
+/// Everything a mount needs, from either calling form.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// The HDFS directory URL.
+    pub source: String,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Read policy.
+    pub config: CkptConfig,
+    /// Hadoop configuration directory.
+    pub conf_dir: Option<PathBuf>,
+    /// Where to write the JSON summary at unmount.
+    pub summary: Option<PathBuf>,
+    /// The daemon's log file.
+    pub log: Option<PathBuf>,
+    /// Stay in the foreground.
+    pub foreground: bool,
+    /// Let other users read the mount.
+    pub allow_other: bool,
+}
+
+impl MountCmd {
+    fn into_options(self) -> MountOptions {
+        let d = CkptConfig::default();
+        MountOptions {
+            config: CkptConfig {
+                stripe_size: self.stripe_size.unwrap_or(d.stripe_size),
+                concurrency: self.concurrency.unwrap_or(d.concurrency),
+                readers: self.readers.unwrap_or(d.readers),
+                memory_bytes: self.memory.unwrap_or(d.memory_bytes),
+                prefetch_threshold: self.prefetch_threshold.unwrap_or(d.prefetch_threshold),
+                stripe_deadline: self.stripe_deadline.unwrap_or(d.stripe_deadline),
+                metadata_ttl: self.metadata_ttl.unwrap_or(d.metadata_ttl),
+                ..d
+            },
+            source: self.source,
+            mountpoint: self.mountpoint,
+            conf_dir: self.conf_dir,
+            summary: self.summary,
+            log: self.log,
+            foreground: self.foreground,
+            allow_other: true,
+        }
+    }
+}
+
+/// Turns mount-helper arguments into [`MountOptions`]; unknown keys are an error, generic
+/// mount flags (`ro`, `rw`, `dev`, `suid`, …) are accepted and ignored.
+pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
+    let mut o = MountOptions {
+        source: args.source.clone(),
+        mountpoint: args.mountpoint.clone(),
+        config: CkptConfig::default(),
+        conf_dir: None,
+        summary: None,
+        log: None,
+        foreground: false,
+        allow_other: true,
+    };
+    let size = |k: &str, v: &str| parse_size(v).map_err(|e| anyhow::anyhow!("-o {k}: {e}"));
+    let dur = |k: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("-o {k}: {e}"));
+    let num = |k: &str, v: &str| v.parse::<usize>().with_context(|| format!("-o {k}={v}"));
+    for (k, v) in &args.options {
+        let c = &mut o.config;
+        match k.as_str() {
+            "stripe_size" => c.stripe_size = size(k, v)?,
+            "concurrency" => c.concurrency = num(k, v)?,
+            "readers" => c.readers = num(k, v)?,
+            "memory" => c.memory_bytes = size(k, v)?,
+            "prefetch_threshold" => c.prefetch_threshold = size(k, v)?,
+            "stripe_deadline" => c.stripe_deadline = dur(k, v)?,
+            "metadata_ttl" => c.metadata_ttl = dur(k, v)?,
+            "conf_dir" => o.conf_dir = Some(v.into()),
+            "summary" => o.summary = Some(v.into()),
+            "log" => o.log = Some(v.into()),
+            "foreground" => o.foreground = true,
+            "ro"
+            | "rw"
+            | "dev"
+            | "nodev"
+            | "suid"
+            | "nosuid"
+            | "exec"
+            | "noexec"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "nouser"
+            | "_netdev"
+            | "nofail"
+            | "defaults"
+            | "allow_other"
+            | "default_permissions" => {}
+            other => bail!("unknown mount option {other:?}"),
+        }
+    }
+    Ok(o)
+}
+
+/// The binary's entry point: parses either calling form and mounts.
+pub fn run() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let helper_form = args
+        .first()
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| a != "mount" && !a.starts_with('-') && a != "help");
+    let options = if helper_form {
+        let parsed = MountArgs::parse_helper(&args)
+            .context("usage: bootseer-ckpt SOURCE MOUNTPOINT [-o k=v,…]")
+            .and_then(|a| helper_options(&a));
+        match parsed {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("bootseer-ckpt: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        match Cli::parse().command {
+            Command::Mount(cmd) => cmd.into_options(),
+        }
+    };
+    match mount(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "bootseer-ckpt failed");
+            eprintln!("bootseer-ckpt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Mounts and serves until unmounted; see the module doc for the order of steps.
+pub fn mount(options: MountOptions) -> anyhow::Result<()> {
+    let mut ready = if options.foreground {
+        Ready::foreground()
+    } else {
+        // Before any thread or runtime exists: fork is only safe then.
+        let ready = daemonize(options.log.as_deref()).context("daemonizing")?;
+        cloexec_inherited_fds();
+        ready
+    };
+    bootseer_common::telemetry::init("info");
+    match serve_mount(&options, &mut ready) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            ready.failed(&format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec. `daemonize` creates its ready pipe without
+/// `O_CLOEXEC`; the `fusermount3` that an `auto_unmount` mount spawns (and that lives as long as
+/// the mount) would inherit the pipe's write end, and the waiting parent, which reads to EOF,
+/// would never return.
+fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number only reads or sets its flags; a number that was
+        // the (now closed) directory's own descriptor fails with EBADF, which is ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+fn serve_mount(options: &MountOptions, ready: &mut Ready) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bootseer-ckpt-rt")
+        .build()
+        .context("starting the tokio runtime")?;
+    let hdfs_options = HdfsOptions { config_dir: options.conf_dir.clone(), ..Default::default() };
+    let store = runtime
+        .block_on(HdfsStore::open_with(&options.source, &hdfs_options))
+        .with_context(|| format!("opening {}", options.source))?;
+    let fs = Arc::new(CkptFs::new(store, options.config.clone(), runtime.handle().clone())?);
+    runtime
+        .block_on(fs.readdir(crate::fs::ROOT_INO))
+        .with_context(|| format!("listing {}", options.source))?;
+    let mount = MountConfig {
+        fsname: options.source.clone(),
+        subtype: "bootseer-ckpt".into(),
+        allow_other: options.allow_other,
+        ..MountConfig::default()
+    };
+    let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount.clone());
+    let session = fuser::spawn_mount(adapter, &options.mountpoint, &mount.fuser_config())
+        .with_context(|| format!("mounting on {}", options.mountpoint.display()))?;
+    // Ready once the kernel lists the mount (bounded: 10 s covers a loaded machine).
+    for _ in 0..1000 {
+        if is_mounted(&options.mountpoint) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !is_mounted(&options.mountpoint) {
+        bail!("{} did not become a mount", options.mountpoint.display());
+    }
+    if nix::unistd::geteuid().is_root()
+        && mount.read_ahead_kb > 0
+        && let Err(e) =
+            bootseer_common::mount::raise_read_ahead(&options.mountpoint, mount.read_ahead_kb)
+    {
+        tracing::warn!(error = %e, "could not raise read-ahead");
+    }
+    tracing::info!(source = %options.source, mountpoint = %options.mountpoint.display(), "mounted");
+    ready.ready();
+    let served = serve(session, &options.mountpoint);
+    let summary = serde_json::to_string_pretty(&fs.summary()).context("encoding the summary")?;
+    tracing::info!(summary = %summary, "unmounted");
+    if let Some(path) = &options.summary {
+        std::fs::write(path, &summary).with_context(|| format!("writing {}", path.display()))?;
+    }
+    served.context("serving the mount")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_options_parse_and_refuse_unknown_keys() {
+        let args = MountArgs {
+            source: "hdfs://nn:8020/ckpt".into(),
+            mountpoint: "/mnt".into(),
+            options: vec![
+                ("ro".into(), String::new()),
+                ("stripe_size".into(), "4M".into()),
+                ("readers".into(), "8".into()),
+                ("stripe_deadline".into(), "10s".into()),
+            ],
+        };
+        let o = helper_options(&args).expect("valid options");
+        assert_eq!((o.config.stripe_size, o.config.readers), (4 << 20, 8));
+        assert_eq!(o.config.stripe_deadline, Duration::from_secs(10));
+        let bad = MountArgs { options: vec![("bogus".into(), "1".into())], ..args };
+        assert!(helper_options(&bad).is_err());
+    }
+}

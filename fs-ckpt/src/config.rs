@@ -1,0 +1,110 @@
+//! [`CkptConfig`]: every knob of a checkpoint mount, plain data with defaults, plus the parsers
+//! for the human forms the CLI and `-o` options accept (`8M`, `1GiB`, `30s`, `500ms`).
+
+use std::time::Duration;
+
+/// How a checkpoint mount reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CkptConfig {
+    /// Bytes per stripe (one concurrent range read); stripes never cross an HDFS block.
+    pub stripe_size: u64,
+    /// Stripe fetches in flight at once, per fetch call and for the prefetch workers.
+    pub concurrency: usize,
+    /// Independently opened HDFS readers per file version (the NameNode shuffles replicas per
+    /// open, so more readers spread stripes over more DataNodes).
+    pub readers: usize,
+    /// The mount's one memory budget for cached stripes, in bytes.
+    pub memory_bytes: u64,
+    /// Files at least this long are prefetched whole (within the memory budget) on open.
+    pub prefetch_threshold: u64,
+    /// Stripes a partial reader prefetches ahead at first; the window doubles per sequential read.
+    pub initial_window: u64,
+    /// How long one stripe may take, retries included, before its read fails with EIO.
+    pub stripe_deadline: Duration,
+    /// How long one attempt of a stripe may take before it is re-issued on a fresh reader.
+    pub attempt_timeout: Duration,
+    /// How long listings and a handle's version check are trusted (also the kernel's TTLs).
+    pub metadata_ttl: Duration,
+}
+
+impl Default for CkptConfig {
+    fn default() -> Self {
+        Self {
+            // DESIGN: 8 MiB stripes; large enough that per-request overhead is small, and 16 of
+            // them divide a 128 MiB HDFS block.
+            stripe_size: 8 << 20,
+            // 16 × 8 MiB in flight keeps several DataNodes busy at 10 Gbit/s each.
+            concurrency: 16,
+            // Four opens give four independent replica shuffles at the cost of four RPCs.
+            readers: 4,
+            // 1 GiB: 128 stripes, room for a deep window without daemons growing into GBs.
+            memory_bytes: 1 << 30,
+            // Files of 64 MiB and more are checkpoint shards that loaders read start to end.
+            prefetch_threshold: 64 << 20,
+            // Two stripes ahead costs little for a reader that stops early.
+            initial_window: 2,
+            // A minute rides out a DataNode restart; a FUSE reader must not wait longer.
+            stripe_deadline: Duration::from_secs(60),
+            // 8 MiB at even 10 MB/s takes under a second; 15 s means a stalled DataNode.
+            attempt_timeout: Duration::from_secs(15),
+            // Checkpoint directories change when a new checkpoint lands, not second by second.
+            metadata_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CkptConfig {
+    /// Stripes the prefetch window may reach ahead of a reader: half the memory budget, so
+    /// prefetched stripes do not evict the ones being read.
+    pub fn max_window(&self) -> u64 {
+        (self.memory_bytes / 2 / self.stripe_size.max(1)).max(1)
+    }
+}
+
+/// Parses a byte size: `123`, `64K`, `8M`, `8MiB`, `1G`, `1GB` (all binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (like 8M or 1GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("{s:?}: unknown size unit {unit:?}")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses a duration: `30s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (like 30s)"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" | "min" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{s:?}: unknown duration unit {unit:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("8X").is_err() && parse_size("").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("1h").is_err());
+        assert_eq!(CkptConfig::default().max_window(), 64);
+    }
+}

@@ -1,0 +1,589 @@
+//! [`CkptFs`]: the filesystem logic of a checkpoint mount, with no fuser types.
+//!
+//! ```text
+//!   lookup/getattr/readdir ──► Tree (one recursive HDFS listing, trusted for metadata_ttl;
+//!                                     stable inode numbers by path across refreshes)
+//!   open  ──► stat (fresh) → pinned Version → StripeSource (shared by handles of that version)
+//!              └─ large file: queue the first window of stripes at Background priority
+//!   read  ──► stripes under [offset, offset+size) → BlockCache::get (OnDemand, which promotes
+//!              a queued stripe) → bytes copied into one full-length reply
+//!              └─ window: queue stripes ahead of the reader; grows ×2 per sequential read,
+//!                 capped at half the memory budget split over the open handles
+//!   release ─► handle dropped (its source stays while other handles or the cache need it)
+//! ```
+//!
+//! Directories are the parents of listed files (HDFS listings through the store name files
+//! only), so empty directories do not appear; files are shown 0444 and directories 0555, the
+//! mount being read-only. Lock order: `tree_refresh` (async) → `inodes`; `handles`, `sources`
+//! and a handle's `window` are leaf locks, never held across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bootseer_common::cache::{BlockCache, CacheConfig, CacheStats, DynSource, Priority};
+use bootseer_common::store::hdfs::HdfsStore;
+use bootseer_common::store::{Store, StoreError};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+use crate::config::CkptConfig;
+use crate::error::CkptError;
+use crate::stripe::{StripeCounters, StripePlan, StripeSource, Version};
+
+/// Inode number of the mount's root.
+pub const ROOT_INO: u64 = 1;
+
+/// What kind of entry an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Directory,
+    /// A regular file.
+    File,
+}
+
+/// Attributes of one entry, as the adapter turns them into a `FileAttr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: Kind,
+    /// Length in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Permission bits.
+    pub perm: u16,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// File or directory.
+    pub kind: Kind,
+    /// Name within the directory.
+    pub name: String,
+}
+
+/// What [`CkptFs::open`] hands back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// The handle to pass to reads.
+    pub fh: u64,
+    /// Whether the kernel may keep pages cached from earlier opens (same version as before).
+    pub keep_cache: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    kind: Kind,
+    size: u64,
+    mtime: SystemTime,
+}
+
+#[derive(Debug)]
+struct Tree {
+    fetched: Instant,
+    /// Path (relative, "" for the root) → node.
+    nodes: HashMap<String, Node>,
+    /// Directory path → name → child path.
+    children: HashMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default)]
+struct Inodes {
+    by_path: HashMap<String, u64>,
+    paths: Vec<String>,
+}
+
+impl Inodes {
+    fn ino(&mut self, path: &str) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            return ino;
+        }
+        self.paths.push(path.to_string());
+        let ino = self.paths.len() as u64; // the root, pushed first, gets 1
+        self.by_path.insert(path.to_string(), ino);
+        ino
+    }
+}
+
+#[derive(Debug)]
+struct Window {
+    /// Stripes before this index are queued or read.
+    queued_end: u64,
+    /// The last stripe a read touched.
+    last: Option<u64>,
+    /// Stripes to keep queued ahead of the reader.
+    size: u64,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    source: Arc<StripeSource>,
+    dyn_source: DynSource,
+    window: Mutex<Window>,
+}
+
+/// Counters of one mount, for its JSON summary.
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    bytes_read: AtomicU64,
+    stall_ns: AtomicU64,
+    opens: AtomicU64,
+    read_errors: AtomicU64,
+}
+
+/// What a mount did, written as JSON at unmount.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The HDFS directory mounted.
+    pub source: String,
+    /// Seconds since the mount started.
+    pub uptime_secs: f64,
+    /// File opens.
+    pub opens: u64,
+    /// Read requests served.
+    pub reads: u64,
+    /// Bytes returned to readers.
+    pub bytes_read: u64,
+    /// Reads that failed.
+    pub read_errors: u64,
+    /// Time reads spent waiting for stripes not yet cached, in seconds, summed over reads (the
+    /// kernel issues several at once, so this can exceed the wall time).
+    pub stall_secs: f64,
+    /// Stripes fetched from HDFS.
+    pub stripes_fetched: u64,
+    /// Bytes fetched from HDFS.
+    pub bytes_fetched: u64,
+    /// Stripe attempts that failed or stalled and were re-issued on a fresh reader.
+    pub stripes_retried: u64,
+    /// Of those, attempts re-issued because they passed the attempt timeout.
+    pub stripes_reissued_slow: u64,
+    /// Stripes that failed for good (their reads got EIO).
+    pub stripes_failed: u64,
+    /// Fresh readers opened after failures.
+    pub readers_reopened: u64,
+    /// Fetches refused because the file changed or vanished under an open handle.
+    pub version_changed: u64,
+    /// The block cache's counters.
+    pub cache: CacheStats,
+}
+
+/// The filesystem logic of a checkpoint mount.
+#[derive(Debug)]
+pub struct CkptFs {
+    store: HdfsStore,
+    config: CkptConfig,
+    cache: BlockCache,
+    started: Instant,
+    tree: Mutex<Option<Arc<Tree>>>,
+    tree_refresh: tokio::sync::Mutex<()>,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+    /// Sources by id, so handles of one version share readers and stripes.
+    sources: Mutex<HashMap<String, Weak<StripeSource>>>,
+    /// The version each file inode was last opened at (decides keep-cache).
+    last_open: Mutex<HashMap<u64, Version>>,
+    stripes: Arc<StripeCounters>,
+    counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every section under these locks leaves its data consistent; a poisoned lock is used as is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CkptFs {
+    /// A filesystem over `store` whose fetches run on `runtime` (the runtime the store was
+    /// created on: hdfs-native's connection tasks live there).
+    pub fn new(store: HdfsStore, config: CkptConfig, runtime: Handle) -> Result<Self, CkptError> {
+        let cache = BlockCache::new(
+            CacheConfig {
+                memory_bytes: config.memory_bytes,
+                disk_dir: None,
+                disk_bytes: 0,
+                prefetch_concurrency: config.concurrency.max(1),
+            },
+            runtime,
+        )?;
+        let mut inodes = Inodes::default();
+        inodes.ino("");
+        Ok(Self {
+            store,
+            config,
+            cache,
+            started: Instant::now(),
+            tree: Mutex::new(None),
+            tree_refresh: tokio::sync::Mutex::new(()),
+            inodes: Mutex::new(inodes),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            sources: Mutex::new(HashMap::new()),
+            last_open: Mutex::new(HashMap::new()),
+            stripes: Arc::new(StripeCounters::default()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CkptConfig {
+        &self.config
+    }
+
+    /// The shared block cache.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    /// The current tree: the cached listing while it is younger than the metadata TTL, else a
+    /// fresh one. When HDFS cannot be listed, a stale tree is served (logged) rather than none.
+    async fn tree(&self) -> Result<Arc<Tree>, CkptError> {
+        let fresh = |t: &Option<Arc<Tree>>| {
+            t.as_ref().filter(|t| t.fetched.elapsed() < self.config.metadata_ttl).cloned()
+        };
+        if let Some(tree) = fresh(&lock(&self.tree)) {
+            return Ok(tree);
+        }
+        let _refresh = self.tree_refresh.lock().await;
+        if let Some(tree) = fresh(&lock(&self.tree)) {
+            return Ok(tree);
+        }
+        match self.store.list("").await {
+            Ok(listing) => {
+                let tree = Arc::new(self.build_tree(listing));
+                *lock(&self.tree) = Some(tree.clone());
+                Ok(tree)
+            }
+            Err(err) => match lock(&self.tree).clone() {
+                Some(stale) => {
+                    tracing::warn!(error = %err, "listing failed; serving the previous listing");
+                    Ok(stale)
+                }
+                None => Err(err.into()),
+            },
+        }
+    }
+
+    fn build_tree(&self, listing: Vec<bootseer_common::store::ObjectMeta>) -> Tree {
+        let mut nodes = HashMap::new();
+        let mut children: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        let epoch = SystemTime::UNIX_EPOCH;
+        nodes.insert(String::new(), Node { kind: Kind::Directory, size: 0, mtime: epoch });
+        children.insert(String::new(), BTreeMap::new());
+        let mut inodes = lock(&self.inodes);
+        for meta in listing {
+            let mtime = meta.mtime.unwrap_or(epoch);
+            let mut parent = String::new();
+            let parts: Vec<&str> = meta.key.split('/').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let path = if parent.is_empty() {
+                    (*part).to_string()
+                } else {
+                    format!("{parent}/{part}")
+                };
+                let is_file = i + 1 == parts.len();
+                children.entry(parent.clone()).or_default().insert((*part).into(), path.clone());
+                if let Some(dir) = nodes.get_mut(&parent) {
+                    dir.mtime = dir.mtime.max(mtime);
+                }
+                inodes.ino(&path);
+                if is_file {
+                    nodes.insert(path, Node { kind: Kind::File, size: meta.len, mtime });
+                } else {
+                    nodes.entry(path.clone()).or_insert(Node {
+                        kind: Kind::Directory,
+                        size: 0,
+                        mtime,
+                    });
+                    children.entry(path.clone()).or_default();
+                    parent = path;
+                }
+            }
+        }
+        Tree { fetched: Instant::now(), nodes, children }
+    }
+
+    fn path_of(&self, ino: u64) -> Result<String, CkptError> {
+        let inodes = lock(&self.inodes);
+        ino.checked_sub(1)
+            .and_then(|i| inodes.paths.get(i as usize))
+            .cloned()
+            .ok_or_else(|| CkptError::NotFound(format!("inode {ino}")))
+    }
+
+    fn attr_of(&self, path: &str, node: &Node) -> Attr {
+        let ino = lock(&self.inodes).ino(path);
+        let perm = match node.kind {
+            Kind::Directory => 0o555,
+            Kind::File => 0o444,
+        };
+        Attr { ino, kind: node.kind, size: node.size, mtime: node.mtime, perm }
+    }
+
+    /// The entry `name` in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, CkptError> {
+        let dir = self.path_of(parent)?;
+        let tree = self.tree().await?;
+        let children =
+            tree.children.get(&dir).ok_or_else(|| CkptError::NotADirectory(dir.clone()))?;
+        let path =
+            children.get(name).ok_or_else(|| CkptError::NotFound(format!("{dir}/{name}")))?;
+        let node = tree.nodes.get(path).ok_or_else(|| CkptError::NotFound(path.clone()))?;
+        Ok(self.attr_of(path, node))
+    }
+
+    /// Attributes of `ino`.
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, CkptError> {
+        let path = self.path_of(ino)?;
+        let tree = self.tree().await?;
+        let node = tree.nodes.get(&path).ok_or_else(|| CkptError::NotFound(path.clone()))?;
+        Ok(self.attr_of(&path, node))
+    }
+
+    /// Entries of directory `ino` (without `.` and `..`), sorted by name.
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, CkptError> {
+        let dir = self.path_of(ino)?;
+        let tree = self.tree().await?;
+        let children = match tree.children.get(&dir) {
+            Some(children) => children,
+            None if tree.nodes.contains_key(&dir) => return Err(CkptError::NotADirectory(dir)),
+            None => return Err(CkptError::NotFound(dir)),
+        };
+        let mut inodes = lock(&self.inodes);
+        Ok(children
+            .iter()
+            .filter_map(|(name, path)| {
+                let node = tree.nodes.get(path)?;
+                Some(DirEntry { ino: inodes.ino(path), kind: node.kind, name: name.clone() })
+            })
+            .collect())
+    }
+
+    /// Opens file `ino`: pins its current version and plans its stripes.
+    pub async fn open(&self, ino: u64) -> Result<Opened, CkptError> {
+        let path = self.path_of(ino)?;
+        if path.is_empty() {
+            return Err(CkptError::IsADirectory("/".into()));
+        }
+        let info = match self.store.file_info(&path).await {
+            Ok(info) => info,
+            Err(StoreError::NotFound { .. }) => {
+                let tree = self.tree().await?;
+                return Err(match tree.children.contains_key(&path) {
+                    true => CkptError::IsADirectory(path),
+                    false => CkptError::NotFound(path),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let version = Version { len: info.len, mtime: info.mtime };
+        let source = self.source_for(&path, version, info.block_size).await?;
+        let plan = *source.plan();
+        let large = version.len >= self.config.prefetch_threshold;
+        let window = if large { self.window_share(1) } else { self.config.initial_window };
+        let dyn_source: DynSource = source.clone();
+        let file = Arc::new(OpenFile {
+            source,
+            dyn_source,
+            window: Mutex::new(Window { queued_end: 0, last: None, size: window }),
+        });
+        if large {
+            // Whole-file prefetch, bounded by the window (half the memory budget), which later
+            // reads slide forward to the end of the file.
+            let end = window.min(plan.count());
+            lock(&file.window).queued_end = end;
+            self.queue_stripes(&file, 0..end);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, file);
+        self.counters.opens.fetch_add(1, Ordering::Relaxed);
+        let keep_cache = lock(&self.last_open).insert(ino, version) == Some(version);
+        Ok(Opened { fh, keep_cache })
+    }
+
+    async fn source_for(
+        &self,
+        path: &str,
+        version: Version,
+        block_size: u64,
+    ) -> Result<Arc<StripeSource>, CkptError> {
+        let plan = StripePlan::new(version.len, block_size, self.config.stripe_size);
+        let wanted = |s: &Arc<StripeSource>| s.version() == version && *s.plan() == plan;
+        let key = format!("{path}\0{version:?}");
+        if let Some(source) = lock(&self.sources).get(&key).and_then(Weak::upgrade)
+            && wanted(&source)
+        {
+            return Ok(source);
+        }
+        let source = Arc::new(
+            StripeSource::open(
+                self.store.clone(),
+                path,
+                version,
+                block_size,
+                &self.config,
+                self.stripes.clone(),
+            )
+            .await?,
+        );
+        let mut sources = lock(&self.sources);
+        sources.retain(|_, s| s.strong_count() > 0);
+        sources.insert(key, Arc::downgrade(&source));
+        Ok(source)
+    }
+
+    /// The window one handle may have when `extra` more handles open: the memory budget's
+    /// prefetch half split over all open handles, so many open shards cannot queue more than
+    /// the cache can hold (stripes prefetched only to be evicted unread).
+    fn window_share(&self, extra: usize) -> u64 {
+        let handles = (self.open_handles() + extra).max(1) as u64;
+        (self.config.max_window() / handles)
+            .max(self.config.initial_window.min(self.config.max_window()))
+    }
+
+    /// Queues stripes up to `reader_stripe + window` that are not queued yet.
+    fn advance_window(&self, file: &OpenFile, plan: &StripePlan, reader_stripe: u64) {
+        let share = self.window_share(0);
+        let range = {
+            let mut w = lock(&file.window);
+            let sequential = match w.last {
+                None => true,
+                Some(last) => reader_stripe >= last && reader_stripe <= last + 1,
+            };
+            if !sequential {
+                // A jump: start a small window again from here.
+                w.size = self.config.initial_window.min(w.size);
+                w.queued_end = reader_stripe + 1;
+            } else if w.last.is_some_and(|last| reader_stripe == last + 1) {
+                w.size = (w.size * 2).min(share);
+            }
+            w.size = w.size.min(share);
+            w.last = Some(reader_stripe);
+            let end = (reader_stripe + 1 + w.size).min(plan.count());
+            let start = w.queued_end.max(reader_stripe + 1);
+            w.queued_end = w.queued_end.max(end);
+            start..end
+        };
+        self.queue_stripes(file, range);
+    }
+
+    fn queue_stripes(&self, file: &OpenFile, stripes: std::ops::Range<u64>) {
+        // One job per stripe: the cache fetches a job's blocks as one run and completes them
+        // together, so per-stripe jobs let readers use each stripe as soon as it lands.
+        for stripe in stripes {
+            self.cache.spawn_prefetch(&file.dyn_source, stripe..stripe + 1, Priority::Background);
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset` of handle `fh`: full length unless at EOF.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, CkptError> {
+        let file = lock(&self.handles).get(&fh).cloned().ok_or(CkptError::BadHandle(fh))?;
+        let result = self.read_file(&file, offset, size).await;
+        match &result {
+            Ok(bytes) => {
+                self.counters.reads.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn read_file(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Bytes, CkptError> {
+        let plan = *file.source.plan();
+        let end = offset.saturating_add(u64::from(size)).min(plan.len);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let first = plan.stripe_of(offset);
+        let last = plan.stripe_of(end - 1);
+        let blob = file.dyn_source.id().to_string();
+        let cached = (first..=last).all(|i| self.cache.contains(&blob, i));
+        let started = Instant::now();
+        let stripes = futures::future::try_join_all(
+            (first..=last).map(|i| self.cache.get(&file.dyn_source, i)),
+        )
+        .await?;
+        if !cached {
+            self.counters
+                .stall_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        self.advance_window(file, &plan, last);
+        if let [only] = stripes.as_slice() {
+            let base = plan.range(first).start;
+            let (from, to) = ((offset - base) as usize, (end - base) as usize);
+            if to <= only.len() {
+                return Ok(only.slice(from..to));
+            }
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (i, stripe) in (first..=last).zip(&stripes) {
+            let r = plan.range(i);
+            let from = offset.max(r.start) - r.start;
+            let to = end.min(r.end) - r.start;
+            let piece = stripe.get(from as usize..to as usize).ok_or_else(|| {
+                CkptError::Cache(bootseer_common::cache::CacheError::Malformed {
+                    blob: blob.clone(),
+                    block: i,
+                    message: format!(
+                        "stripe has {} bytes, expected {}",
+                        stripe.len(),
+                        r.end - r.start
+                    ),
+                })
+            })?;
+            out.extend_from_slice(piece);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Closes handle `fh`.
+    pub fn release(&self, fh: u64) -> Result<(), CkptError> {
+        lock(&self.handles).remove(&fh).map(drop).ok_or(CkptError::BadHandle(fh))
+    }
+
+    /// Number of open handles.
+    pub fn open_handles(&self) -> usize {
+        lock(&self.handles).len()
+    }
+
+    /// Files and directories in the current listing, for statfs.
+    pub async fn entry_count(&self) -> Result<u64, CkptError> {
+        Ok(self.tree().await?.nodes.len() as u64)
+    }
+
+    /// What the mount did so far.
+    pub fn summary(&self) -> Summary {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stripes;
+        Summary {
+            source: self.store.url(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            opens: get(&self.counters.opens),
+            reads: get(&self.counters.reads),
+            bytes_read: get(&self.counters.bytes_read),
+            read_errors: get(&self.counters.read_errors),
+            stall_secs: Duration::from_nanos(get(&self.counters.stall_ns)).as_secs_f64(),
+            stripes_fetched: get(&s.fetched),
+            bytes_fetched: get(&s.bytes),
+            stripes_retried: get(&s.retried),
+            stripes_reissued_slow: get(&s.reissued_slow),
+            stripes_failed: get(&s.failed),
+            readers_reopened: get(&s.reopened),
+            version_changed: get(&s.version_changed),
+            cache: self.cache.stats(),
+        }
+    }
+}

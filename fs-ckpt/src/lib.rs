@@ -1,0 +1,36 @@
+//! bootseer-ckpt: a read-only FUSE view of an HDFS directory whose files are read by many
+//! concurrent striped range reads, so a checkpoint loads at the speed of several DataNodes
+//! instead of one stream.
+//!
+//! ```text
+//!   fuse::CkptFuse (fuser callbacks) ──block_on──► fs::CkptFs (tree, handles, windows)
+//!        └── BlockCache (memory budget, single-flight, prefetch queue)
+//!               └── stripe::StripeSource (pinned version, N readers, per-stripe retries)
+//!                      └── HdfsStore / HdfsReader (hdfs-native)
+//! ```
+//!
+//! - [`config`]: [`CkptConfig`] and the size/duration parsers of the CLI.
+//! - [`stripe`]: stripe planning (never across an HDFS block) and fetching with deadlines.
+//! - [`fs`]: [`CkptFs`], the logic layer, without fuser types.
+//! - [`fuse`]: [`CkptFuse`], the adapter.
+//! - [`cli`]: the `bootseer-ckpt` command line; `main` only calls [`run`].
+//!
+//! **Sync/async bridge**: one multi-threaded tokio runtime per mount owns the HDFS client (its
+//! connection tasks live on the runtime that created it), the cache's fetch and prefetch tasks,
+//! and every stripe read. fuser's worker threads are plain threads: each callback `block_on`s a
+//! [`tokio::runtime::Handle`] to that runtime for its one logic call. The fan-out (one task per
+//! stripe, up to `concurrency`) runs on the runtime, so a FUSE thread only waits, it never
+//! drives the stripes itself, and nothing calls `block_on` from a runtime thread.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fs;
+pub mod fuse;
+pub mod stripe;
+
+pub use cli::run;
+pub use config::CkptConfig;
+pub use error::CkptError;
+pub use fs::CkptFs;
+pub use fuse::CkptFuse;

@@ -1,0 +1,5 @@
+//! `bootseer-ckpt`: see the library's crate doc.
+
+fn main() -> std::process::ExitCode {
+    bootseer_ckpt::run()
+}

@@ -1,0 +1,330 @@
+//! Reads through a real FUSE mount of a real HDFS (MiniDFS: 3 DataNodes, 1 MiB blocks), compared
+//! with sha256 of the bytes written. One cluster serves every case in this binary: the cases run
+//! in one test, one after another. DataNode faults live in `faults.rs` with their own cluster.
+
+mod support;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bootseer_common::store::Store;
+use bytes::Bytes;
+use support::{BLOCK, Env, bytes, sha};
+
+fn read_all(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Maps `path` read-only and hashes the mapping.
+fn mmap_sha(path: &Path) -> String {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open for mmap");
+    let len = file.metadata().expect("stat").len() as usize;
+    assert!(len > 0);
+    // SAFETY: a fresh read-only private mapping of an open file, `len` bytes; unmapped below
+    // and never used after.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(ptr, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    // SAFETY: `ptr` maps `len` readable bytes until the munmap below.
+    let slice = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+    let digest = sha(slice);
+    // SAFETY: unmapping exactly what was mapped; `slice` is dead past this point.
+    unsafe { libc::munmap(ptr, len) };
+    digest
+}
+
+#[test]
+fn reads_through_the_mount_equal_the_source() {
+    let Some(dfs) = support::start_dfs() else { return };
+    let b = BLOCK as usize;
+    let sizes: Vec<(String, usize)> = [0, 1, b - 1, b, b + 1, 6 * b + 12_345, 3 * b - 777]
+        .iter()
+        .map(|&n| (format!("size-{n}.bin"), n))
+        .collect();
+    let mut files: Vec<(String, Vec<u8>)> =
+        sizes.iter().enumerate().map(|(i, (k, n))| (k.clone(), bytes(i as u64 + 1, *n))).collect();
+    files.push(("sub/dir/nested.bin".into(), bytes(99, 2 * b + 5)));
+    files.push(("swap.bin".into(), bytes(1000, 2 * b + 3)));
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(k, d)| (k.as_str(), d.as_slice())).collect();
+    let Some(env) = support::setup(dfs, &refs, support::test_config()) else { return };
+    let root = env.mount.path().to_path_buf();
+
+    // Directory tree, sizes and kinds.
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = sizes.iter().map(|(k, _)| k.clone()).collect();
+    want.extend(["sub".to_string(), "swap.bin".to_string()]);
+    want.sort();
+    assert_eq!(names, want);
+    assert!(std::fs::metadata(root.join("sub/dir")).expect("stat dir").is_dir());
+    for (key, data) in &files {
+        let md = std::fs::metadata(root.join(key)).expect("stat");
+        assert_eq!(md.len(), data.len() as u64, "{key}");
+        assert!(md.is_file());
+    }
+    assert_eq!(
+        std::fs::metadata(root.join("nope")).map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::NotFound)
+    );
+    assert!(std::fs::File::create(root.join("new")).is_err(), "the mount is read-only");
+
+    // Whole-file sha256 for every size (swap.bin stays unread until `replaced_file`).
+    let (swap, files) = files.split_last().expect("files");
+    for (key, data) in files {
+        assert_eq!(sha(&read_all(&root.join(key))), sha(data), "{key}");
+    }
+
+    // Thousands of random preads on a multi-block file, through one handle.
+    let (key, data) = &files[5];
+    let file = std::fs::File::open(root.join(key)).expect("open");
+    let mut rng = 0x1234_5678u64;
+    let mut next = |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let len = data.len() as u64;
+    for _ in 0..3000 {
+        let offset = next(len + 10);
+        let big = next(10) == 0;
+        let size = 1 + next(if big { 3 * BLOCK } else { 64 << 10 });
+        let end = (offset + size).min(len);
+        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+        file.read_exact_at(&mut buf, offset)
+            .unwrap_or_else(|e| panic!("pread {offset}+{size}: {e}"));
+        if offset < len {
+            assert!(buf[..] == data[offset as usize..end as usize], "pread {offset}+{size}");
+        }
+    }
+    drop(file);
+
+    // mmap, as safetensors loads.
+    for (key, data) in files.iter().filter(|(_, d)| !d.is_empty()) {
+        assert_eq!(mmap_sha(&root.join(key)), sha(data), "mmap {key}");
+    }
+
+    // Concurrent readers: four of one file, one each of three others, at once.
+    std::thread::scope(|s| {
+        let mut jobs = Vec::new();
+        for i in [5usize, 5, 5, 5, 6, 7, 4] {
+            let (key, data) = &files[i];
+            let path = root.join(key);
+            jobs.push(s.spawn(move || assert_eq!(sha(&read_all(&path)), sha(data), "{key}")));
+        }
+        for j in jobs {
+            j.join().expect("reader thread");
+        }
+    });
+    let summary = env.fs.summary();
+    assert!(summary.stripes_fetched > 0 && summary.bytes_read > 0, "{summary:?}");
+    assert_eq!(summary.stripes_failed, 0, "{summary:?}");
+
+    logic_layer_fetches_each_stripe_once(&env, &files[5].1);
+    replaced_file(&env, &swap.1);
+    cli_mounts_in_daemon_form(&env, &files[5], Form::Helper);
+    if Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists() {
+        cli_mounts_in_daemon_form(&env, &files[5], Form::MountFuse3);
+    }
+
+    let mountpoint = root.clone();
+    drop(env);
+    support::assert_nothing_leaked(&mountpoint);
+}
+
+/// Straight through `CkptFs` (no kernel): several handles of one version share one fetch per
+/// stripe, and opening a large file prefetches all of it without any read.
+fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
+    let data = bytes(4242, like.len());
+    let len = data.len() as u64;
+    for key in ["logic.bin", "large.bin"] {
+        env.runtime.block_on(env.store.put(key, Bytes::from(data.clone()))).expect("put");
+    }
+    std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
+    let fs = env.fs.clone();
+    let stripes =
+        bootseer_ckpt::stripe::StripePlan::new(len, BLOCK, fs.config().stripe_size).count();
+    let before = fs.summary();
+    let reads = env.runtime.block_on(async {
+        let ino = fs.lookup(bootseer_ckpt::fs::ROOT_INO, "logic.bin").await.expect("lookup").ino;
+        let mut tasks = Vec::new();
+        for reader in 0..3u64 {
+            let fs = fs.clone();
+            tasks.push(tokio::spawn(async move {
+                let fh = fs.open(ino).await.expect("open").fh;
+                let mut out = Vec::new();
+                // Each handle reads in its own uneven steps.
+                let step = 100_000 + reader as u32 * 77_777;
+                while (out.len() as u64) < len {
+                    let chunk = fs.read(fh, out.len() as u64, step).await.expect("read");
+                    assert!(!chunk.is_empty(), "a short read before EOF");
+                    out.extend_from_slice(&chunk);
+                }
+                assert!(fs.read(fh, len, 10).await.expect("read at EOF").is_empty());
+                fs.release(fh).expect("release");
+                out
+            }));
+        }
+        futures::future::join_all(tasks).await
+    });
+    for read in reads {
+        assert_eq!(sha(&read.expect("reader task")), sha(&data));
+    }
+    let after = fs.summary();
+    assert_eq!(after.stripes_fetched - before.stripes_fetched, stripes, "{after:?}");
+
+    // large.bin is above prefetch_threshold: open alone fetches every stripe.
+    let ino = env
+        .runtime
+        .block_on(fs.lookup(bootseer_ckpt::fs::ROOT_INO, "large.bin"))
+        .expect("lookup")
+        .ino;
+    let fh = env.runtime.block_on(fs.open(ino)).expect("open").fh;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs.summary().stripes_fetched - after.stripes_fetched < stripes {
+        assert!(
+            Instant::now() < deadline,
+            "whole-file prefetch did not finish: {:?}",
+            fs.summary()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs.release(fh).expect("release");
+    assert!(matches!(fs.release(fh), Err(bootseer_ckpt::CkptError::BadHandle(_))));
+}
+
+/// An open handle never mixes versions: after the file is replaced it reads old bytes or EIO;
+/// a new open sees the new bytes.
+fn replaced_file(env: &Env, old: &[u8]) {
+    let path = env.mount.path().join("swap.bin");
+    // Nothing of this file was read before: touch only its first stripe before the swap.
+    let handle = std::fs::File::open(&path).expect("open old");
+    let mut head = vec![0u8; 1000];
+    handle.read_exact_at(&mut head, 0).expect("read head");
+    assert!(head[..] == old[..1000]);
+
+    let new = bytes(2000, old.len());
+    env.runtime.block_on(env.store.put("swap.bin", Bytes::from(new.clone()))).expect("replace");
+    std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(300));
+
+    let mut old_ok = 0;
+    let mut eio = 0;
+    for offset in (0..old.len() as u64).step_by(100_003) {
+        let mut buf = vec![0u8; 4096.min(old.len() - offset as usize)];
+        match handle.read_exact_at(&mut buf, offset) {
+            Ok(()) => {
+                assert!(
+                    buf[..] == old[offset as usize..offset as usize + buf.len()],
+                    "an open handle served bytes that are not its version's at {offset}"
+                );
+                old_ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "at {offset}: {e}");
+                eio += 1;
+            }
+        }
+    }
+    eprintln!("replaced file: old handle read {old_ok} old chunks, {eio} EIO");
+    // Only the first stripes were read or prefetched before the swap; the rest must be refused.
+    assert!(eio > 0, "stripes fetched after the swap must fail, not serve another version");
+    drop(handle);
+    assert_eq!(sha(&read_all(&path)), sha(&new), "a new open must see the new version");
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    /// `bootseer-ckpt SOURCE MOUNTPOINT -o …`, run directly.
+    Helper,
+    /// `mount.fuse3 SOURCE MOUNTPOINT -t bootseer-ckpt -o …`: what `mount -t fuse.bootseer-ckpt`
+    /// runs, which calls the helper form with the binary found on PATH.
+    MountFuse3,
+}
+
+/// The built binary in mount-helper form daemonizes, serves, and exits after `umount`.
+fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>), form: Form) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mkdir");
+    let summary = dir.path().join("summary.json");
+    let log = dir.path().join("daemon.log");
+    let options = format!(
+        "ro,stripe_size=512K,readers=2,metadata_ttl=1s,conf_dir={},summary={},log={}",
+        env.dfs.conf_dir().display(),
+        summary.display(),
+        log.display()
+    );
+    let started = Instant::now();
+    let binary = Path::new(env!("CARGO_BIN_EXE_bootseer-ckpt"));
+    let mut command = match form {
+        Form::Helper => std::process::Command::new(binary),
+        Form::MountFuse3 => {
+            // mount(8) resets PATH for its helpers, so call the helper it would run.
+            let mut c = std::process::Command::new("mount.fuse3");
+            let dir = binary.parent().expect("binary dir");
+            let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+            c.env("PATH", path);
+            c
+        }
+    };
+    command.arg(&env.url).arg(&mountpoint);
+    if let Form::MountFuse3 = form {
+        command.args(["-t", "bootseer-ckpt"]);
+    }
+    let mut helper = command.args(["-o", &options]).spawn().expect("run the mount command");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The helper must return once the mount is ready, not when the daemon ends.
+    let status = loop {
+        if let Some(status) = helper.try_wait().expect("wait for the helper") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = helper.kill();
+            let _ = helper.wait();
+            let _ = std::process::Command::new("umount").arg(&mountpoint).status();
+            panic!("the mount helper did not return within 60 s\n{}", log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "mount helper failed: {status}\n{}", log_text());
+    assert!(bootseer_common::mount::is_mounted(&mountpoint), "not mounted after exit 0");
+    eprintln!("{form:?}: daemon mount ready after {:?}", started.elapsed());
+    let read = std::fs::read(mountpoint.join(key));
+    // Unmount before asserting, so a failure leaves no mount behind.
+    let umount = std::process::Command::new("umount").arg(&mountpoint).status().expect("umount");
+    let read = read.expect("read through the daemon's mount");
+    assert_eq!(sha(&read), sha(data));
+    assert!(umount.success(), "umount failed: {umount}");
+    // The daemon writes its summary after the session ends, then exits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mp = mountpoint.to_string_lossy().into_owned();
+    loop {
+        let running = std::process::Command::new("pgrep")
+            .args(["-f", &mp])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !running && summary.exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "daemon still running after umount\n{}", log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
+    assert!(json["bytes_read"].as_u64().unwrap_or(0) >= data.len() as u64, "{json}");
+    assert!(json["stripes_fetched"].as_u64().unwrap_or(0) > 0, "{json}");
+}

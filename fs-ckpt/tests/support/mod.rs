@@ -1,0 +1,95 @@
+//! Shared setup of the fs-ckpt tests: a MiniDFS, a runtime that owns the HDFS client, a
+//! `CkptFs` mounted through `CkptFuse` with the guard, and byte helpers.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bootseer_ckpt::{CkptConfig, CkptFs, CkptFuse};
+use bootseer_common::mount::MountConfig;
+use bootseer_common::store::Store;
+use bootseer_common::store::hdfs::{HdfsOptions, HdfsStore};
+use bootseer_common::testing::fuse::MountGuard;
+use bootseer_common::testing::minidfs::{MiniDfs, MiniDfsConfig};
+use bootseer_common::testing::require_real;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+/// MiniDFS block size (the default config): 1 MiB.
+pub const BLOCK: u64 = 1 << 20;
+
+/// Deterministic bytes, different per seed and position.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn sha(data: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(data))
+}
+
+/// Small stripes so 1 MiB blocks hold several; short deadlines so fault tests end quickly.
+pub fn test_config() -> CkptConfig {
+    CkptConfig {
+        stripe_size: 256 << 10,
+        concurrency: 8,
+        readers: 3,
+        memory_bytes: 64 << 20,
+        prefetch_threshold: 4 << 20,
+        initial_window: 2,
+        stripe_deadline: Duration::from_secs(8),
+        attempt_timeout: Duration::from_secs(3),
+        metadata_ttl: Duration::from_secs(1),
+    }
+}
+
+pub struct Env {
+    // Field order is drop order: unmount, then the runtime, then the cluster.
+    pub mount: MountGuard,
+    pub fs: Arc<CkptFs>,
+    pub store: HdfsStore,
+    pub runtime: tokio::runtime::Runtime,
+    pub dfs: MiniDfs,
+    pub url: String,
+}
+
+pub fn start_dfs() -> Option<MiniDfs> {
+    require_real("MiniDFS", MiniDfs::start(MiniDfsConfig::default()))
+}
+
+/// Puts `files` under `/ckpt` and mounts it with `config`; `None` when FUSE or MiniDFS are
+/// unavailable (and not required).
+pub fn setup(dfs: MiniDfs, files: &[(&str, &[u8])], config: CkptConfig) -> Option<Env> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!("{}/ckpt", dfs.uri());
+    let options =
+        HdfsOptions { config_dir: Some(dfs.conf_dir().to_path_buf()), ..Default::default() };
+    let store = runtime.block_on(HdfsStore::open_with(&url, &options)).expect("open store");
+    for (key, data) in files {
+        runtime.block_on(store.put(key, Bytes::copy_from_slice(data))).expect("put");
+    }
+    let fs = Arc::new(CkptFs::new(store.clone(), config, runtime.handle().clone()).expect("fs"));
+    let mount_config = MountConfig { threads: 4, ..MountConfig::default() };
+    let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
+    let mount = require_real("FUSE", MountGuard::mount(adapter, &mount_config))?;
+    Some(Env { mount, fs, store, runtime, dfs, url })
+}
+
+/// No MiniDFS JVM and no FUSE mount of ours is left behind.
+pub fn assert_nothing_leaked(mountpoint: &std::path::Path) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mp = mountpoint.to_string_lossy();
+    assert!(!mounts.lines().any(|l| l.contains(&*mp)), "mount {mp} leaked:\n{mounts}");
+}
