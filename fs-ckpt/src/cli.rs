@@ -217,9 +217,7 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         Ready::foreground()
     } else {
         // Before any thread or runtime exists: fork is only safe then.
-        let ready = daemonize(options.log.as_deref()).context("daemonizing")?;
-        cloexec_inherited_fds();
-        ready
+        daemonize(options.log.as_deref()).context("daemonizing")?
     };
     bootseer_common::telemetry::init("info");
     match serve_mount(&options, &mut ready) {
@@ -227,28 +225,6 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         Err(e) => {
             ready.failed(&format!("{e:#}"));
             Err(e)
-        }
-    }
-}
-
-/// Marks every descriptor above stderr close-on-exec. `daemonize` creates its ready pipe without
-/// `O_CLOEXEC`; the `fusermount3` that an `auto_unmount` mount spawns (and that lives as long as
-/// the mount) would inherit the pipe's write end, and the waiting parent, which reads to EOF,
-/// would never return.
-fn cloexec_inherited_fds() {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2)
-        .collect();
-    for fd in fds {
-        // SAFETY: fcntl on a descriptor number only reads or sets its flags; a number that was
-        // the (now closed) directory's own descriptor fails with EBADF, which is ignored.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
         }
     }
 }
