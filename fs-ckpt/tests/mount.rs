@@ -133,6 +133,7 @@ fn reads_through_the_mount_equal_the_source() {
     assert!(summary.stripes_fetched > 0 && summary.bytes_read > 0, "{summary:?}");
     assert_eq!(summary.stripes_failed, 0, "{summary:?}");
 
+    safetensors_loads_through_the_mount(&env);
     logic_layer_fetches_each_stripe_once(&env, &files[5].1);
     replaced_file(&env, &swap.1);
     cli_mounts_in_daemon_form(&env, &files[5], Form::Helper);
@@ -143,6 +144,45 @@ fn reads_through_the_mount_equal_the_source() {
     let mountpoint = root.clone();
     drop(env);
     support::assert_nothing_leaked(&mountpoint);
+}
+
+/// A real loader: Python's `safetensors` (numpy backend, mmap) loads a checkpoint written by the
+/// same library, through the mount; every tensor's sha256, shape and dtype match the original.
+/// Needs python3 with safetensors + numpy (`.ci/run` installs them); skipped only when real
+/// components are not required.
+fn safetensors_loads_through_the_mount(env: &Env) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/safetensors_check.py");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("model.safetensors");
+    let run = |mode: &str, path: &Path| {
+        std::process::Command::new("python3").arg(&script).arg(mode).arg(path).output()
+    };
+    let written = match run("write", &local) {
+        Ok(out) if out.status.success() => out.stdout,
+        other => {
+            let why = match other {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            let started: anyhow::Result<()> = Err(anyhow::anyhow!("python3 + safetensors: {why}"));
+            bootseer_common::testing::require_real("safetensors", started);
+            return;
+        }
+    };
+    let data = std::fs::read(&local).expect("read written model");
+    assert!(data.len() as u64 > 4 * BLOCK, "the model must span several HDFS blocks");
+    env.runtime
+        .block_on(env.store.put("model/model.safetensors", Bytes::from(data)))
+        .expect("put model");
+    std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
+    let through_mount = env.mount.path().join("model/model.safetensors");
+    let out = run("load", &through_mount).expect("run python3");
+    assert!(out.status.success(), "load failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&written),
+        "tensors loaded through the mount differ from the ones written"
+    );
 }
 
 /// Straight through `CkptFs` (no kernel): several handles of one version share one fetch per
