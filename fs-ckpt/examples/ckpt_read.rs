@@ -4,12 +4,21 @@
 //! - `single-stream`: one hdfs-native reader, sequential 64 MiB `read_range` calls (what a naive
 //!   loader does; hdfs-native reads a call's blocks one after another);
 //! - `striped-lib`: `CkptFs` without FUSE (fresh cache per repetition), 1 MiB reads in order;
-//! - `mount`: the same through a real FUSE mount, `std::fs` reads of 1 MiB.
+//! - `hadoop-cat`: Hadoop's own Java client, `FsShell -cat` (what `hadoop fs -cat` runs), JVM
+//!   start included, as users pay it;
+//! - `mount-read`: the same through a real FUSE mount, `std::fs` reads of 1 MiB;
+//! - `mount-cat`: `cat FILE > /dev/null` on a fresh mount;
+//! - `mount-fio`: fio, one sequential 1 MiB-block reader per file, on a fresh mount.
 //!
-//! Without network namespaces every DataNode shares loopback and the machine's cores, so the
-//! ratios show overheads and parallelism on this host, not the multi-NIC speedup of a cluster.
+//! `--dn-mbit N` gives each DataNode its own `tc htb` class of N Mbit/s on `lo`, matched on its
+//! transfer port, so DataNodes behave like hosts with their own NICs. `scripts/bench/ckpt-read`
+//! runs this driver in a private network namespace so the shaping touches only the benchmark.
+//! Without shaping every DataNode shares loopback and the machine's cores, so the ratios show
+//! overheads and parallelism on this host, not a cluster's multi-NIC speedup.
 
 use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,12 +43,93 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(cmd).args(args).status()?;
+    anyhow::ensure!(status.success(), "{cmd} {} failed: {status}", args.join(" "));
+    Ok(())
+}
+
+/// One htb class of `mbit` per DataNode on `lo`, matched on its transfer port as source port
+/// (DataNode → reader is the direction a read waits for); all other traffic is unshaped.
+fn shape_datanodes(ports: &[u16], mbit: u64) -> anyhow::Result<()> {
+    let _ = Command::new("tc")
+        .args(["qdisc", "del", "dev", "lo", "root"])
+        .stderr(Stdio::null())
+        .status();
+    sh("tc", &["qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "99"])?;
+    sh(
+        "tc",
+        &["class", "add", "dev", "lo", "parent", "1:", "classid", "1:99", "htb", "rate", "100gbit"],
+    )?;
+    for (i, port) in ports.iter().enumerate() {
+        let class = format!("1:{}", 10 + i);
+        let rate = format!("{mbit}mbit");
+        sh(
+            "tc",
+            &[
+                "class", "add", "dev", "lo", "parent", "1:", "classid", &class, "htb", "rate",
+                &rate, "ceil", &rate,
+            ],
+        )?;
+        let port = port.to_string();
+        sh(
+            "tc",
+            &[
+                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                "match", "ip", "sport", &port, "0xffff", "flowid", &class,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Hadoop's Java client reading every file to /dev/null, as `hadoop fs -cat` does.
+fn hadoop_cat(dfs: &MiniDfs, url: &str, keys: &[String]) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/minidfs/target");
+    let classpath = std::fs::read_to_string(root.join("classpath.txt"))?;
+    let cp = format!("{}:{}", dfs.conf_dir().display(), classpath.trim());
+    let mut args = vec![
+        "-Xmx1g".to_string(),
+        "-cp".into(),
+        cp,
+        "org.apache.hadoop.fs.FsShell".into(),
+        "-cat".into(),
+    ];
+    args.extend(keys.iter().map(|k| format!("{url}/{k}")));
+    let status =
+        Command::new("java").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    anyhow::ensure!(status.success(), "FsShell -cat failed: {status}");
+    Ok(())
+}
+
+fn mounted<T>(
+    store: &HdfsStore,
+    config: &CkptConfig,
+    runtime: &tokio::runtime::Runtime,
+    read: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<(Duration, T)> {
+    let fs = Arc::new(CkptFs::new(store.clone(), config.clone(), runtime.handle().clone())?);
+    let mount_config = MountConfig::default();
+    let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
+    let mount = MountGuard::mount(adapter, &mount_config)?;
+    if nix::unistd::geteuid().is_root() {
+        let _ = bootseer_common::mount::raise_read_ahead(mount.path(), 4096);
+    }
+    let t = Instant::now();
+    let out = read(mount.path())?;
+    let took = t.elapsed();
+    drop(mount);
+    eprintln!("  mount summary: {}", serde_json::to_string(&fs.summary())?);
+    Ok((took, out))
+}
+
 fn main() -> anyhow::Result<()> {
     let files = arg("--files", 2) as usize;
     let size_mib = arg("--size-mib", 128);
     let reps = arg("--reps", 3) as usize;
     let datanodes = arg("--datanodes", 4) as usize;
     let block_mib = arg("--block-mib", 16);
+    let dn_mbit = arg("--dn-mbit", 0);
     let len = size_mib << 20;
 
     eprintln!("starting MiniDFS: {datanodes} DataNodes, {block_mib} MiB blocks");
@@ -48,6 +138,16 @@ fn main() -> anyhow::Result<()> {
         block_size: block_mib << 20,
         replication: Some(3.min(datanodes)),
     })?;
+    if dn_mbit > 0 {
+        let ports: Vec<u16> = dfs
+            .datanode_addrs()
+            .iter()
+            .filter_map(|a| a.rsplit(':').next()?.parse().ok())
+            .collect();
+        anyhow::ensure!(ports.len() == datanodes, "DataNode ports: {:?}", dfs.datanode_addrs());
+        shape_datanodes(&ports, dn_mbit)?;
+        eprintln!("shaped DataNode ports {ports:?} to {dn_mbit} Mbit/s each");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let url = format!("{}/bench", dfs.uri());
     let options =
@@ -63,8 +163,17 @@ fn main() -> anyhow::Result<()> {
     eprintln!("wrote {files} × {size_mib} MiB");
 
     let config = CkptConfig::default();
-    let mut results: Vec<(&str, Vec<Duration>)> =
-        vec![("single-stream", vec![]), ("striped-lib", vec![]), ("mount", vec![])];
+    let have_fio = Command::new("fio").arg("--version").stdout(Stdio::null()).status().is_ok();
+    let mut results: Vec<(&str, Vec<Duration>)> = vec![
+        ("single-stream", vec![]),
+        ("hadoop-cat", vec![]),
+        ("striped-lib", vec![]),
+        ("mount-read", vec![]),
+        ("mount-cat", vec![]),
+    ];
+    if have_fio {
+        results.push(("mount-fio", vec![]));
+    }
     for rep in 0..reps {
         // single stream
         let t = Instant::now();
@@ -72,13 +181,19 @@ fn main() -> anyhow::Result<()> {
             let reader = runtime.block_on(store.open_reader(key))?;
             let mut off = 0;
             while off < len {
-                let chunk = runtime.block_on(reader.read_range(off..off + (64 << 20)))?;
+                let chunk =
+                    runtime.block_on(reader.read_range(off..(off + (64 << 20)).min(len)))?;
+                anyhow::ensure!(!chunk.is_empty(), "empty read at {off}");
                 off += chunk.len() as u64;
             }
         }
         results[0].1.push(t.elapsed());
 
-        // striped, as a library
+        let t = Instant::now();
+        hadoop_cat(&dfs, &url, &keys)?;
+        results[1].1.push(t.elapsed());
+
+        // striped, as a library: the ceiling for the mount
         let fs = CkptFs::new(store.clone(), config.clone(), runtime.handle().clone())?;
         let t = Instant::now();
         for key in &keys {
@@ -87,38 +202,56 @@ fn main() -> anyhow::Result<()> {
             let mut off = 0;
             while off < len {
                 let chunk = runtime.block_on(fs.read(fh, off, 1 << 20))?;
+                anyhow::ensure!(!chunk.is_empty(), "short read at {off}");
                 off += chunk.len() as u64;
             }
             fs.release(fh)?;
         }
-        results[1].1.push(t.elapsed());
+        results[2].1.push(t.elapsed());
         drop(fs);
 
-        // through the mount
-        let fs = Arc::new(CkptFs::new(store.clone(), config.clone(), runtime.handle().clone())?);
-        let mount_config = MountConfig::default();
-        let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
-        let mount = MountGuard::mount(adapter, &mount_config)?;
-        if nix::unistd::geteuid().is_root() {
-            let _ = bootseer_common::mount::raise_read_ahead(mount.path(), 4096);
-        }
-        let t = Instant::now();
-        let mut buf = vec![0u8; 1 << 20];
-        for key in &keys {
-            let mut f = std::fs::File::open(mount.path().join(key))?;
-            let mut n = 0u64;
-            loop {
-                let got = f.read(&mut buf)?;
-                if got == 0 {
-                    break;
+        let (took, ()) = mounted(&store, &config, &runtime, |root| {
+            let mut buf = vec![0u8; 1 << 20];
+            for key in &keys {
+                let mut f = std::fs::File::open(root.join(key))?;
+                let mut n = 0u64;
+                loop {
+                    let got = f.read(&mut buf)?;
+                    if got == 0 {
+                        break;
+                    }
+                    n += got as u64;
                 }
-                n += got as u64;
+                anyhow::ensure!(n == len, "short read through the mount: {n} of {len}");
             }
-            anyhow::ensure!(n == len, "short read through the mount: {n} of {len}");
+            Ok(())
+        })?;
+        results[3].1.push(took);
+
+        let (took, ()) = mounted(&store, &config, &runtime, |root| {
+            let paths: Vec<_> = keys.iter().map(|k| root.join(k)).collect();
+            let status = Command::new("cat").args(&paths).stdout(Stdio::null()).status()?;
+            anyhow::ensure!(status.success(), "cat failed");
+            Ok(())
+        })?;
+        results[4].1.push(took);
+
+        if have_fio {
+            let (took, ()) = mounted(&store, &config, &runtime, |root| {
+                let names: Vec<String> =
+                    keys.iter().map(|k| root.join(k).display().to_string()).collect();
+                let status = Command::new("fio")
+                    .args(["--name=ckpt", "--rw=read", "--bs=1M", "--ioengine=psync", "--readonly"])
+                    .arg(format!("--filename={}", names.join(":")))
+                    .arg(format!("--size={}", len * keys.len() as u64))
+                    .stdout(Stdio::null())
+                    .status()?;
+                anyhow::ensure!(status.success(), "fio failed");
+                Ok(())
+            })?;
+            results[5].1.push(took);
         }
-        results[2].1.push(t.elapsed());
-        drop(mount);
-        eprintln!("rep {} done; mount summary: {}", rep + 1, serde_json::to_string(&fs.summary())?);
+        eprintln!("rep {} done", rep + 1);
     }
 
     let base = median(results[0].1.clone());
@@ -135,7 +268,8 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n{files} files × {size_mib} MiB, {datanodes} DataNodes, {block_mib} MiB blocks, stripe {} MiB, concurrency {}, readers {}",
+        "\n{files} files × {size_mib} MiB, {datanodes} DataNodes ({}), {block_mib} MiB blocks, stripe {} MiB, concurrency {}, readers {}",
+        if dn_mbit > 0 { format!("{dn_mbit} Mbit/s each") } else { "unshaped".into() },
         config.stripe_size >> 20,
         config.concurrency,
         config.readers
