@@ -162,7 +162,13 @@ fn main() -> anyhow::Result<()> {
     let total = len * files as u64;
     eprintln!("wrote {files} × {size_mib} MiB");
 
-    let config = CkptConfig::default();
+    let defaults = CkptConfig::default();
+    let config = CkptConfig {
+        readers: arg("--readers", defaults.readers as u64) as usize,
+        concurrency: arg("--concurrency", defaults.concurrency as u64) as usize,
+        stripe_size: arg("--stripe-mib", defaults.stripe_size >> 20) << 20,
+        ..defaults
+    };
     let have_fio = Command::new("fio").arg("--version").stdout(Stdio::null()).status().is_ok();
     let mut results: Vec<(&str, Vec<Duration>)> = vec![
         ("single-stream", vec![]),
