@@ -125,7 +125,9 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         Ready::foreground()
     } else {
         // Before any thread or runtime exists (daemonize's precondition).
-        mount::daemonize(options.log.as_deref()).context("daemonizing")?
+        let ready = mount::daemonize(options.log.as_deref()).context("daemonizing")?;
+        close_on_exec_all();
+        ready
     };
     bootseer_common::telemetry::init("bootseer_image=info,bootseer_common=info");
     match mount_inner(&options, &mut ready) {
@@ -133,6 +135,28 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         Err(e) => {
             ready.failed(&format!("{e:#}"));
             Err(e)
+        }
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec. `daemonize`'s ready pipe is not, and
+/// `fusermount3` (spawned for `auto_unmount`, alive as long as the mount) would inherit it and keep
+/// the waiting parent from ever seeing end-of-file. Right after `daemonize` the only such
+/// descriptor is that pipe, which this process keeps using.
+fn close_on_exec_all() {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = fds
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only change the descriptor's flags; a descriptor that closed
+        // since the listing (the read_dir's own) makes fcntl fail harmlessly with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }
