@@ -271,3 +271,36 @@ fn the_binary_mounts_in_both_calling_forms_and_writes_a_summary() {
         }
     }
 }
+
+#[test]
+fn an_image_pushed_to_a_real_registry_mounts_by_reference_and_keeps_its_trace_there() {
+    use bootseer_common::testing::registry::Registry;
+    let Some(reg) = require_real("docker-registry", Registry::start()) else { return };
+    let src = tempfile::tempdir().expect("src");
+    awkward_tree(src.path());
+    let reference = format!("docker://{}/team/awkward:v1", reg.host_port());
+    let report = bootseer_image::run::convert(
+        &format!("dir:{}", src.path().display()),
+        &reference,
+        &bootseer_image::convert::ConvertConfig { block_size: BLOCK, level: 3 },
+    )
+    .expect("convert into the registry");
+    assert_eq!(report.index_key, "manifests/v1");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let image = ImageRef::parse(&reference).expect("reference");
+    let store = rt
+        .block_on(bootseer_common::store::open(&image.store_url, &Default::default()))
+        .expect("open registry store");
+    drop(rt);
+    let want = describe(src.path());
+    for round in 0..2 {
+        let cache = tempfile::tempdir().expect("cache");
+        let m = mount(&reference, &store, cache.path(), TraceMode::Auto).expect("mount");
+        assert_eq!(m.session.as_ref().expect("session").has_trace(), round == 1);
+        let got = describe(m.path());
+        assert_eq!(got, want, "round {round}: the mounted tree differs from its source");
+        let s = m.finish();
+        assert_eq!(s.trace_stored.as_deref(), Some("manifests/v1.trace.test"), "{s:?}");
+    }
+}
