@@ -304,3 +304,71 @@ fn an_image_pushed_to_a_real_registry_mounts_by_reference_and_keeps_its_trace_th
         assert_eq!(s.trace_stored.as_deref(), Some("manifests/v1.trace.test"), "{s:?}");
     }
 }
+
+#[test]
+fn a_killed_daemon_leaves_no_stuck_mount_and_a_restart_reuses_the_disk_cache() {
+    if require_real(
+        "FUSE",
+        if Path::new("/dev/fuse").exists()
+            && is_root()
+            && bootseer_common::mount::have_fusermount3()
+        {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("needs root, /dev/fuse and fusermount3"))
+        },
+    )
+    .is_none()
+    {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_bootseer-image");
+    let src = tempfile::tempdir().expect("src");
+    let data = pattern(9, 3 * BLOCK as usize + 5);
+    std::fs::write(src.path().join("f"), &data).expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "kill:v1");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let cache = tempfile::tempdir().expect("cache");
+    let summary = store_dir.path().join("summary.json");
+    let start = || {
+        let child = std::process::Command::new(bin)
+            .args(["mount", &reference])
+            .arg(mnt.path())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .args(["--trace", "off", "-f", "--summary"])
+            .arg(&summary)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        wait_for("the mount", || is_mounted(mnt.path()));
+        child
+    };
+    let mut first = start();
+    assert_eq!(std::fs::read(mnt.path().join("f")).expect("read"), data);
+    // The disk tier writes behind the reply; wait until all four blocks are persisted.
+    let persisted = || {
+        let Ok(shards) = std::fs::read_dir(cache.path().join("v1")) else { return 0 };
+        shards
+            .filter_map(|d| std::fs::read_dir(d.ok()?.path()).ok())
+            .flatten()
+            .filter(|f| f.as_ref().is_ok_and(|f| f.file_name().len() == 32))
+            .count()
+    };
+    wait_for("4 blocks on disk", || persisted() == 4);
+    first.kill().expect("kill -9");
+    let _ = first.wait();
+    wait_for("auto_unmount after the kill", || !is_mounted(mnt.path()));
+
+    let mut second = start();
+    let read = std::fs::read(mnt.path().join("f"));
+    let unmounted = std::process::Command::new("umount").arg(mnt.path()).status().expect("umount");
+    let status = second.wait().expect("wait");
+    assert_eq!(read.expect("read after restart"), data);
+    assert!(unmounted.success() && status.success(), "{status}");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("json");
+    assert_eq!(s["cache"]["blocks_on_demand"], 0, "the restart fetched again: {s}");
+    assert_eq!(s["cache"]["hits_disk"], 4, "{s}");
+}
