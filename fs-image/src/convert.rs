@@ -75,17 +75,17 @@ pub struct BlobReport {
 }
 
 /// Packs file data into independently compressed blocks.
-struct BlobWriter {
+pub(crate) struct BlobWriter {
     block_size: usize,
     level: i32,
     pending: Vec<u8>,
-    data_len: u64,
+    pub(crate) data_len: u64,
     out: Vec<u8>,
     blocks: Vec<BlockInfo>,
 }
 
 impl BlobWriter {
-    fn new(block_size: u32, level: i32) -> Self {
+    pub(crate) fn new(block_size: u32, level: i32) -> Self {
         Self {
             block_size: block_size as usize,
             level,
@@ -96,7 +96,7 @@ impl BlobWriter {
         }
     }
 
-    fn write(&mut self, mut data: &[u8]) -> Result<()> {
+    pub(crate) fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let take = (self.block_size - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
@@ -126,7 +126,7 @@ impl BlobWriter {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(BlobInfo, Vec<u8>)> {
+    pub(crate) fn finish(mut self) -> Result<(BlobInfo, Vec<u8>)> {
         self.flush()?;
         let digest = Digest::of(&self.out).to_string();
         Ok((
@@ -287,10 +287,13 @@ pub fn build(source: &str, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<
     if source.starts_with('/') {
         return build_from_dir(Path::new(source), config);
     }
+    if let Some(spec) = source.strip_prefix("oci:") {
+        return crate::oci::build_from_layout(spec, config);
+    }
     Err(ImageError::Reference {
         reference: source.to_string(),
-        reason: "unsupported source: expected dir:PATH (oci: and docker:// sources are not \
-                 implemented yet)"
+        reason: "unsupported source: expected dir:PATH or oci:DIR[:TAG] (docker:// sources are \
+                 not implemented yet)"
             .into(),
     })
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod format;
 pub mod fs;
 pub mod fuse;
+pub mod oci;
 pub mod reference;
 pub mod run;
 pub mod session;
