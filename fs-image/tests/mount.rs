@@ -139,6 +139,19 @@ fn a_second_cold_start_replays_the_first_starts_trace() {
     assert!(s2.replay_blocks >= s1.blocks_accessed, "{s2:?}");
     assert_eq!(s2.trace_coverage, Some(1.0), "{s2:?}");
 
+    // Replay racing the job from the first moment (no wait): same bytes, no more on-demand
+    // fetches than a start without a trace, and the replay's blocks are not fetched twice.
+    let racing = tempfile::tempdir().expect("cache 3");
+    let third = mount(&reference, &store, racing.path(), TraceMode::Replay).expect("third mount");
+    assert_eq!(workload(third.path()), expected, "racing replay changed the bytes read");
+    let s3 = third.finish();
+    assert!(s3.cache.blocks_on_demand <= s1.cache.blocks_on_demand, "{s3:?}");
+    assert!(
+        s3.cache.blocks_on_demand + s3.cache.blocks_replay <= s1.blocks_accessed,
+        "a block was fetched twice: {s3:?}"
+    );
+    assert_eq!(s3.trace_stored, None, "trace=replay must not store");
+
     // The merged trace says two recordings saw these blocks.
     let shown = bootseer_image::run::trace_show(&reference, "test").expect("trace show");
     assert!(shown.contains("traces/replay/v1/test"), "{shown}");
