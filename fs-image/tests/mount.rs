@@ -385,3 +385,59 @@ fn a_killed_daemon_leaves_no_stuck_mount_and_a_restart_reuses_the_disk_cache() {
     assert_eq!(s["cache"]["blocks_on_demand"], 0, "the restart fetched again: {s}");
     assert_eq!(s["cache"]["hits_disk"], 4, "{s}");
 }
+
+#[test]
+fn a_stopped_registry_gives_eio_in_bounded_time_and_the_mount_recovers() {
+    use bootseer_common::store::{OpenOptions, RetryConfig};
+    use bootseer_common::testing::registry::Registry;
+    let Some(mut reg) = require_real("docker-registry", Registry::start()) else { return };
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("first"), pattern(1, 2 * BLOCK as usize)).expect("write");
+    std::fs::write(src.path().join("second"), pattern(2, 3 * BLOCK as usize)).expect("write");
+    let reference = format!("docker://{}/team/faults:v1", reg.host_port());
+    bootseer_image::run::convert(
+        &format!("dir:{}", src.path().display()),
+        &reference,
+        &bootseer_image::convert::ConvertConfig { block_size: BLOCK, level: 3 },
+    )
+    .expect("convert");
+    // The bound a reader waits is the store's retry budget: configurable, short here.
+    let retry = RetryConfig {
+        op_timeout: Duration::from_secs(1),
+        max_attempts: 20,
+        base_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        total_deadline: Duration::from_secs(3),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let image = ImageRef::parse(&reference).expect("reference");
+    let store = rt
+        .block_on(bootseer_common::store::open(
+            &image.store_url,
+            &OpenOptions { retry, ..OpenOptions::default() },
+        ))
+        .expect("store");
+    drop(rt);
+    let cache = tempfile::tempdir().expect("cache");
+    let m = mount(&reference, &store, cache.path(), TraceMode::Off).expect("mount");
+    assert_eq!(std::fs::read(m.path().join("first")).expect("read").len(), 2 * BLOCK as usize);
+
+    reg.stop();
+    let started = std::time::Instant::now();
+    let err = std::fs::read(m.path().join("second")).expect_err("the registry is down");
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // total_deadline 3 s + one op_timeout + slack.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Cached data keeps being served while the registry is away.
+    assert_eq!(
+        std::fs::read(m.path().join("first")).expect("cached read").len(),
+        2 * BLOCK as usize
+    );
+
+    reg.start_again().expect("restart the registry");
+    let second = std::fs::read(m.path().join("second")).expect("read after the registry returned");
+    assert_eq!(Digest::of(&second), Digest::of(&pattern(2, 3 * BLOCK as usize)));
+    let s = m.finish();
+    assert!(s.cache.fetch_errors >= 1, "{s:?}");
+}
