@@ -54,6 +54,9 @@ enum Command {
         /// Workload name the trace is kept under.
         #[arg(long, default_value = "default")]
         workload: String,
+        /// Store the trace this many seconds after mount instead of at unmount.
+        #[arg(long)]
+        trace_window: Option<u64>,
         /// Stay in the foreground.
         #[arg(short, long)]
         foreground: bool,
@@ -124,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             memory,
             trace,
             workload,
+            trace_window,
             foreground,
             summary,
             log,
@@ -137,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                 memory: parse_size(&memory)?,
                 trace,
                 workload,
+                trace_window: trace_window.map(std::time::Duration::from_secs),
                 ..SessionConfig::default()
             },
             foreground,

@@ -69,6 +69,11 @@ pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
                     .map_err(|e| anyhow::anyhow!("trace={v}: {e}"))?
             }
             "workload" => o.session.workload = v.clone(),
+            "trace_window" => {
+                o.session.trace_window = Some(std::time::Duration::from_secs(
+                    v.parse().context("trace_window (seconds)")?,
+                ))
+            }
             "summary" => o.summary = Some(v.into()),
             "log" => o.log = Some(v.into()),
             "threads" => o.threads = v.parse().context("threads")?,

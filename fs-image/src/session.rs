@@ -5,7 +5,8 @@
 //!  open:   store::open ─► index ─► metadata blob (digest + frame checked) ─► ImageFs
 //!          trace mode auto|replay and a stored trace ─► ReplayPlan ─► tokio task: replay(plan,
 //!          CachePrefetcher) at Priority::Replay, stoppable
-//!  finish: stop replay ─► Recorder::finish ─► merge with the stored trace ─► put (auto|record)
+//!  window: (optional) after `trace_window`, Recorder::finish ─► merge ─► put, early
+//!  finish: stop replay ─► Recorder::finish (unless the window did) ─► merge with the stored trace ─► put (auto|record)
 //!          ─► MountSummary (JSON)
 //! ```
 //!
@@ -77,6 +78,9 @@ pub struct SessionConfig {
     pub open: OpenOptions,
     /// Replay window (requests in flight).
     pub replay_window: usize,
+    /// Store the trace this long after mount instead of at unmount: a job that runs for days
+    /// and is killed never unmounts cleanly, and its start is what matters. `None`: at unmount.
+    pub trace_window: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -90,6 +94,7 @@ impl Default for SessionConfig {
             workload: "default".into(),
             open: OpenOptions::default(),
             replay_window: ReplayOptions::default().window,
+            trace_window: None,
         }
     }
 }
@@ -209,6 +214,24 @@ pub async fn store_trace(
     }
 }
 
+/// Merges `new` into `stored` (if any) and stores the result under `key`.
+async fn persist(
+    store: &DynStore,
+    image: &ImageRef,
+    key: &str,
+    stored: Option<&Trace>,
+    new: &Trace,
+) -> Result<()> {
+    let merged = match stored {
+        Some(old) => Trace::merge([old, new], DEFAULT_MAX_RECORDS),
+        None => new.clone(),
+    };
+    store_trace(store, image, key, &merged).await
+}
+
+/// A recording finished early by the trace window, kept for the summary at unmount.
+type EarlyRecording = Arc<std::sync::Mutex<Option<(Trace, bool)>>>;
+
 /// Cache counters in the summary.
 #[derive(Debug, Clone, Serialize)]
 pub struct CacheSummary {
@@ -296,6 +319,8 @@ pub struct ImageSession {
     trace_key: String,
     replay: Option<(JoinHandle<ReplayStats>, oneshot::Sender<()>)>,
     replay_stats: Option<ReplayStats>,
+    early: EarlyRecording,
+    window_task: Option<JoinHandle<()>>,
     load: Duration,
     started: Instant,
 }
@@ -363,6 +388,35 @@ impl ImageSession {
             }
             _ => None,
         };
+        let early: EarlyRecording = Arc::default();
+        let window_task = match (&recorder, config.trace_window) {
+            (Some(rec), Some(window)) => {
+                let (rec, early, store, image, key, stored) = (
+                    rec.clone(),
+                    early.clone(),
+                    store.clone(),
+                    image.clone(),
+                    trace_key.clone(),
+                    stored.clone(),
+                );
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(window).await;
+                    let new = rec.finish();
+                    let mut saved = false;
+                    if !new.records.is_empty() {
+                        match persist(&store, &image, &key, stored.as_ref(), &new).await {
+                            Ok(()) => saved = true,
+                            Err(e) => tracing::warn!(error = %e, "storing the trace failed"),
+                        }
+                    }
+                    tracing::info!(blocks = new.records.len(), saved, "trace window closed");
+                    if let Ok(mut slot) = early.lock() {
+                        *slot = Some((new, saved));
+                    }
+                }))
+            }
+            _ => None,
+        };
         Ok(Self {
             image,
             config,
@@ -373,6 +427,8 @@ impl ImageSession {
             trace_key,
             replay,
             replay_stats: None,
+            early,
+            window_task,
             load: started.elapsed(),
             started,
         })
@@ -402,7 +458,18 @@ impl ImageSession {
             let _ = stop.send(());
             self.replay_stats = task.await.ok();
         }
-        let recording = self.recorder.as_ref().map(|r| r.finish());
+        if let Some(task) = self.window_task.take() {
+            if task.is_finished() {
+                let _ = task.await;
+            } else {
+                task.abort();
+            }
+        }
+        let early = self.early.lock().ok().and_then(|mut e| e.take());
+        let (recording, stored_early) = match early {
+            Some((trace, saved)) => (Some(trace), saved),
+            None => (self.recorder.as_ref().map(|r| r.finish()), false),
+        };
         let coverage = match (&self.stored, &recording) {
             (Some(stored), Some(new)) if !new.records.is_empty() => {
                 let known: HashSet<(&str, u64)> = stored
@@ -425,15 +492,12 @@ impl ImageSession {
             }
             _ => None,
         };
-        let mut trace_stored = None;
-        if let Some(new) = &recording
+        let mut trace_stored = stored_early.then(|| self.trace_key.clone());
+        if !stored_early
+            && let Some(new) = &recording
             && !new.records.is_empty()
         {
-            let merged = match &self.stored {
-                Some(old) => Trace::merge([old, new], DEFAULT_MAX_RECORDS),
-                None => new.clone(),
-            };
-            store_trace(&self.store, &self.image, &self.trace_key, &merged).await?;
+            persist(&self.store, &self.image, &self.trace_key, self.stored.as_ref(), new).await?;
             trace_stored = Some(self.trace_key.clone());
         }
         let rs = self.replay_stats.clone().unwrap_or_default();

@@ -145,3 +145,34 @@ fn malformed_images_fail_at_mount_with_a_named_error() {
     let e = open(&mem);
     assert!(e.contains("index"), "{e}");
 }
+
+#[test]
+fn a_trace_window_stores_the_trace_before_unmount() {
+    let (_src, mem, image, _meta) = image_in_mem(&[("f", 3 * BLOCK as usize, 8)]);
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        let store: DynStore = mem.clone();
+        let key = image.trace_key("w").expect("key");
+        let config = SessionConfig {
+            trace: TraceMode::Auto,
+            workload: "w".into(),
+            trace_window: Some(std::time::Duration::from_millis(300)),
+            ..SessionConfig::default()
+        };
+        let session = ImageSession::open_with_store(image.clone(), store.clone(), config)
+            .await
+            .expect("open");
+        let fs = session.fs();
+        let f = fs.lookup(1, "f").expect("lookup");
+        fs.read(f.ino, 0, 10).await.expect("read");
+        assert!(store.stat(&key).await.is_err(), "stored before the window closed");
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        let stored = store.stat(&key).await.expect("the window stored the trace");
+        assert!(stored.len > 0);
+        // Reads after the window are not part of the recording.
+        fs.read(f.ino, 2 * u64::from(BLOCK), 10).await.expect("read");
+        let s = session.finish().await.expect("finish");
+        assert_eq!(s.trace_stored.as_deref(), Some(key.as_str()));
+        assert_eq!(s.blocks_accessed, 1, "{s:?}");
+    });
+}
