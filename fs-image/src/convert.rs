@@ -1,0 +1,363 @@
+//! `convert`: a source tree → a bootseer image in a store.
+//!
+//! ```text
+//!  dir:PATH ──walk (lstat, xattrs, readlink)──► inodes (hardlinks by (dev, ino))
+//!                 └─ regular file bytes ──► BlobWriter: 1 block buffer → zstd → sha256 → blob bytes
+//!  Metadata::encode ─► blobs/<digest>;  data blobs ─► blobs/<digest>;  Index ─► index key
+//! ```
+//!
+//! Entries are visited in name order, so the same tree always gives the same blobs and digests.
+//! File data is written in that order, back to back, so files read together in a directory share
+//! blocks. Sparse files are stored with their holes as zeros (zstd makes them almost free).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use bootseer_common::digest::Digest;
+use bootseer_common::store::DynStore;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::{ImageError, Result};
+use crate::format::{
+    BlobInfo, BlockInfo, DEFAULT_BLOCK_SIZE, Descriptor, EMPTY_CONFIG, Entry, Index, Inode, Kind,
+    MAX_BLOCK_SIZE, Metadata, Xattr, media,
+};
+use crate::reference::ImageRef;
+
+/// How a conversion runs.
+#[derive(Debug, Clone)]
+pub struct ConvertConfig {
+    /// Bytes of file data per block.
+    pub block_size: u32,
+    /// zstd level for data blocks.
+    pub level: i32,
+}
+
+impl Default for ConvertConfig {
+    fn default() -> Self {
+        // Level 3 is zstd's default: most of the ratio at a fraction of the cost of higher ones.
+        Self { block_size: DEFAULT_BLOCK_SIZE, level: 3 }
+    }
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConvertReport {
+    /// The reference written.
+    pub reference: String,
+    /// Key of the index.
+    pub index_key: String,
+    /// Digest of the metadata blob.
+    pub metadata_digest: String,
+    /// Size of the metadata blob.
+    pub metadata_size: u64,
+    /// Inodes in the tree.
+    pub inodes: usize,
+    /// Data blobs.
+    pub blobs: Vec<BlobReport>,
+}
+
+/// One data blob of a [`ConvertReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobReport {
+    /// Digest.
+    pub digest: String,
+    /// Stored (compressed) bytes.
+    pub size: u64,
+    /// File bytes in it.
+    pub data_len: u64,
+    /// Blocks.
+    pub blocks: usize,
+}
+
+/// Packs file data into independently compressed blocks.
+pub(crate) struct BlobWriter {
+    block_size: usize,
+    level: i32,
+    pending: Vec<u8>,
+    pub(crate) data_len: u64,
+    out: Vec<u8>,
+    blocks: Vec<BlockInfo>,
+}
+
+impl BlobWriter {
+    pub(crate) fn new(block_size: u32, level: i32) -> Self {
+        Self {
+            block_size: block_size as usize,
+            level,
+            pending: Vec::with_capacity(block_size as usize),
+            data_len: 0,
+            out: Vec::new(),
+            blocks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let take = (self.block_size - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            self.data_len += take as u64;
+            data = &data[take..];
+            if self.pending.len() == self.block_size {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let compressed = zstd::bulk::compress(&self.pending, self.level)
+            .map_err(|e| ImageError::convert("data block", format!("zstd: {e}")))?;
+        self.blocks.push(BlockInfo {
+            offset: self.out.len() as u64,
+            len: u32::try_from(compressed.len())
+                .map_err(|_| ImageError::convert("data block", "compressed block over 4 GiB"))?,
+            digest: Digest::of(&self.pending).to_string(),
+        });
+        self.out.extend_from_slice(&compressed);
+        self.pending.clear();
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Result<(BlobInfo, Vec<u8>)> {
+        self.flush()?;
+        let digest = Digest::of(&self.out).to_string();
+        Ok((
+            BlobInfo {
+                digest,
+                size: self.out.len() as u64,
+                data_len: self.data_len,
+                blocks: self.blocks,
+            },
+            self.out,
+        ))
+    }
+}
+
+/// Builds the tree of a plain directory.
+struct DirWalker {
+    inodes: Vec<Inode>,
+    links: HashMap<(u64, u64), u32>,
+    writer: BlobWriter,
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
+    let mut out = Vec::new();
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        // Filesystems without xattr support have none to copy.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) => return Err(ImageError::io(path, e)),
+    };
+    for name in names {
+        let name_str = name
+            .to_str()
+            .ok_or_else(|| ImageError::convert(path.display(), "xattr name is not UTF-8"))?
+            .to_string();
+        if let Some(value) = xattr::get(path, &name).map_err(|e| ImageError::io(path, e))? {
+            out.push(Xattr { name: name_str, value });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+impl DirWalker {
+    fn add(&mut self, path: &Path) -> Result<u32> {
+        let md = std::fs::symlink_metadata(path).map_err(|e| ImageError::io(path, e))?;
+        let ft = md.file_type();
+        let key = (md.dev(), md.ino());
+        if !ft.is_dir()
+            && md.nlink() > 1
+            && let Some(&existing) = self.links.get(&key)
+        {
+            return Ok(existing);
+        }
+        let index = u32::try_from(self.inodes.len())
+            .map_err(|_| ImageError::convert(path.display(), "more than 2^32 inodes"))?;
+        let mut inode = Inode {
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+            mtime_ns: u32::try_from(md.mtime_nsec()).unwrap_or(0),
+            xattrs: read_xattrs(path)?,
+            kind: Kind::Fifo,
+        };
+        // Reserve the slot first so directory children get larger indexes than the directory.
+        self.inodes.push(inode.clone());
+        if !ft.is_dir() && md.nlink() > 1 {
+            self.links.insert(key, index);
+        }
+        inode.kind = if ft.is_dir() {
+            let mut names = Vec::new();
+            for e in std::fs::read_dir(path).map_err(|e| ImageError::io(path, e))? {
+                let e = e.map_err(|e| ImageError::io(path, e))?;
+                names.push(e.file_name());
+            }
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut entries = Vec::with_capacity(names.len());
+            for name in names {
+                let child = path.join(&name);
+                let name = name.into_string().map_err(|n| {
+                    ImageError::convert(
+                        child.display(),
+                        format!("name {n:?} is not UTF-8 (not supported by this format version)"),
+                    )
+                })?;
+                let inode = self.add(&child)?;
+                entries.push(Entry { name, inode });
+            }
+            Kind::Dir { entries }
+        } else if ft.is_file() {
+            let offset = self.writer.data_len;
+            let mut f = std::fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
+            // 256 KiB reads: few syscalls, small buffer.
+            let mut buf = vec![0u8; 256 << 10];
+            let mut size = 0u64;
+            loop {
+                let n = f.read(&mut buf).map_err(|e| ImageError::io(path, e))?;
+                if n == 0 {
+                    break;
+                }
+                self.writer.write(&buf[..n])?;
+                size += n as u64;
+            }
+            if size != md.len() {
+                return Err(ImageError::convert(path.display(), "file changed while being read"));
+            }
+            Kind::File { size, blob: 0, offset }
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(|e| ImageError::io(path, e))?;
+            let target = target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| ImageError::convert(path.display(), "symlink target is not UTF-8"))?;
+            Kind::Symlink { target }
+        } else {
+            use std::os::unix::fs::FileTypeExt;
+            if ft.is_char_device() || ft.is_block_device() {
+                Kind::Device { rdev: md.rdev() }
+            } else if ft.is_fifo() {
+                Kind::Fifo
+            } else if ft.is_socket() {
+                Kind::Socket
+            } else {
+                return Err(ImageError::convert(path.display(), "unknown file type"));
+            }
+        };
+        self.inodes[index as usize] = inode;
+        Ok(index)
+    }
+}
+
+/// Builds the metadata and the one data blob of a plain directory tree.
+pub fn build_from_dir(root: &Path, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    if config.block_size == 0 || config.block_size > MAX_BLOCK_SIZE {
+        return Err(ImageError::convert(root.display(), "block size out of range"));
+    }
+    let md = std::fs::symlink_metadata(root).map_err(|e| ImageError::io(root, e))?;
+    if !md.is_dir() {
+        return Err(ImageError::convert(root.display(), "not a directory"));
+    }
+    let mut walker = DirWalker {
+        inodes: Vec::new(),
+        links: HashMap::new(),
+        writer: BlobWriter::new(config.block_size, config.level),
+    };
+    walker.add(root)?;
+    let (blob, bytes) = walker.writer.finish()?;
+    let meta = Metadata { block_size: config.block_size, blobs: vec![blob], inodes: walker.inodes };
+    meta.validate()?;
+    Ok((meta, vec![bytes]))
+}
+
+/// Parses a convert source: `dir:PATH` (or a bare absolute path).
+pub fn build(source: &str, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    if let Some(path) = source.strip_prefix("dir:") {
+        return build_from_dir(Path::new(path), config);
+    }
+    if source.starts_with('/') {
+        return build_from_dir(Path::new(source), config);
+    }
+    if let Some(spec) = source.strip_prefix("oci:") {
+        return crate::oci::build_from_layout(spec, config);
+    }
+    Err(ImageError::Reference {
+        reference: source.to_string(),
+        reason: "unsupported source: expected dir:PATH or oci:DIR[:TAG] (docker:// sources are \
+                 not implemented yet)"
+            .into(),
+    })
+}
+
+/// Writes `meta` and `blobs` to `store` as the image `dest`.
+pub async fn push(
+    store: &DynStore,
+    dest: &ImageRef,
+    meta: &Metadata,
+    blobs: Vec<Vec<u8>>,
+) -> Result<ConvertReport> {
+    let encoded = meta.encode()?;
+    let meta_digest = Digest::of(&encoded).to_string();
+    let mut layers = vec![Descriptor {
+        media_type: media::METADATA.into(),
+        digest: meta_digest.clone(),
+        size: encoded.len() as u64,
+    }];
+    let mut reports = Vec::new();
+    for (info, bytes) in meta.blobs.iter().zip(blobs) {
+        let key = format!("blobs/{}", info.digest);
+        store.put(&key, Bytes::from(bytes)).await.map_err(|e| ImageError::store(&key, e))?;
+        layers.push(Descriptor {
+            media_type: media::BLOB.into(),
+            digest: info.digest.clone(),
+            size: info.size,
+        });
+        reports.push(BlobReport {
+            digest: info.digest.clone(),
+            size: info.size,
+            data_len: info.data_len,
+            blocks: info.blocks.len(),
+        });
+    }
+    let key = format!("blobs/{meta_digest}");
+    let metadata_size = encoded.len() as u64;
+    store.put(&key, Bytes::from(encoded)).await.map_err(|e| ImageError::store(&key, e))?;
+    let index = Index::new(media::ARTIFACT, layers);
+    put_index(store, dest.registry, &dest.index_key(), &index).await?;
+    Ok(ConvertReport {
+        reference: dest.original.clone(),
+        index_key: dest.index_key(),
+        metadata_digest: meta_digest,
+        metadata_size,
+        inodes: meta.inodes.len(),
+        blobs: reports,
+    })
+}
+
+/// Stores an index; in a registry the empty config blob goes first.
+pub(crate) async fn put_index(
+    store: &DynStore,
+    registry: bool,
+    key: &str,
+    index: &Index,
+) -> Result<()> {
+    if registry {
+        let cfg = format!("blobs/{}", Digest::of(EMPTY_CONFIG));
+        store
+            .put(&cfg, Bytes::from_static(EMPTY_CONFIG))
+            .await
+            .map_err(|e| ImageError::store(&cfg, e))?;
+    }
+    let json = serde_json::to_vec(index)
+        .map_err(|e| ImageError::malformed("index", format!("cannot serialize: {e}")))?;
+    store.put(key, Bytes::from(json)).await.map_err(|e| ImageError::store(key, e))
+}

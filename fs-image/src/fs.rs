@@ -1,0 +1,316 @@
+//! [`ImageFs`]: the filesystem logic over a loaded image — no fuser types.
+//!
+//! ```text
+//!  lookup/getattr/readdir/readlink/xattrs ──► Metadata (all in memory since mount)
+//!  read(ino, off, len) ──► file range in blob stream ──► blocks b0..bn
+//!        └─ per block: Recorder::record (first access only) ──► BlockCache::get (on demand)
+//!                         └─ miss: ImageBlob::fetch (one range read, zstd, length) → digest check
+//! ```
+//!
+//! Inode numbers are metadata indexes + 1 (the root is 1). Link counts are derived at load:
+//! a non-directory has one link per entry naming it; a directory has 2 + its subdirectories.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bootseer_common::cache::{BlockCache, DynSource};
+use bootseer_common::store::DynStore;
+use bootseer_common::trace::{BlobSlot, FileId, Recorder};
+
+use crate::error::{ImageError, Result};
+use crate::format::{Inode, Kind, Metadata};
+use crate::source::ImageBlob;
+
+/// Attributes of one inode, in plain terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number (index + 1).
+    pub ino: u64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (file length, symlink target length, 0 otherwise).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Device number for devices.
+    pub rdev: u64,
+}
+
+/// One directory entry for readdir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// `st_mode` of the entry (only its type bits matter).
+    pub mode: u32,
+    /// Name.
+    pub name: String,
+}
+
+/// The logic layer of a mounted image.
+#[derive(Debug)]
+pub struct ImageFs {
+    meta: Metadata,
+    nlink: Vec<u32>,
+    /// A path for each regular file, for trace records (`None` for other kinds).
+    paths: Vec<Option<String>>,
+    sources: Vec<DynSource>,
+    cache: BlockCache,
+    recorder: Option<Arc<Recorder>>,
+    slots: Vec<Option<BlobSlot>>,
+    file_ids: Vec<OnceLock<FileId>>,
+    started: Instant,
+    /// Microseconds from mount to the first read, +1 (0: no read yet).
+    first_read_us: AtomicU64,
+}
+
+fn mtime(inode: &Inode) -> SystemTime {
+    let ns = Duration::new(inode.mtime.unsigned_abs(), inode.mtime_ns);
+    if inode.mtime >= 0 {
+        UNIX_EPOCH + ns
+    } else {
+        // Before 1970: seconds go back, nanoseconds still count forward.
+        UNIX_EPOCH - Duration::from_secs(inode.mtime.unsigned_abs())
+            + Duration::from_nanos(u64::from(inode.mtime_ns))
+    }
+}
+
+impl ImageFs {
+    /// Builds the logic over validated `meta`, reading blobs from `store` through `cache` and
+    /// recording first block accesses into `recorder` when given.
+    pub fn new(
+        meta: Metadata,
+        store: DynStore,
+        cache: BlockCache,
+        recorder: Option<Arc<Recorder>>,
+    ) -> Result<Self> {
+        meta.validate()?;
+        let n = meta.inodes.len();
+        let mut nlink = vec![0u32; n];
+        let mut paths: Vec<Option<String>> = vec![None; n];
+        nlink[0] = 2;
+        let mut stack = vec![(0usize, String::new())];
+        while let Some((d, prefix)) = stack.pop() {
+            let Kind::Dir { entries } = &meta.inodes[d].kind else { continue };
+            for e in entries {
+                let c = e.inode as usize;
+                let path = format!("{prefix}/{}", e.name);
+                match &meta.inodes[c].kind {
+                    Kind::Dir { .. } => {
+                        nlink[c] = 2;
+                        nlink[d] = nlink[d].saturating_add(1);
+                        stack.push((c, path));
+                    }
+                    Kind::File { .. } => {
+                        nlink[c] = nlink[c].saturating_add(1);
+                        if paths[c].is_none() {
+                            paths[c] = Some(path);
+                        }
+                    }
+                    _ => nlink[c] = nlink[c].saturating_add(1),
+                }
+            }
+        }
+        let sources = meta
+            .blobs
+            .iter()
+            .map(|b| Ok(Arc::new(ImageBlob::new(store.clone(), b, meta.block_size)?) as DynSource))
+            .collect::<Result<Vec<_>>>()?;
+        let slots = meta
+            .blobs
+            .iter()
+            .map(|b| {
+                recorder
+                    .as_ref()
+                    .map(|r| r.register_blob(&b.digest, meta.block_size, b.blocks.len() as u64))
+            })
+            .collect();
+        Ok(Self {
+            nlink,
+            paths,
+            sources,
+            cache,
+            recorder,
+            slots,
+            file_ids: (0..n).map(|_| OnceLock::new()).collect(),
+            started: Instant::now(),
+            first_read_us: AtomicU64::new(0),
+            meta,
+        })
+    }
+
+    /// The image's metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// The block sources, one per data blob.
+    pub fn sources(&self) -> &[DynSource] {
+        &self.sources
+    }
+
+    /// The cache blocks are read through.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    /// Time from construction to the first `read`, if any happened.
+    pub fn time_to_first_read(&self) -> Option<Duration> {
+        match self.first_read_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us - 1)),
+        }
+    }
+
+    fn inode(&self, ino: u64) -> Result<(usize, &Inode)> {
+        let i = ino.checked_sub(1).ok_or(ImageError::NotFound)? as usize;
+        self.meta.inodes.get(i).map(|n| (i, n)).ok_or(ImageError::NotFound)
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let (i, inode) = self.inode(ino)?;
+        let (size, rdev) = match &inode.kind {
+            Kind::File { size, .. } => (*size, 0),
+            Kind::Symlink { target } => (target.len() as u64, 0),
+            Kind::Device { rdev } => (0, *rdev),
+            Kind::Dir { .. } | Kind::Fifo | Kind::Socket => (0, 0),
+        };
+        Ok(Attr {
+            ino,
+            mode: inode.mode,
+            nlink: self.nlink[i],
+            uid: inode.uid,
+            gid: inode.gid,
+            size,
+            mtime: mtime(inode),
+            rdev,
+        })
+    }
+
+    /// The entry `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        let (_, dir) = self.inode(parent)?;
+        let Kind::Dir { entries } = &dir.kind else { return Err(ImageError::NotDir) };
+        let found = entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .map_err(|_| ImageError::NotFound)?;
+        self.getattr(u64::from(entries[found].inode) + 1)
+    }
+
+    /// Entries of directory `ino`, without `.` and `..`, in name order.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let (_, dir) = self.inode(ino)?;
+        let Kind::Dir { entries } = &dir.kind else { return Err(ImageError::NotDir) };
+        Ok(entries
+            .iter()
+            .map(|e| DirEntry {
+                ino: u64::from(e.inode) + 1,
+                mode: self.meta.inodes[e.inode as usize].mode,
+                name: e.name.clone(),
+            })
+            .collect())
+    }
+
+    /// Target of symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<&str> {
+        match &self.inode(ino)?.1.kind {
+            Kind::Symlink { target } => Ok(target),
+            _ => Err(ImageError::NotSymlink),
+        }
+    }
+
+    /// Value of extended attribute `name` of `ino`.
+    pub fn getxattr(&self, ino: u64, name: &str) -> Result<&[u8]> {
+        let (_, inode) = self.inode(ino)?;
+        inode
+            .xattrs
+            .iter()
+            .find(|x| x.name == name)
+            .map(|x| x.value.as_slice())
+            .ok_or(ImageError::NoXattr)
+    }
+
+    /// Names of the extended attributes of `ino`, each followed by a NUL (the listxattr form).
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let (_, inode) = self.inode(ino)?;
+        let mut out = Vec::new();
+        for x in &inode.xattrs {
+            out.extend_from_slice(x.name.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Checks `ino` can be opened for reading as a file.
+    pub fn open(&self, ino: u64) -> Result<()> {
+        match &self.inode(ino)?.1.kind {
+            Kind::File { .. } => Ok(()),
+            Kind::Dir { .. } => Err(ImageError::IsDir),
+            // Devices, fifos and sockets are opened by the kernel, never through us.
+            _ => Err(ImageError::NotFound),
+        }
+    }
+
+    /// Up to `size` bytes of file `ino` from `offset`; shorter only at end of file.
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if self.first_read_us.load(Ordering::Relaxed) == 0 {
+            let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+            let _ = self.first_read_us.compare_exchange(
+                0,
+                us + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        let (i, inode) = self.inode(ino)?;
+        let (file_size, blob, file_off) = match &inode.kind {
+            Kind::File { size, blob, offset } => (*size, *blob as usize, *offset),
+            Kind::Dir { .. } => return Err(ImageError::IsDir),
+            _ => return Err(ImageError::NotFound),
+        };
+        let end = offset.saturating_add(u64::from(size)).min(file_size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let source = &self.sources[blob];
+        let bs = u64::from(self.meta.block_size);
+        let (start, stop) = (file_off + offset, file_off + end);
+        let file_id = self.file_id(i);
+        let mut out = Vec::with_capacity((stop - start) as usize);
+        let mut pos = start;
+        while pos < stop {
+            let index = pos / bs;
+            if let (Some(rec), Some(Some(slot)), Some(file)) =
+                (&self.recorder, self.slots.get(blob), file_id)
+            {
+                rec.record(slot, index, file);
+            }
+            let block = self.cache.get(source, index).await?;
+            let within = (pos - index * bs) as usize;
+            let take = ((stop - pos) as usize).min(block.len().saturating_sub(within));
+            if take == 0 {
+                return Err(ImageError::malformed(
+                    "block",
+                    format!("block {index} shorter than its table says"),
+                ));
+            }
+            out.extend_from_slice(&block[within..within + take]);
+            pos += take as u64;
+        }
+        Ok(out)
+    }
+
+    fn file_id(&self, i: usize) -> Option<FileId> {
+        let rec = self.recorder.as_ref()?;
+        let path = self.paths.get(i)?.as_deref()?;
+        Some(*self.file_ids[i].get_or_init(|| rec.intern_file(path)))
+    }
+}

@@ -1,0 +1,230 @@
+//! [`ImageFuse`]: the fuser adapter over [`ImageFs`] — the only file that touches `Reply*`.
+//!
+//! Every callback: a `tracing` span, one call into [`ImageFs`], one reply; errors go through
+//! [`fuse_error`]. Reads `block_on` the session's tokio handle from fuser's worker threads
+//! (never a runtime thread). The tree is immutable, so entries and attributes get long TTLs and
+//! opened files keep the page cache across opens.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bootseer_common::errno::fuse_error;
+use bootseer_common::mount::MountConfig;
+use fuser::{
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr,
+    Request,
+};
+use tracing::debug_span;
+
+use crate::error::ImageError;
+use crate::fs::{Attr, ImageFs};
+
+/// Entry and attribute TTL: an image never changes under a mount, so a day is as good as forever
+/// and still lets the kernel drop entries it does not use.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The FUSE face of a mounted image.
+#[derive(Debug)]
+pub struct ImageFuse {
+    fs: Arc<ImageFs>,
+    runtime: tokio::runtime::Handle,
+    mount: MountConfig,
+}
+
+impl ImageFuse {
+    /// An adapter over `fs`, reading through `runtime`.
+    pub fn new(fs: Arc<ImageFs>, runtime: tokio::runtime::Handle, mount: MountConfig) -> Self {
+        Self { fs, runtime, mount }
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// The kernel's 32-bit device encoding (`new_encode_dev`) of a userspace `dev_t`.
+fn kernel_rdev(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: UNIX_EPOCH,
+        kind: kind(a.mode),
+        // The low 12 bits: permissions plus setuid, setgid and sticky.
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: kernel_rdev(a.rdev),
+        // 128 KiB: the unit the kernel reads a FUSE file in by default.
+        blksize: 128 << 10,
+        flags: 0,
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<&str, ImageError> {
+    // Every name in an image is UTF-8; anything else cannot be in it.
+    name.to_str().ok_or(ImageError::NotFound)
+}
+
+fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr, op: &'static str) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(fuse_error(op, &ImageError::TooSmall));
+    } else {
+        reply.data(value);
+    }
+}
+
+impl Filesystem for ImageFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.mount.kernel_init(config);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
+        match name_str(name).and_then(|n| self.fs.lookup(parent.0, n)) {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(fuse_error("lookup", &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = debug_span!("getattr", ino = ino.0).entered();
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(fuse_error("getattr", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = debug_span!("readlink", ino = ino.0).entered();
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(fuse_error("readlink", &e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = debug_span!("open", ino = ino.0).entered();
+        match self.fs.open(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(fuse_error("open", &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _span = debug_span!("read", ino = ino.0, offset, size).entered();
+        match self.runtime.block_on(self.fs.read(ino.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(fuse_error("read", &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let _span = debug_span!("readdir", ino = ino.0, offset).entered();
+        let entries = match self.fs.readdir(ino.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(fuse_error("readdir", &e)),
+        };
+        // Offsets: 1 after ".", 2 after "..", 3 + i after entry i. The parent's inode is not
+        // tracked; the kernel answers ".." itself for lookups.
+        let dots = [(ino.0, libc::S_IFDIR, "."), (ino.0, libc::S_IFDIR, "..")];
+        let all = dots.into_iter().chain(entries.iter().map(|e| (e.ino, e.mode, e.name.as_str())));
+        for (i, (child, mode, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind(mode), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = debug_span!("getxattr", ino = ino.0, ?name).entered();
+        let name = match name.to_str() {
+            Some(n) => n,
+            None => return reply.error(fuse_error("getxattr", &ImageError::NoXattr)),
+        };
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) => xattr_reply(v, size, reply, "getxattr"),
+            Err(e) => reply.error(fuse_error("getxattr", &e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = debug_span!("listxattr", ino = ino.0).entered();
+        match self.fs.listxattr(ino.0) {
+            Ok(v) => xattr_reply(&v, size, reply, "listxattr"),
+            Err(e) => reply.error(fuse_error("listxattr", &e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        let meta = self.fs.metadata();
+        let bytes: u64 = meta.blobs.iter().map(|b| b.data_len).sum();
+        // 4 KiB units; 255: the longest name Linux tools expect.
+        reply.statfs(bytes.div_ceil(4096), 0, 0, meta.inodes.len() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn access(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mask: fuser::AccessFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
+        // default_permissions makes the kernel check modes; anything reaching here is allowed.
+        reply.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_use_the_kernel_encoding() {
+        assert_eq!(kernel_rdev(libc::makedev(1, 3)), (1 << 8) | 3);
+        assert_eq!(
+            kernel_rdev(libc::makedev(4, 300)),
+            (4 << 8) | (300 & 0xff) | ((300 & !0xff) << 12)
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! `bootseer-image`: CLI glue over [`bootseer_image::run`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use bootseer_common::mount::MountArgs;
+use bootseer_image::convert::ConvertConfig;
+use bootseer_image::run::{self, MountOptions, parse_size};
+use bootseer_image::{SessionConfig, TraceMode};
+use clap::{Parser, Subcommand};
+
+/// Lazy container images over FUSE with hot-block record and replay.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Converts SOURCE (dir:PATH) into a bootseer image at DEST (file:///STORE/NAME:TAG,
+    /// docker://HOST/REPO:TAG).
+    Convert {
+        /// dir:PATH
+        source: String,
+        /// Destination reference.
+        dest: String,
+        /// Bytes of file data per block (k/M suffixes).
+        #[arg(long, default_value = "1M")]
+        block_size: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mounts REF at MOUNTPOINT; returns once the mount is ready.
+    Mount {
+        /// Image reference.
+        reference: String,
+        /// Mount point.
+        mountpoint: PathBuf,
+        /// Persistent block cache directory.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Disk cache size (k/M/G).
+        #[arg(long, default_value = "10G")]
+        cache_size: String,
+        /// Memory budget for blocks (k/M/G).
+        #[arg(long, default_value = "512M")]
+        memory: String,
+        /// Trace mode.
+        #[arg(long, value_enum, default_value_t = TraceMode::Auto)]
+        trace: TraceMode,
+        /// Workload name the trace is kept under.
+        #[arg(long, default_value = "default")]
+        workload: String,
+        /// Store the trace this many seconds after mount instead of at unmount.
+        #[arg(long)]
+        trace_window: Option<u64>,
+        /// Stay in the foreground.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Write the JSON summary here at unmount.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// Daemon log file.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// FUSE worker threads (0: default).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Stored traces.
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCommand {
+    /// Prints what the stored trace of REF holds.
+    Show {
+        /// Image reference.
+        reference: String,
+        /// Workload name.
+        #[arg(long, default_value = "default")]
+        workload: String,
+    },
+}
+
+const SUBCOMMANDS: &[&str] =
+    &["convert", "mount", "trace", "help", "-h", "--help", "-V", "--version"];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let is_sub = args.first().and_then(|a| a.to_str()).is_some_and(|a| SUBCOMMANDS.contains(&a));
+    if !is_sub && let Some(helper) = MountArgs::parse_helper(&args) {
+        return run::mount(run::helper_options(&helper)?);
+    }
+    match Cli::parse().command {
+        Command::Convert { source, dest, block_size, json } => {
+            let block_size = u32::try_from(parse_size(&block_size)?)
+                .map_err(|_| anyhow::anyhow!("block size too large"))?;
+            let report =
+                run::convert(&source, &dest, &ConvertConfig { block_size, ..Default::default() })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let bytes: u64 = report.blobs.iter().map(|b| b.data_len).sum();
+                let stored: u64 = report.blobs.iter().map(|b| b.size).sum();
+                println!(
+                    "{}: {} inodes, {bytes} bytes in {} blob(s) ({stored} stored), metadata {}",
+                    report.reference,
+                    report.inodes,
+                    report.blobs.len(),
+                    report.metadata_digest
+                );
+            }
+            Ok(())
+        }
+        Command::Mount {
+            reference,
+            mountpoint,
+            cache_dir,
+            cache_size,
+            memory,
+            trace,
+            workload,
+            trace_window,
+            foreground,
+            summary,
+            log,
+            threads,
+        } => run::mount(MountOptions {
+            reference,
+            mountpoint,
+            session: SessionConfig {
+                cache_dir,
+                cache_size: parse_size(&cache_size)?,
+                memory: parse_size(&memory)?,
+                trace,
+                workload,
+                trace_window: trace_window.map(std::time::Duration::from_secs),
+                ..SessionConfig::default()
+            },
+            foreground,
+            summary,
+            log,
+            threads,
+        }),
+        Command::Trace { command: TraceCommand::Show { reference, workload } } => {
+            println!("{}", run::trace_show(&reference, &workload)?);
+            Ok(())
+        }
+    }
+}

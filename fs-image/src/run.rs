@@ -1,0 +1,222 @@
+//! What the `bootseer-image` binary runs: `convert`, `mount` (also the mount-helper form) and
+//! `trace show`. Plain config structs in, `anyhow` out; `main.rs` only parses.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bootseer_common::mount::{self, MountArgs, MountConfig, Ready};
+use bootseer_common::store::{self, OpenOptions};
+
+use crate::convert::{self, ConvertConfig};
+use crate::fuse::ImageFuse;
+use crate::reference::ImageRef;
+use crate::session::{self, ImageSession, SessionConfig, TraceMode};
+
+/// `mount` options.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// Image reference.
+    pub reference: String,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Cache, trace and store settings.
+    pub session: SessionConfig,
+    /// Stay in the foreground (no daemon).
+    pub foreground: bool,
+    /// Write the JSON summary here at unmount.
+    pub summary: Option<PathBuf>,
+    /// Daemon log file (stderr of the daemon).
+    pub log: Option<PathBuf>,
+    /// FUSE worker threads (0: the default).
+    pub threads: usize,
+}
+
+/// Parses `10G`, `512M`, `64k` or plain bytes.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => anyhow::bail!("size {s:?}: unknown unit {c:?} (use k, M, G or T)"),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().with_context(|| format!("size {s:?} is not a number"))?;
+    n.checked_mul(1u64 << shift).with_context(|| format!("size {s:?} overflows"))
+}
+
+/// The options of the mount-helper form (`-o cache_dir=…,trace=…`); standard mount flags
+/// (`ro`, `nodev`, …) are accepted and ignored (the mount is always read-only).
+pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
+    let mut o = MountOptions {
+        reference: args.source.clone(),
+        mountpoint: args.mountpoint.clone(),
+        ..MountOptions::default()
+    };
+    for (k, v) in &args.options {
+        match k.as_str() {
+            "cache_dir" => o.session.cache_dir = Some(v.into()),
+            "cache_size" => o.session.cache_size = parse_size(v)?,
+            "memory" => o.session.memory = parse_size(v)?,
+            "trace" => {
+                o.session.trace = <TraceMode as clap::ValueEnum>::from_str(v, true)
+                    .map_err(|e| anyhow::anyhow!("trace={v}: {e}"))?
+            }
+            "workload" => o.session.workload = v.clone(),
+            "trace_window" => {
+                o.session.trace_window = Some(std::time::Duration::from_secs(
+                    v.parse().context("trace_window (seconds)")?,
+                ))
+            }
+            "summary" => o.summary = Some(v.into()),
+            "log" => o.log = Some(v.into()),
+            "threads" => o.threads = v.parse().context("threads")?,
+            "foreground" => o.foreground = true,
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bootseer-image-rt")
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// `convert SOURCE DEST`: returns the report.
+pub fn convert(
+    source: &str,
+    dest: &str,
+    config: &ConvertConfig,
+) -> anyhow::Result<convert::ConvertReport> {
+    let dest = ImageRef::parse(dest)?;
+    let (meta, blobs) = convert::build(source, config)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = store::open(&dest.store_url, &OpenOptions::default())
+            .await
+            .with_context(|| format!("opening {}", dest.store_url))?;
+        Ok(convert::push(&store, &dest, &meta, blobs).await?)
+    })
+}
+
+/// `trace show REF`: the summary of the stored trace, as JSON-able text.
+pub fn trace_show(reference: &str, workload: &str) -> anyhow::Result<String> {
+    let image = ImageRef::parse(reference)?;
+    let key = image.trace_key(workload)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = store::open(&image.store_url, &OpenOptions::default()).await?;
+        match session::load_trace(&store, &image, &key).await? {
+            Some(t) => Ok(format!("{key}\n{}", t.summary())),
+            None => anyhow::bail!("no trace stored under {key} in {}", image.store_url),
+        }
+    })
+}
+
+/// `mount`: daemonizes unless `foreground`, mounts, serves until unmount or a signal, then
+/// stores the trace and writes the summary.
+pub fn mount(options: MountOptions) -> anyhow::Result<()> {
+    let mut ready = if options.foreground {
+        Ready::foreground()
+    } else {
+        // Before any thread or runtime exists (daemonize's precondition).
+        mount::daemonize(options.log.as_deref()).context("daemonizing")?
+    };
+    bootseer_common::telemetry::init("bootseer_image=info,bootseer_common=info");
+    match mount_inner(&options, &mut ready) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            ready.failed(&format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
+
+fn mount_inner(options: &MountOptions, ready: &mut Ready) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let session = rt
+        .block_on(ImageSession::open(&options.reference, options.session.clone()))
+        .with_context(|| format!("loading {}", options.reference))?;
+    let root = nix::unistd::geteuid().is_root();
+    let mut config = MountConfig {
+        fsname: options.reference.clone(),
+        subtype: "bootseer-image".into(),
+        dev_suid: root,
+        ..MountConfig::default()
+    };
+    if options.threads > 0 {
+        config.threads = options.threads;
+    }
+    let fuse = ImageFuse::new(session.fs(), rt.handle().clone(), config.clone());
+    let bg = fuser::spawn_mount(fuse, &options.mountpoint, &config.fuser_config())
+        .with_context(|| format!("mounting at {}", options.mountpoint.display()))?;
+    if root
+        && config.read_ahead_kb > 0
+        && let Err(e) = mount::raise_read_ahead(&options.mountpoint, config.read_ahead_kb)
+    {
+        tracing::warn!(error = %e, "could not raise read-ahead");
+    }
+    tracing::info!(image = %options.reference, mountpoint = %options.mountpoint.display(),
+        replay = session.has_trace(), "mounted");
+    ready.ready();
+    mount::serve(bg, &options.mountpoint).context("serving")?;
+    let summary = rt.block_on(session.finish())?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    tracing::info!(summary = %json, "unmounted");
+    if let Some(path) = &options.summary {
+        write_atomic(path, json.as_bytes())?;
+    }
+    if options.foreground {
+        println!("{json}");
+    }
+    Ok(())
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512").expect("plain"), 512);
+        assert_eq!(parse_size("64k").expect("k"), 64 << 10);
+        assert_eq!(parse_size("10G").expect("G"), 10 << 30);
+        assert!(parse_size("1x").is_err());
+        assert!(parse_size("G").is_err());
+    }
+
+    #[test]
+    fn helper_options_map() {
+        let args = MountArgs {
+            source: "file:///s/a:v1".into(),
+            mountpoint: "/m".into(),
+            options: vec![
+                ("ro".into(), String::new()),
+                ("cache_dir".into(), "/c".into()),
+                ("trace".into(), "replay".into()),
+                ("memory".into(), "1G".into()),
+            ],
+        };
+        let o = helper_options(&args).expect("options");
+        assert_eq!(o.session.trace, TraceMode::Replay);
+        assert_eq!(o.session.memory, 1 << 30);
+        assert_eq!(o.session.cache_dir, Some(PathBuf::from("/c")));
+    }
+}

@@ -1,0 +1,122 @@
+//! [`ImageBlob`]: the [`BlockSource`] of one data blob. A run of blocks is one `read_range` of
+//! their compressed span (blocks are packed back to back); each block is then decompressed on its
+//! own, its length checked, and handed to the cache, which checks its digest.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bootseer_common::cache::{BlockSource, CacheError};
+use bootseer_common::digest::Digest;
+use bootseer_common::store::{DynStore, StoreError};
+use bytes::Bytes;
+
+use crate::error::ImageError;
+use crate::format::BlobInfo;
+
+/// One data blob of an image.
+#[derive(Debug)]
+pub struct ImageBlob {
+    id: String,
+    key: String,
+    store: DynStore,
+    block_size: u64,
+    data_len: u64,
+    /// (compressed offset, compressed len, digest of the uncompressed block)
+    blocks: Vec<(u64, u32, Digest)>,
+}
+
+impl ImageBlob {
+    /// The source for `info` (already validated) in `store`.
+    pub fn new(store: DynStore, info: &BlobInfo, block_size: u32) -> Result<Self, ImageError> {
+        let blocks = info
+            .blocks
+            .iter()
+            .map(|b| {
+                let d = b
+                    .digest
+                    .parse::<Digest>()
+                    .map_err(|e| ImageError::malformed("block table", e.to_string()))?;
+                Ok((b.offset, b.len, d))
+            })
+            .collect::<Result<Vec<_>, ImageError>>()?;
+        Ok(Self {
+            id: info.digest.clone(),
+            key: format!("blobs/{}", info.digest),
+            store,
+            block_size: u64::from(block_size),
+            data_len: info.data_len,
+            blocks,
+        })
+    }
+
+    /// Uncompressed length of block `index`.
+    fn block_len(&self, index: u64) -> u64 {
+        let start = index.saturating_mul(self.block_size);
+        self.data_len.saturating_sub(start).min(self.block_size)
+    }
+}
+
+#[async_trait]
+impl BlockSource for ImageBlob {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn block_count(&self) -> u64 {
+        self.blocks.len() as u64
+    }
+
+    fn block_digest(&self, index: u64) -> Option<Digest> {
+        self.blocks.get(index as usize).map(|b| b.2)
+    }
+
+    async fn fetch(&self, blocks: Range<u64>) -> Result<Vec<Bytes>, CacheError> {
+        let malformed = |block: u64, message: String| CacheError::Malformed {
+            blob: self.id.clone(),
+            block,
+            message,
+        };
+        let (Some(first), Some(last)) = (
+            self.blocks.get(blocks.start as usize),
+            blocks.end.checked_sub(1).and_then(|l| self.blocks.get(l as usize)),
+        ) else {
+            return Err(CacheError::OutOfRange {
+                blob: self.id.clone(),
+                block: blocks.end,
+                count: self.block_count(),
+            });
+        };
+        let span = first.0..last.0 + u64::from(last.1);
+        let data = self.store.read_range(&self.key, span.clone()).await.map_err(|e| {
+            CacheError::Fetch { blob: self.id.clone(), block: blocks.start, source: Arc::new(e) }
+        })?;
+        if data.len() as u64 != span.end - span.start {
+            let e = StoreError::BadReply {
+                op: "read_range",
+                key: self.key.clone(),
+                message: format!("{} bytes for {span:?}", data.len()),
+            };
+            return Err(CacheError::Fetch {
+                blob: self.id.clone(),
+                block: blocks.start,
+                source: Arc::new(e),
+            });
+        }
+        let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
+        for index in blocks {
+            let (offset, len, _) = self.blocks[index as usize];
+            let start = (offset - span.start) as usize;
+            let compressed = &data[start..start + len as usize];
+            let want = self.block_len(index) as usize;
+            // A capacity of exactly the expected length: a block that inflates to more is refused.
+            let plain = zstd::bulk::decompress(compressed, want)
+                .map_err(|e| malformed(index, format!("zstd: {e}")))?;
+            if plain.len() != want {
+                return Err(malformed(index, format!("{} bytes, expected {want}", plain.len())));
+            }
+            out.push(Bytes::from(plain));
+        }
+        Ok(out)
+    }
+}

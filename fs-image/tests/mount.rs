@@ -1,0 +1,443 @@
+//! Real FUSE mounts of converted images (need /dev/fuse; CI runs them as root with
+//! `BOOTSEER_REQUIRE_REAL=1`): fidelity against an independent walk of the source, record and
+//! replay across cold caches, a corrupted store → EIO, and the binary's mount/helper forms.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bootseer_common::digest::Digest;
+use bootseer_common::mount::{MountConfig, is_mounted};
+use bootseer_common::store::DynStore;
+use bootseer_common::testing::{fuse::MountGuard, mem::pattern, require_real};
+use bootseer_image::{ImageFuse, ImageRef, ImageSession, MountSummary, SessionConfig, TraceMode};
+use common::{BLOCK, awkward_tree, convert_into, describe, is_root};
+
+/// A mounted image with its session and runtime; drop order unmounts first.
+struct Mounted {
+    guard: Option<MountGuard>,
+    session: Option<ImageSession>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Mounted {
+    fn path(&self) -> &Path {
+        self.guard.as_ref().expect("mounted").path()
+    }
+
+    fn wait_replay(&mut self) {
+        let session = self.session.as_mut().expect("session");
+        self.rt.block_on(session.wait_replay());
+    }
+
+    fn finish(mut self) -> MountSummary {
+        let mountpoint = self.path().to_path_buf();
+        drop(self.guard.take());
+        assert!(!is_mounted(&mountpoint), "still mounted after drop");
+        let session = self.session.take().expect("session");
+        self.rt.block_on(session.finish()).expect("finish")
+    }
+}
+
+fn mount(reference: &str, store: &DynStore, cache_dir: &Path, trace: TraceMode) -> Option<Mounted> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let config = SessionConfig {
+        cache_dir: Some(cache_dir.to_path_buf()),
+        trace,
+        workload: "test".into(),
+        ..SessionConfig::default()
+    };
+    let image = ImageRef::parse(reference).expect("reference");
+    let session = rt
+        .block_on(ImageSession::open_with_store(image, store.clone(), config))
+        .expect("open session");
+    let mount_config = MountConfig { threads: 2, dev_suid: is_root(), ..MountConfig::default() };
+    let fuse = ImageFuse::new(session.fs(), rt.handle().clone(), mount_config.clone());
+    let guard = require_real("FUSE", MountGuard::mount(fuse, &mount_config))?;
+    Some(Mounted { guard: Some(guard), session: Some(session), rt })
+}
+
+#[test]
+fn a_mounted_image_matches_its_source_entry_for_entry() {
+    let src = tempfile::tempdir().expect("src");
+    awkward_tree(src.path());
+    let store_dir = tempfile::tempdir().expect("store");
+    let cache = tempfile::tempdir().expect("cache");
+    let (reference, store) = convert_into(src.path(), store_dir.path(), "awkward:v1");
+    let Some(m) = mount(&reference, &store, cache.path(), TraceMode::Off) else { return };
+
+    let want = describe(src.path());
+    let got = describe(m.path());
+    // Sanity: the source really has the awkward cases this test is about.
+    assert!(want.entries.len() > 350, "{}", want.entries.len());
+    assert_eq!(want.hardlinks.len(), 1);
+    if is_root() {
+        assert!(want.entries.contains_key(Path::new("null")));
+    }
+    for (path, w) in &want.entries {
+        let g = got
+            .entries
+            .get(path)
+            .unwrap_or_else(|| panic!("{} missing on the mount", path.display()));
+        // The root's mode and owner are the source directory's; compare everything.
+        assert_eq!(g, w, "{} differs", path.display());
+    }
+    assert_eq!(got.entries.len(), want.entries.len(), "extra entries on the mount");
+    assert_eq!(got.hardlinks, want.hardlinks, "hardlink groups differ");
+    drop(m.finish());
+}
+
+/// The workload: read a fixed subset of files; its output is their digests.
+fn workload(root: &Path) -> Vec<(PathBuf, Digest)> {
+    (0..40)
+        .step_by(3)
+        .map(|i| {
+            let rel = PathBuf::from(format!("pkg/m{i:02}.bin"));
+            (rel.clone(), Digest::of(&std::fs::read(root.join(&rel)).expect("read")))
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_cold_start_replays_the_first_starts_trace() {
+    let src = tempfile::tempdir().expect("src");
+    std::fs::create_dir_all(src.path().join("pkg")).expect("mkdir");
+    for i in 0..40u64 {
+        // 1–5 blocks each, not aligned, so files share boundary blocks.
+        let len = (1 + i % 5) * u64::from(BLOCK) + i * 1013;
+        std::fs::write(src.path().join(format!("pkg/m{i:02}.bin")), pattern(i, len as usize))
+            .expect("write");
+    }
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, store) = convert_into(src.path(), store_dir.path(), "replay:v1");
+    let expected = workload(src.path());
+
+    let cold = tempfile::tempdir().expect("cache 1");
+    let Some(first) = mount(&reference, &store, cold.path(), TraceMode::Auto) else { return };
+    assert!(!first.session.as_ref().expect("session").has_trace());
+    assert_eq!(workload(first.path()), expected);
+    let s1 = first.finish();
+    assert!(s1.trace_stored.is_some(), "{s1:?}");
+    assert!(s1.cache.blocks_on_demand >= 20, "{s1:?}");
+    assert!(s1.first_read_ms.is_some());
+
+    let fresh = tempfile::tempdir().expect("cache 2");
+    let mut second =
+        mount(&reference, &store, fresh.path(), TraceMode::Auto).expect("second mount");
+    assert!(second.session.as_ref().expect("session").has_trace());
+    second.wait_replay();
+    assert_eq!(workload(second.path()), expected, "replayed start read different bytes");
+    let s2 = second.finish();
+    assert!(
+        s2.cache.blocks_on_demand * 10 <= s1.cache.blocks_on_demand,
+        "on-demand fetches did not drop by 90%: {} -> {} ({s2:?})",
+        s1.cache.blocks_on_demand,
+        s2.cache.blocks_on_demand
+    );
+    assert_eq!(s2.trace_blocks, s1.blocks_accessed);
+    assert!(s2.replay_blocks >= s1.blocks_accessed, "{s2:?}");
+    assert_eq!(s2.trace_coverage, Some(1.0), "{s2:?}");
+
+    // Replay racing the job from the first moment (no wait): same bytes, no more on-demand
+    // fetches than a start without a trace, and the replay's blocks are not fetched twice.
+    let racing = tempfile::tempdir().expect("cache 3");
+    let third = mount(&reference, &store, racing.path(), TraceMode::Replay).expect("third mount");
+    assert_eq!(workload(third.path()), expected, "racing replay changed the bytes read");
+    let s3 = third.finish();
+    assert!(s3.cache.blocks_on_demand <= s1.cache.blocks_on_demand, "{s3:?}");
+    assert!(
+        s3.cache.blocks_on_demand + s3.cache.blocks_replay <= s1.blocks_accessed,
+        "a block was fetched twice: {s3:?}"
+    );
+    assert_eq!(s3.trace_stored, None, "trace=replay must not store");
+
+    // The merged trace says two recordings saw these blocks.
+    let shown = bootseer_image::run::trace_show(&reference, "test").expect("trace show");
+    assert!(shown.contains("traces/replay/v1/test"), "{shown}");
+}
+
+#[test]
+fn a_block_altered_on_the_store_is_eio_never_wrong_bytes() {
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("victim"), pattern(3, 4 * BLOCK as usize)).expect("write");
+    std::fs::write(src.path().join("zbystander"), pattern(4, 2 * BLOCK as usize)).expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, store) = convert_into(src.path(), store_dir.path(), "corrupt:v1");
+    // Flip one byte in the middle of the data blob's second compressed block: the largest
+    // file in blobs/ is the data blob.
+    let blob = std::fs::read_dir(store_dir.path().join("blobs"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| std::fs::metadata(p).expect("stat").len())
+        .expect("a blob");
+    let mut bytes = std::fs::read(&blob).expect("read blob");
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&blob, &bytes).expect("write blob");
+
+    let cache = tempfile::tempdir().expect("cache");
+    let Some(m) = mount(&reference, &store, cache.path(), TraceMode::Off) else { return };
+    let err = std::fs::read(m.path().join("victim")).expect_err("corrupt data must not be served");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The rest of the image still works.
+    let ok = std::fs::read(m.path().join("zbystander")).expect("read bystander");
+    assert_eq!(Digest::of(&ok), Digest::of(&pattern(4, 2 * BLOCK as usize)));
+    let s = m.finish();
+    assert!(s.cache.corrupt + s.cache.fetch_errors >= 1, "{s:?}");
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn the_binary_mounts_in_both_calling_forms_and_writes_a_summary() {
+    if require_real(
+        "FUSE",
+        if Path::new("/dev/fuse").exists() && is_root() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("needs root and /dev/fuse"))
+        },
+    )
+    .is_none()
+    {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_bootseer-image");
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("hello"), b"hello, image\n").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let reference = format!("file://{}/cli:v1", store_dir.path().display());
+    let out = std::process::Command::new(bin)
+        .args(["convert", &format!("dir:{}", src.path().display()), &reference, "--json"])
+        .output()
+        .expect("convert");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["inodes"], 2);
+
+    for helper in [false, true] {
+        let mnt = tempfile::tempdir().expect("mountpoint");
+        let cache = tempfile::tempdir().expect("cache");
+        let summary = cache.path().join("summary.json");
+        let mut cmd = std::process::Command::new(bin);
+        if helper {
+            cmd.args([&reference, &mnt.path().display().to_string(), "-o"]).arg(format!(
+                "ro,cache_dir={},summary={},workload=cli",
+                cache.path().display(),
+                summary.display()
+            ));
+        } else {
+            cmd.args(["mount", &reference])
+                .arg(mnt.path())
+                .arg("--cache-dir")
+                .arg(cache.path())
+                .arg("--summary")
+                .arg(&summary)
+                .args(["--workload", "cli"]);
+        }
+        let mut child = cmd.spawn().expect("mount");
+        let mut status = None;
+        for _ in 0..500 {
+            status = child.try_wait().expect("wait");
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::process::Command::new("umount").arg("-l").arg(mnt.path()).status();
+            panic!("the mount command did not return within 10 s");
+        };
+        assert!(status.success(), "mount returned {status}");
+        assert!(is_mounted(mnt.path()), "returned before the mount was ready");
+        let read = std::fs::read(mnt.path().join("hello"));
+        let unmounted =
+            std::process::Command::new("umount").arg(mnt.path()).status().expect("umount");
+        assert_eq!(read.expect("read through the daemon"), b"hello, image\n");
+        assert!(unmounted.success());
+        wait_for("the summary", || summary.exists());
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("json");
+        assert_eq!(s["trace_stored"], "traces/cli/v1/cli", "{s}");
+        assert_eq!(s["blocks_accessed"], 1, "{s}");
+        if helper {
+            // The first mount stored a trace; the second found and replayed it, so its one
+            // block came from the replay (or the read joined it), not from an on-demand fetch.
+            assert_eq!(s["trace_blocks"], 1, "{s}");
+            let demand = s["cache"]["blocks_on_demand"].as_u64().expect("count");
+            let replay = s["cache"]["blocks_replay"].as_u64().expect("count");
+            assert_eq!(demand + replay, 1, "{s}");
+        } else {
+            assert_eq!(s["cache"]["blocks_on_demand"], 1, "{s}");
+            assert_eq!(s["trace_blocks"], 0, "{s}");
+        }
+    }
+}
+
+#[test]
+fn an_image_pushed_to_a_real_registry_mounts_by_reference_and_keeps_its_trace_there() {
+    use bootseer_common::testing::registry::Registry;
+    let Some(reg) = require_real("docker-registry", Registry::start()) else { return };
+    let src = tempfile::tempdir().expect("src");
+    awkward_tree(src.path());
+    let reference = format!("docker://{}/team/awkward:v1", reg.host_port());
+    let report = bootseer_image::run::convert(
+        &format!("dir:{}", src.path().display()),
+        &reference,
+        &bootseer_image::convert::ConvertConfig { block_size: BLOCK, level: 3 },
+    )
+    .expect("convert into the registry");
+    assert_eq!(report.index_key, "manifests/v1");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let image = ImageRef::parse(&reference).expect("reference");
+    let store = rt
+        .block_on(bootseer_common::store::open(&image.store_url, &Default::default()))
+        .expect("open registry store");
+    drop(rt);
+    let want = describe(src.path());
+    for round in 0..2 {
+        let cache = tempfile::tempdir().expect("cache");
+        let m = mount(&reference, &store, cache.path(), TraceMode::Auto).expect("mount");
+        assert_eq!(m.session.as_ref().expect("session").has_trace(), round == 1);
+        let got = describe(m.path());
+        assert_eq!(got, want, "round {round}: the mounted tree differs from its source");
+        let s = m.finish();
+        assert_eq!(s.trace_stored.as_deref(), Some("manifests/v1.trace.test"), "{s:?}");
+    }
+}
+
+#[test]
+fn a_killed_daemon_leaves_no_stuck_mount_and_a_restart_reuses_the_disk_cache() {
+    if require_real(
+        "FUSE",
+        if Path::new("/dev/fuse").exists()
+            && is_root()
+            && bootseer_common::mount::have_fusermount3()
+        {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("needs root, /dev/fuse and fusermount3"))
+        },
+    )
+    .is_none()
+    {
+        return;
+    }
+    let bin = env!("CARGO_BIN_EXE_bootseer-image");
+    let src = tempfile::tempdir().expect("src");
+    let data = pattern(9, 3 * BLOCK as usize + 5);
+    std::fs::write(src.path().join("f"), &data).expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "kill:v1");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let cache = tempfile::tempdir().expect("cache");
+    let summary = store_dir.path().join("summary.json");
+    let start = || {
+        let child = std::process::Command::new(bin)
+            .args(["mount", &reference])
+            .arg(mnt.path())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .args(["--trace", "off", "-f", "--summary"])
+            .arg(&summary)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        wait_for("the mount", || is_mounted(mnt.path()));
+        child
+    };
+    let mut first = start();
+    assert_eq!(std::fs::read(mnt.path().join("f")).expect("read"), data);
+    // The disk tier writes behind the reply; wait until all four blocks are persisted.
+    let persisted = || {
+        let Ok(shards) = std::fs::read_dir(cache.path().join("v1")) else { return 0 };
+        shards
+            .filter_map(|d| std::fs::read_dir(d.ok()?.path()).ok())
+            .flatten()
+            .filter(|f| f.as_ref().is_ok_and(|f| f.file_name().len() == 32))
+            .count()
+    };
+    wait_for("4 blocks on disk", || persisted() == 4);
+    first.kill().expect("kill -9");
+    let _ = first.wait();
+    wait_for("auto_unmount after the kill", || !is_mounted(mnt.path()));
+
+    let mut second = start();
+    let read = std::fs::read(mnt.path().join("f"));
+    let unmounted = std::process::Command::new("umount").arg(mnt.path()).status().expect("umount");
+    let status = second.wait().expect("wait");
+    assert_eq!(read.expect("read after restart"), data);
+    assert!(unmounted.success() && status.success(), "{status}");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("json");
+    assert_eq!(s["cache"]["blocks_on_demand"], 0, "the restart fetched again: {s}");
+    assert_eq!(s["cache"]["hits_disk"], 4, "{s}");
+}
+
+#[test]
+fn a_stopped_registry_gives_eio_in_bounded_time_and_the_mount_recovers() {
+    use bootseer_common::store::{OpenOptions, RetryConfig};
+    use bootseer_common::testing::registry::Registry;
+    let Some(mut reg) = require_real("docker-registry", Registry::start()) else { return };
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("first"), pattern(1, 2 * BLOCK as usize)).expect("write");
+    std::fs::write(src.path().join("second"), pattern(2, 3 * BLOCK as usize)).expect("write");
+    let reference = format!("docker://{}/team/faults:v1", reg.host_port());
+    bootseer_image::run::convert(
+        &format!("dir:{}", src.path().display()),
+        &reference,
+        &bootseer_image::convert::ConvertConfig { block_size: BLOCK, level: 3 },
+    )
+    .expect("convert");
+    // The bound a reader waits is the store's retry budget: configurable, short here.
+    let retry = RetryConfig {
+        op_timeout: Duration::from_secs(1),
+        max_attempts: 20,
+        base_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        total_deadline: Duration::from_secs(3),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let image = ImageRef::parse(&reference).expect("reference");
+    let store = rt
+        .block_on(bootseer_common::store::open(
+            &image.store_url,
+            &OpenOptions { retry, ..OpenOptions::default() },
+        ))
+        .expect("store");
+    drop(rt);
+    let cache = tempfile::tempdir().expect("cache");
+    let m = mount(&reference, &store, cache.path(), TraceMode::Off).expect("mount");
+    assert_eq!(std::fs::read(m.path().join("first")).expect("read").len(), 2 * BLOCK as usize);
+
+    reg.stop();
+    let started = std::time::Instant::now();
+    let err = std::fs::read(m.path().join("second")).expect_err("the registry is down");
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // total_deadline 3 s + one op_timeout + slack.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Cached data keeps being served while the registry is away.
+    assert_eq!(
+        std::fs::read(m.path().join("first")).expect("cached read").len(),
+        2 * BLOCK as usize
+    );
+
+    reg.start_again().expect("restart the registry");
+    let second = std::fs::read(m.path().join("second")).expect("read after the registry returned");
+    assert_eq!(Digest::of(&second), Digest::of(&pattern(2, 3 * BLOCK as usize)));
+    let s = m.finish();
+    assert!(s.cache.fetch_errors >= 1, "{s:?}");
+}
