@@ -18,16 +18,7 @@ const BLOCK: u64 = 1 << 20;
 
 /// 7.5 MiB of bytes that differ from block to block and within blocks.
 fn file_bytes() -> Vec<u8> {
-    let len = 7 * BLOCK as usize + BLOCK as usize / 2;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    bootseer_common::testing::mem::pattern(0x9e37, 7 * BLOCK as usize + BLOCK as usize / 2)
 }
 
 fn start(config: MiniDfsConfig) -> Option<MiniDfs> {

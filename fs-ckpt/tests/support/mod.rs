@@ -21,15 +21,7 @@ pub const BLOCK: u64 = 1 << 20;
 
 /// Deterministic bytes, different per seed and position.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    bootseer_common::testing::mem::pattern(seed, len)
 }
 
 pub fn sha(data: &[u8]) -> String {
