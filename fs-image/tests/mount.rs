@@ -224,13 +224,41 @@ fn the_binary_mounts_in_both_calling_forms_and_writes_a_summary() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["inodes"], 2);
 
-    for helper in [false, true] {
+    // The subcommand; the helper form as mount(8) calls it; and mount.fuse3 itself, the way
+    // `mount -t fuse.bootseer-image` and systemd .mount units reach the binary.
+    let mount_fuse3 =
+        ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"].iter().any(|p| Path::new(p).exists());
+    for form in ["subcommand", "helper", "mount.fuse3"] {
+        if form == "mount.fuse3" && !mount_fuse3 {
+            require_real(
+                "mount.fuse3 (package fuse3)",
+                Err::<(), _>(anyhow::anyhow!("not installed")),
+            );
+            continue;
+        }
+        let helper = form != "subcommand";
         let mnt = tempfile::tempdir().expect("mountpoint");
         let cache = tempfile::tempdir().expect("cache");
         let summary = cache.path().join("summary.json");
-        let mut cmd = std::process::Command::new(bin);
+        let mut cmd = if form == "mount.fuse3" {
+            // mount(8) resets PATH for its helpers, so call the helper it would run, with the
+            // binary's directory on PATH as an installed binary would be.
+            let mut c = std::process::Command::new("mount.fuse3");
+            let dir = Path::new(bin).parent().expect("binary dir");
+            c.env(
+                "PATH",
+                format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()),
+            );
+            c
+        } else {
+            std::process::Command::new(bin)
+        };
         if helper {
-            cmd.args([&reference, &mnt.path().display().to_string(), "-o"]).arg(format!(
+            cmd.args([&reference, &mnt.path().display().to_string()]);
+            if form == "mount.fuse3" {
+                cmd.args(["-t", "bootseer-image"]);
+            }
+            cmd.arg("-o").arg(format!(
                 "ro,cache_dir={},summary={},workload=cli",
                 cache.path().display(),
                 summary.display()
@@ -259,8 +287,8 @@ fn the_binary_mounts_in_both_calling_forms_and_writes_a_summary() {
             let _ = std::process::Command::new("umount").arg("-l").arg(mnt.path()).status();
             panic!("the mount command did not return within 10 s");
         };
-        assert!(status.success(), "mount returned {status}");
-        assert!(is_mounted(mnt.path()), "returned before the mount was ready");
+        assert!(status.success(), "{form}: mount returned {status}");
+        assert!(is_mounted(mnt.path()), "{form}: returned before the mount was ready");
         let read = std::fs::read(mnt.path().join("hello"));
         let unmounted =
             std::process::Command::new("umount").arg(mnt.path()).status().expect("umount");
