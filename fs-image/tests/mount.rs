@@ -198,7 +198,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
-fn the_binary_mounts_in_both_calling_forms_and_writes_a_summary() {
+fn the_binary_mounts_in_every_calling_form_and_writes_a_summary() {
     if require_real(
         "FUSE",
         if Path::new("/dev/fuse").exists() && is_root() {
