@@ -14,8 +14,8 @@
 //!   single-flight misses, priorities (on-demand > replay > background), digest verification.
 //! - [`trace`]: the first access of each block after a mount, recorded off the request path, and
 //!   the replay planner that turns a stored trace into coalesced prefetch requests.
-//! - [`telemetry`], [`metrics`], [`errno`], [`mount`]: logging, counter names, one error-to-errno
-//!   mapping and the fuser mount plumbing every binary shares.
+//! - [`telemetry`], [`metrics`], [`errno`], [`mount`], [`units`]: logging, counter names, one
+//!   error-to-errno mapping, the fuser mount plumbing and the option parsers every binary shares.
 //! - [`testing`] (feature `test-support`): in-memory store doubles and the guards that start the
 //!   real components tests run against (MiniDFS, docker-registry, FUSE mounts).
 
@@ -27,6 +27,7 @@ pub mod mount;
 pub mod store;
 pub mod telemetry;
 pub mod trace;
+pub mod units;
 
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -31,24 +31,9 @@ pub struct MountOptions {
     pub threads: usize,
 }
 
-/// Parses `10G`, `512M`, `64k` or plain bytes.
+/// Parses `10G`, `512M`, `64k` or plain bytes (the parser every bootseer binary uses).
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_lowercase() {
-                'k' => 10,
-                'm' => 20,
-                'g' => 30,
-                't' => 40,
-                _ => anyhow::bail!("size {s:?}: unknown unit {c:?} (use k, M, G or T)"),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    let n: u64 = num.parse().with_context(|| format!("size {s:?} is not a number"))?;
-    n.checked_mul(1u64 << shift).with_context(|| format!("size {s:?} overflows"))
+    bootseer_common::units::parse_size(s).map_err(anyhow::Error::msg)
 }
 
 /// The options of the mount-helper form (`-o cache_dir=…,trace=…`); standard mount flags
