@@ -152,6 +152,39 @@ async fn on_demand_read_jumps_the_prefetch_queue_and_is_fetched_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_prefetch_is_never_fetched_and_released_blocks_free_memory() {
+    let fx = Fixture::new("blob", 8 * BLOCK as usize);
+    let source = fx.source("blob", true);
+    let cache = cache(CacheConfig { prefetch_concurrency: 1, ..CacheConfig::default() });
+    // The only worker is stuck on block 0; blocks 1..8 wait in the queue.
+    fx.failing.set("blob", Fault::Stall, u64::MAX);
+    cache.spawn_prefetch(&source, 0..1, Priority::Background);
+    until(|| fx.failing.faults.load(std::sync::atomic::Ordering::Relaxed) == 1).await;
+    // The first poll queues the blocks and then waits for them.
+    let mut waiter = Box::pin(cache.prefetch(&source, 1..8, Priority::Background));
+    assert!(futures::poll!(&mut waiter).is_pending());
+
+    assert_eq!(cache.cancel_queued("id-blob"), 7, "block 0 is running, 1..8 are queued");
+    let err = waiter.await.expect_err("a cancelled prefetch is not a success");
+    assert!(matches!(err, CacheError::Abandoned { .. }), "{err}");
+    fx.failing.release();
+    until(|| cache.contains("id-blob", 0)).await;
+    // The worker pops the cancelled job and must skip every block of it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fx.mem.read_count(), 1, "only the running block 0 was fetched");
+
+    // A cancelled block is fetched afresh when a reader wants it.
+    assert_eq!(&cache.get(&source, 5).await.expect("read")[..], fx.block(5));
+    assert_eq!(fx.mem.read_count(), 2);
+    assert_eq!(cache.stats().memory_bytes, 2 * BLOCK);
+    assert!(cache.release("id-blob", 5));
+    assert!(!cache.release("id-blob", 5), "released once");
+    assert!(!cache.contains("id-blob", 5));
+    let stats = cache.stats();
+    assert_eq!((stats.memory_bytes, stats.released, stats.cancelled), (BLOCK, 1, 7), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prefetch_concurrency_is_bounded() {
     let fx = Fixture::new("blob", 32 * BLOCK as usize);
     let source = fx.source("blob", false);

@@ -62,6 +62,12 @@ struct MountCmd {
     /// How long one stripe may take, retries included, before EIO.
     #[arg(long, value_parser = parse_duration)]
     stripe_deadline: Option<Duration>,
+    /// How long one attempt of a stripe may take before it is re-issued on a fresh reader.
+    #[arg(long, value_parser = parse_duration)]
+    attempt_timeout: Option<Duration>,
+    /// The least wait for a slow stripe before a hedge read on another replica joins it.
+    #[arg(long, value_parser = parse_duration)]
+    hedge_after: Option<Duration>,
     /// How long listings are trusted.
     #[arg(long, value_parser = parse_duration)]
     metadata_ttl: Option<Duration>,
@@ -111,6 +117,8 @@ impl MountCmd {
                 memory_bytes: self.memory.unwrap_or(d.memory_bytes),
                 prefetch_threshold: self.prefetch_threshold.unwrap_or(d.prefetch_threshold),
                 stripe_deadline: self.stripe_deadline.unwrap_or(d.stripe_deadline),
+                attempt_timeout: self.attempt_timeout.unwrap_or(d.attempt_timeout),
+                hedge_after: self.hedge_after.unwrap_or(d.hedge_after),
                 metadata_ttl: self.metadata_ttl.unwrap_or(d.metadata_ttl),
                 ..d
             },
@@ -150,6 +158,8 @@ pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
             "memory" => c.memory_bytes = size(k, v)?,
             "prefetch_threshold" => c.prefetch_threshold = size(k, v)?,
             "stripe_deadline" => c.stripe_deadline = dur(k, v)?,
+            "attempt_timeout" => c.attempt_timeout = dur(k, v)?,
+            "hedge_after" => c.hedge_after = dur(k, v)?,
             "metadata_ttl" => c.metadata_ttl = dur(k, v)?,
             "conf_dir" => o.conf_dir = Some(v.into()),
             "summary" => o.summary = Some(v.into()),

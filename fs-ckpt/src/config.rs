@@ -23,6 +23,9 @@ pub struct CkptConfig {
     pub stripe_deadline: Duration,
     /// How long one attempt of a stripe may take before it is re-issued on a fresh reader.
     pub attempt_timeout: Duration,
+    /// The least time an attempt waits for a reply before a hedge read on a fresh reader
+    /// (another replica) joins it; the mount uses 4 × its average stripe time when longer.
+    pub hedge_after: Duration,
     /// How long listings and a handle's version check are trusted (also the kernel's TTLs).
     pub metadata_ttl: Duration,
 }
@@ -47,6 +50,8 @@ impl Default for CkptConfig {
             stripe_deadline: Duration::from_secs(60),
             // 8 MiB at even 10 MB/s takes under a second; 15 s means a stalled DataNode.
             attempt_timeout: Duration::from_secs(15),
+            // HDFS's own hedged reads default to 500 ms; a stripe is 8 MiB, not one packet.
+            hedge_after: Duration::from_secs(1),
             // Checkpoint directories change when a new checkpoint lands, not second by second.
             metadata_ttl: Duration::from_secs(5),
         }

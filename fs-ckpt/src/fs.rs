@@ -9,7 +9,9 @@
 //!              a queued stripe) → bytes copied into one full-length reply
 //!              └─ window: queue stripes ahead of the reader; grows ×2 per sequential read,
 //!                 capped at half the memory budget split over the open handles
-//!   release ─► handle dropped (its source stays while other handles or the cache need it)
+//!              └─ a stripe every open handle has been served is released from memory at once
+//!   release ─► handle dropped (its source stays while other handles or the cache need it);
+//!              the last handle of a version cancels that version's queued prefetch
 //! ```
 //!
 //! Directories are the parents of listed files (HDFS listings through the store name files
@@ -167,6 +169,12 @@ pub struct Summary {
     pub stripes_retried: u64,
     /// Of those, attempts re-issued because they passed the attempt timeout.
     pub stripes_reissued_slow: u64,
+    /// Hedge reads started on a fresh reader because an attempt was slow.
+    pub stripes_hedged: u64,
+    /// Stripes whose bytes came from a hedge read (the first replica was the slow one).
+    pub hedge_wins: u64,
+    /// Moving average of one stripe attempt, in seconds.
+    pub avg_stripe_secs: f64,
     /// Stripes that failed for good (their reads got EIO).
     pub stripes_failed: u64,
     /// Fresh readers opened after failures.
@@ -390,6 +398,7 @@ impl CkptFs {
         let plan = *source.plan();
         let large = version.len >= self.config.prefetch_threshold;
         let window = if large { self.window_share(1) } else { self.config.initial_window };
+        source.handle_opened();
         let dyn_source: DynSource = source.clone();
         let file = Arc::new(OpenFile {
             source,
@@ -521,6 +530,12 @@ impl CkptFs {
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
         self.advance_window(file, &plan, last);
+        for i in first..=last {
+            let r = plan.range(i);
+            if file.source.consumed(i, end.min(r.end) - offset.max(r.start)) {
+                self.cache.release(&blob, i);
+            }
+        }
         if let [only] = stripes.as_slice() {
             let base = plan.range(first).start;
             let (from, to) = ((offset - base) as usize, (end - base) as usize);
@@ -549,9 +564,17 @@ impl CkptFs {
         Ok(Bytes::from(out))
     }
 
-    /// Closes handle `fh`.
+    /// Closes handle `fh`. The last handle of a version cancels its prefetch that has not
+    /// started, so a loader that stops early does not keep DataNodes busy for nothing.
     pub fn release(&self, fh: u64) -> Result<(), CkptError> {
-        lock(&self.handles).remove(&fh).map(drop).ok_or(CkptError::BadHandle(fh))
+        let file = lock(&self.handles).remove(&fh).ok_or(CkptError::BadHandle(fh))?;
+        if file.source.handle_closed() == 0 {
+            let cancelled = self.cache.cancel_queued(file.dyn_source.id());
+            if cancelled > 0 {
+                tracing::debug!(source = file.dyn_source.id(), cancelled, "last handle closed");
+            }
+        }
+        Ok(())
     }
 
     /// Number of open handles.
@@ -580,6 +603,9 @@ impl CkptFs {
             bytes_fetched: get(&s.bytes),
             stripes_retried: get(&s.retried),
             stripes_reissued_slow: get(&s.reissued_slow),
+            stripes_hedged: get(&s.hedged),
+            hedge_wins: get(&s.hedge_wins),
+            avg_stripe_secs: Duration::from_nanos(get(&s.avg_attempt_ns)).as_secs_f64(),
             stripes_failed: get(&s.failed),
             readers_reopened: get(&s.reopened),
             version_changed: get(&s.version_changed),

@@ -4,12 +4,20 @@
 //! ```text
 //!   cache.fetch(stripes a..b)
 //!     └─ version check (at most once per metadata TTL: stat → same len and mtime, else EIO)
-//!     └─ per stripe, up to `concurrency` at once:
-//!          reader[round-robin] .read_range(stripe)       (clamped at the pinned length)
-//!            ├─ full length            → done
-//!            └─ error / attempt timeout → backoff → fresh reader (open + verify version)
-//!                                        → again, until the stripe's deadline → error (EIO)
+//!     └─ per stripe, up to `concurrency` at once, one *attempt* at a time:
+//!          attempt = reader[slot].read_range(stripe)          (clamped at the pinned length)
+//!                    └─ no reply after the hedge delay → the same read on a fresh reader,
+//!                       again each hedge delay (≤ MAX_HEDGES); first full reply wins
+//!            ├─ full length                    → done (a winning fresh reader takes the slot)
+//!            └─ error / attempt timeout        → backoff → fresh reader (open + verify version)
+//!                                                → again, until the stripe's deadline → EIO
 //! ```
+//!
+//! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, so a
+//! link that is merely busy (every stripe slow) does not double its own load, while a stalled
+//! DataNode (one stripe far slower than its peers) costs about one hedge delay, not an attempt
+//! timeout. hdfs-native reads a block from the first replica the NameNode listed, and the
+//! NameNode shuffles equal replicas per open, so a fresh reader is the way to ask another one.
 //!
 //! [`StripePlan`] maps stripes to bytes: each HDFS block is cut into `stripe_size` pieces (the
 //! last piece of a block may be short), so no stripe ever crosses a block and each read talks to
@@ -32,7 +40,8 @@ use bootseer_common::digest::Digest;
 use bootseer_common::store::hdfs::{HdfsReader, HdfsStore};
 use bootseer_common::store::{RetryConfig, Store, StoreError};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
 use crate::config::CkptConfig;
 
@@ -111,6 +120,12 @@ pub struct StripeCounters {
     pub retried: AtomicU64,
     /// Attempts re-issued because they passed `attempt_timeout` (stalled DataNode).
     pub reissued_slow: AtomicU64,
+    /// Hedge reads started because an attempt passed the hedge delay.
+    pub hedged: AtomicU64,
+    /// Stripes whose bytes came from a hedge read.
+    pub hedge_wins: AtomicU64,
+    /// Moving average of a successful attempt's time, in ns (weight 1/8 per sample).
+    pub avg_attempt_ns: AtomicU64,
     /// Stripes that failed for good.
     pub failed: AtomicU64,
     /// Fresh readers opened after a failure.
@@ -130,6 +145,12 @@ pub struct StripeSource {
     config: CkptConfig,
     readers: Mutex<Vec<Arc<HdfsReader>>>,
     next_reader: AtomicUsize,
+    /// Handles the filesystem has open on this version now.
+    handles: AtomicUsize,
+    /// Handles ever opened on this version.
+    opened: AtomicU64,
+    /// Bytes of each stripe handed to readers, to release a stripe once it was consumed.
+    served: Vec<AtomicU64>,
     /// When the version was last confirmed against the NameNode.
     verified_at: Mutex<Instant>,
     counters: Arc<StripeCounters>,
@@ -174,6 +195,9 @@ impl StripeSource {
             config: config.clone(),
             readers: Mutex::new(readers),
             next_reader: AtomicUsize::new(0),
+            handles: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            served: (0..plan.count()).map(|_| AtomicU64::new(0)).collect(),
             verified_at: Mutex::new(Instant::now()),
             counters,
         };
@@ -190,6 +214,33 @@ impl StripeSource {
     /// The pinned version.
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// Counts a handle opened on this version.
+    pub fn handle_opened(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a handle closed; returns how many stay open.
+    pub fn handle_closed(&self) -> usize {
+        let before = self.handles.fetch_sub(1, Ordering::Relaxed);
+        before.saturating_sub(1)
+    }
+
+    /// Notes that `bytes` of stripe `index` went to a reader. True once the stripe's bytes
+    /// were handed out as many times as handles were ever opened on this version: then every
+    /// reader has had it (a reader that closes early only keeps it to LRU), so its memory can
+    /// go before LRU would. A handle opened after that fetches it again. Overlapping kernel
+    /// reads may count twice; that only releases a stripe early, never serves wrong bytes.
+    pub fn consumed(&self, index: u64, bytes: u64) -> bool {
+        let Some(served) = self.served.get(index as usize) else { return false };
+        let range = self.plan.range(index);
+        let total = served.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let readers = self.opened.load(Ordering::Relaxed).max(1);
+        let threshold = (range.end - range.start).saturating_mul(readers);
+        // Only the read that crosses the threshold releases; later ones find nothing to free.
+        total >= threshold && total - bytes < threshold
     }
 
     /// Confirms the file still has the pinned version.
@@ -230,6 +281,103 @@ impl StripeSource {
         readers.get(slot % readers.len().max(1)).cloned()
     }
 
+    /// How long an attempt may go without a reply before a hedge read starts.
+    fn hedge_delay(&self) -> Duration {
+        let avg = Duration::from_nanos(self.counters.avg_attempt_ns.load(Ordering::Relaxed));
+        self.config.hedge_after.max(avg * 4)
+    }
+
+    fn note_attempt_time(&self, took: Duration) {
+        let sample = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let avg = &self.counters.avg_attempt_ns;
+        let old = avg.load(Ordering::Relaxed);
+        // Races between stripes lose a sample now and then, which a moving average tolerates.
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        avg.store(new, Ordering::Relaxed);
+    }
+
+    /// One read of `range` on `reader`: full length or an error.
+    async fn read_once(&self, reader: &HdfsReader, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let want = range.end - range.start;
+        match reader.read_range(range.clone()).await {
+            Ok(bytes) if bytes.len() as u64 == want => Ok(bytes),
+            Ok(bytes) => Err(StoreError::BadReply {
+                op: "read_range",
+                key: self.key.clone(),
+                message: format!("{} bytes for stripe {range:?}", bytes.len()),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One attempt at `range`: a read on the slot's reader, hedged by reads on fresh readers
+    /// when it is slow (see the module note). An error is returned once no read is left.
+    async fn hedged_attempt(&self, slot: usize, range: Range<u64>) -> Result<Bytes, StoreError> {
+        type Read<'a> =
+            futures::future::BoxFuture<'a, (Result<Bytes, StoreError>, Option<Arc<HdfsReader>>)>;
+        let started = Instant::now();
+        let Some(primary) = self.reader(slot) else {
+            return Err(StoreError::Transient {
+                op: "read_range",
+                key: self.key.clone(),
+                message: "no reader could be opened".into(),
+            });
+        };
+        let mut reads: FuturesUnordered<Read<'_>> = FuturesUnordered::new();
+        let first = range.clone();
+        reads.push(async move { (self.read_once(&primary, first).await, None) }.boxed());
+        let delay = self.hedge_delay();
+        let hedge_timer = tokio::time::sleep(delay);
+        tokio::pin!(hedge_timer);
+        let mut hedges = 0;
+        loop {
+            tokio::select! {
+                Some((result, fresh)) = reads.next() => match result {
+                    Ok(bytes) => {
+                        match fresh {
+                            Some(fresh) => {
+                                self.counters.hedge_wins.fetch_add(1, Ordering::Relaxed);
+                                self.replace_reader(slot, fresh);
+                            }
+                            // Only first reads feed the average: a hedge's time starts late,
+                            // and a stalled replica's time says nothing about the link.
+                            None => self.note_attempt_time(started.elapsed()),
+                        }
+                        return Ok(bytes);
+                    }
+                    Err(err) if reads.is_empty() => return Err(err),
+                    Err(err) => {
+                        tracing::debug!(key = %self.key, ?range, error = %err, "one of the hedged reads failed");
+                    }
+                },
+                () = &mut hedge_timer, if hedges < MAX_HEDGES => {
+                    hedges += 1;
+                    self.counters.hedged.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(key = %self.key, ?range, after = ?started.elapsed(), "hedging a slow stripe on a fresh reader");
+                    let range = range.clone();
+                    reads.push(
+                        async move {
+                            match self.fresh_reader().await {
+                                Ok(r) => (self.read_once(&r, range).await, Some(r)),
+                                Err(e) => (Err(e), None),
+                            }
+                        }
+                        .boxed(),
+                    );
+                    hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay);
+                }
+            }
+        }
+    }
+
+    fn replace_reader(&self, slot: usize, fresh: Arc<HdfsReader>) {
+        let mut readers = lock(&self.readers);
+        let n = readers.len();
+        if n > 0 {
+            readers[slot % n] = fresh;
+        }
+    }
+
     /// Fetches one stripe: full length or an error, within the stripe deadline.
     async fn fetch_stripe(&self, index: u64) -> Result<Bytes, StoreError> {
         let range = self.plan.range(index);
@@ -243,26 +391,15 @@ impl StripeSource {
             ..RetryConfig::default()
         };
         let slot = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let mut reader = self.reader(slot);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = left.min(self.config.attempt_timeout);
-            let result = match &reader {
-                None => Err(StoreError::Transient {
-                    op: "read_range",
-                    key: self.key.clone(),
-                    message: "no reader could be opened".into(),
-                }),
-                Some(r) => match tokio::time::timeout(timeout, r.read_range(range.clone())).await {
-                    Ok(Ok(bytes)) if bytes.len() as u64 == want => Ok(bytes),
-                    Ok(Ok(bytes)) => Err(StoreError::BadReply {
-                        op: "read_range",
-                        key: self.key.clone(),
-                        message: format!("{} bytes for stripe {range:?}", bytes.len()),
-                    }),
-                    Ok(Err(e)) => Err(e),
+            let result =
+                match tokio::time::timeout(timeout, self.hedged_attempt(slot, range.clone())).await
+                {
+                    Ok(result) => result,
                     Err(_) => {
                         self.counters.reissued_slow.fetch_add(1, Ordering::Relaxed);
                         Err(StoreError::Timeout {
@@ -271,8 +408,7 @@ impl StripeSource {
                             after: timeout,
                         })
                     }
-                },
-            };
+                };
             let err = match result {
                 Ok(bytes) => {
                     self.counters.fetched.fetch_add(1, Ordering::Relaxed);
@@ -292,16 +428,7 @@ impl StripeSource {
             tokio::time::sleep(pause).await;
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.fresh_reader()).await {
-                Ok(Ok(fresh)) => {
-                    {
-                        let mut readers = lock(&self.readers);
-                        let n = readers.len();
-                        if n > 0 {
-                            readers[slot % n] = fresh.clone();
-                        }
-                    }
-                    reader = Some(fresh);
-                }
+                Ok(Ok(fresh)) => self.replace_reader(slot, fresh),
                 Ok(Err(e)) if !retryable(&e) => {
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     return Err(e);
@@ -312,6 +439,11 @@ impl StripeSource {
         }
     }
 }
+
+/// Hedge reads one attempt may add to its first read, one per hedge delay. A fresh reader
+/// lands on the stalled replica again with probability 1/replication, so a few are needed to
+/// be sure of another replica; the attempt timeout bounds the rest.
+const MAX_HEDGES: u32 = 8;
 
 fn retryable(err: &StoreError) -> bool {
     err.is_retryable()

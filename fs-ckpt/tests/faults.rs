@@ -1,13 +1,17 @@
 //! DataNode faults under a real mount (own MiniDFS: 3 DataNodes, replication 3, 1 MiB blocks):
 //! one DataNode stopped mid-read → still the right bytes; every DataNode stopped → EIO within the
 //! stripe deadline, never a hang; DataNodes back → the same mount reads again; a NameNode
-//! restart → later opens and reads recover.
+//! restart → later opens and reads recover. A *stalled* DataNode (alive, heartbeating, its
+//! replies held to a trickle by `tc` in a private network namespace) → reads hedge onto other
+//! replicas: right bytes, in far less than the attempt timeout.
 
 mod support;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+use bootseer_common::testing::netns::NetNs;
+use bootseer_common::testing::require_real;
 use support::{BLOCK, bytes, sha};
 
 #[test]
@@ -81,4 +85,41 @@ fn datanode_faults_give_correct_bytes_or_a_bounded_eio() {
     let mountpoint = root.clone();
     drop(env);
     support::assert_nothing_leaked(&mountpoint);
+}
+
+#[test]
+fn a_stalled_datanode_is_hedged_around() {
+    // This thread and everything it starts (the MiniDFS JVM, the runtime, the FUSE session)
+    // live in a namespace of their own, so `tc` there touches no other test's traffic.
+    let Some(ns) = require_real("network namespace", NetNs::create()) else { return };
+    require_real("network namespace", ns.enter()).expect("entered");
+    let Some(dfs) = support::start_dfs() else { return };
+    let data = bytes(11, 8 * BLOCK as usize + 777);
+    let config = bootseer_ckpt::CkptConfig {
+        hedge_after: Duration::from_millis(200),
+        // A reader that only re-issues slow attempts would wait this long for every stripe
+        // whose first replica is the stalled DataNode.
+        attempt_timeout: Duration::from_secs(20),
+        stripe_deadline: Duration::from_secs(40),
+        ..support::test_config()
+    };
+    let attempt_timeout = config.attempt_timeout;
+    let Some(env) = support::setup(dfs, &[("stalled.bin", data.as_slice())], config) else {
+        return;
+    };
+    // Every block has a replica on DataNode 0 (3 DataNodes, replication 3), and the NameNode
+    // lists it first for about a third of the (reader, block) pairs.
+    let addr = &env.dfs.datanode_addrs()[0];
+    let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("xfer port");
+    ns.limit_port(port, 8).expect("stall DataNode 0");
+
+    let started = Instant::now();
+    let got = std::fs::read(env.mount.path().join("stalled.bin")).expect("read past a stall");
+    let took = started.elapsed();
+    assert_eq!(sha(&got), sha(&data), "bytes read around a stalled DataNode");
+    let summary = env.fs.summary();
+    eprintln!("stalled DataNode: read in {took:?}; {summary:?}");
+    assert!(summary.hedge_wins > 0, "no stripe was served by a hedge: {summary:?}");
+    assert!(took < attempt_timeout, "a stalled replica held the file for {took:?}");
+    assert_eq!(summary.stripes_failed, 0, "{summary:?}");
 }

@@ -186,7 +186,8 @@ fn safetensors_loads_through_the_mount(env: &Env) {
 }
 
 /// Straight through `CkptFs` (no kernel): several handles of one version share one fetch per
-/// stripe, and opening a large file prefetches all of it without any read.
+/// stripe and release it once all have read it, and opening a large file prefetches all of it
+/// without any read.
 fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     let data = bytes(4242, like.len());
     let len = data.len() as u64;
@@ -201,10 +202,15 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     let reads = env.runtime.block_on(async {
         let ino = fs.lookup(bootseer_ckpt::fs::ROOT_INO, "logic.bin").await.expect("lookup").ino;
         let mut tasks = Vec::new();
-        for reader in 0..3u64 {
+        // All three open before any reads: a stripe is released once every open handle has
+        // been served it, so a handle opened later may fetch it again.
+        let mut fhs = Vec::new();
+        for _ in 0..3 {
+            fhs.push(fs.open(ino).await.expect("open").fh);
+        }
+        for (reader, fh) in fhs.into_iter().enumerate() {
             let fs = fs.clone();
             tasks.push(tokio::spawn(async move {
-                let fh = fs.open(ino).await.expect("open").fh;
                 let mut out = Vec::new();
                 // Each handle reads in its own uneven steps.
                 let step = 100_000 + reader as u32 * 77_777;
@@ -225,6 +231,8 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     }
     let after = fs.summary();
     assert_eq!(after.stripes_fetched - before.stripes_fetched, stripes, "{after:?}");
+    // Consumed by all three, every stripe left memory at once rather than by LRU.
+    assert_eq!(after.cache.released - before.cache.released, stripes, "{after:?}");
 
     // large.bin is above prefetch_threshold: open alone fetches every stripe.
     let ino = env

@@ -12,6 +12,8 @@
 //!   prefetch(source, blocks, Replay | Background)
 //!     └─ flights registered as *queued* → prefetch queue (Replay before Background, FIFO)
 //!        → `prefetch_concurrency` workers claim what is still queued and fill it in runs
+//!   cancel_queued(blob)   queued (not running) flights of a blob → Abandoned; workers skip them
+//!   release(blob, i)      drops a consumed block from memory before LRU would
 //! ```
 //!
 //! Invariants:
@@ -168,6 +170,10 @@ pub struct CacheStats {
     pub fetch_errors: u64,
     /// Blocks rejected by verification (fetched or on disk).
     pub corrupt: u64,
+    /// Blocks dropped from memory by [`BlockCache::release`] (consumed, not evicted).
+    pub released: u64,
+    /// Queued prefetches dropped by [`BlockCache::cancel_queued`].
+    pub cancelled: u64,
     /// Bytes now in the memory tier.
     pub memory_bytes: u64,
     /// Bytes now in the disk tier.
@@ -185,6 +191,8 @@ struct Counters {
     fetch_calls: AtomicU64,
     fetch_errors: AtomicU64,
     corrupt: AtomicU64,
+    released: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -442,6 +450,45 @@ impl BlockCache {
         waiting
     }
 
+    /// Drops block `index` of `blob` from the memory tier, for a filesystem that knows its
+    /// readers are done with it (the disk tier keeps its copy). Returns whether it was there.
+    pub fn release(&self, blob: &str, index: u64) -> bool {
+        let key = BlockKey { blob: blob.into(), index };
+        let mut mem = lock(&self.inner.mem);
+        match mem.blocks.pop(&key) {
+            Some(data) => {
+                mem.bytes -= data.len() as u64;
+                bump(&self.inner.counters.released, 1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels the prefetch of `blob` that has not started yet, for a filesystem whose last
+    /// reader of the blob went away. Queued blocks complete with [`CacheError::Abandoned`] for
+    /// whoever waits on the prefetch, and the workers skip them; fetches already running finish.
+    /// A later `get` or prefetch of such a block starts afresh. Returns how many were cancelled.
+    pub fn cancel_queued(&self, blob: &str) -> usize {
+        let mut cancelled = Vec::new();
+        {
+            let mut flights = lock(&self.inner.flights);
+            flights.retain(|key, flight| {
+                let drop = !flight.running && &*key.blob == blob;
+                if drop {
+                    cancelled.push((key.index, flight.tx.clone()));
+                }
+                !drop
+            });
+        }
+        for (index, tx) in &cancelled {
+            let err = CacheError::Abandoned { blob: blob.to_string(), block: *index };
+            tx.send_replace(Some(Err(err)));
+        }
+        bump(&self.inner.counters.cancelled, cancelled.len() as u64);
+        cancelled.len()
+    }
+
     /// Whether block `index` of the blob `blob` is in the memory or disk tier.
     pub fn contains(&self, blob: &str, index: u64) -> bool {
         let key = BlockKey { blob: blob.into(), index };
@@ -467,6 +514,8 @@ impl BlockCache {
             fetch_calls: get(&c.fetch_calls),
             fetch_errors: get(&c.fetch_errors),
             corrupt: get(&c.corrupt),
+            released: get(&c.released),
+            cancelled: get(&c.cancelled),
             memory_bytes: lock(&self.inner.mem).bytes,
             disk_bytes: self.inner.disk.as_ref().map_or(0, |d| d.bytes()),
         }

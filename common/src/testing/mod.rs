@@ -6,6 +6,7 @@
 //! - [`minidfs`]: a real HDFS (Hadoop MiniDFSCluster) started from `scripts/minidfs/`.
 //! - [`registry`]: a real OCI registry (Debian `docker-registry`) on 127.0.0.1.
 //! - [`fuse`]: a FUSE mount guard that unmounts and joins on drop.
+//! - [`netns`]: a private network namespace whose loopback `tc` can shape or stall per port.
 //!
 //! Real-component guards return an error when their component cannot start. Tests pass that to
 //! [`require_real`], which skips the test, or fails it when `BOOTSEER_REQUIRE_REAL=1` (as in CI).
@@ -13,6 +14,7 @@
 pub mod fuse;
 pub mod mem;
 pub mod minidfs;
+pub mod netns;
 pub mod registry;
 
 /// Set to `1` to make a real-component test fail, not skip, when its component cannot run.

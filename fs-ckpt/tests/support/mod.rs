@@ -39,6 +39,7 @@ pub fn test_config() -> CkptConfig {
         initial_window: 2,
         stripe_deadline: Duration::from_secs(8),
         attempt_timeout: Duration::from_secs(3),
+        hedge_after: Duration::from_secs(1),
         metadata_ttl: Duration::from_secs(1),
     }
 }
