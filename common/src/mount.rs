@@ -338,23 +338,58 @@ pub fn daemonize(log: Option<&Path>) -> std::io::Result<Ready> {
     }
 }
 
-/// Keeps `session` mounted at `mountpoint` until SIGTERM or SIGINT (then unmounts and joins) or
-/// until the mount goes away by other means (`umount`, `fusermount3 -u`).
-pub fn serve(session: fuser::BackgroundSession, mountpoint: &Path) -> std::io::Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGHUP);
-    // Blocked in this thread only; a watcher thread waits for them synchronously.
-    signals.thread_block().map_err(std::io::Error::from)?;
+/// Writes `data` to `path` through a temporary file and a rename, so a reader of the summary
+/// file never sees half of one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The signals [`serve`] acts on, blocked in every thread of the daemon.
+///
+/// A process-directed signal goes to any thread that does not block it, and the default action
+/// of SIGTERM or SIGUSR1 kills the whole process (no unmount, no summary). So they must be
+/// blocked before the first thread (tokio runtime, FUSE session) is spawned, which inherits the
+/// mask; [`serve`] then takes them with `sigwait` in a thread of its own.
+#[derive(Debug)]
+pub struct ServeSignals(nix::sys::signal::SigSet);
+
+impl ServeSignals {
+    /// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in the calling thread. Call it in the main
+    /// thread before any other thread exists (right after [`daemonize`]).
+    pub fn block() -> std::io::Result<Self> {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1] {
+            set.add(sig);
+        }
+        set.thread_block().map_err(std::io::Error::from)?;
+        Ok(Self(set))
+    }
+}
+
+/// Keeps `session` mounted at `mountpoint` until SIGTERM, SIGINT or SIGHUP (then unmounts and
+/// joins) or until the mount goes away by other means (`umount`, `fusermount3 -u`). SIGUSR1
+/// calls `report` and keeps serving: the filesystem's summary on demand
+/// (`pkill -USR1 -f 'bootseer-… .*MOUNTPOINT'`).
+pub fn serve(
+    session: fuser::BackgroundSession,
+    mountpoint: &Path,
+    signals: ServeSignals,
+    report: impl Fn(),
+) -> std::io::Result<()> {
+    use nix::sys::signal::Signal;
     let (tx, rx) = std::sync::mpsc::channel();
-    let watcher_signals = signals;
     std::thread::Builder::new().name("bootseer-signals".into()).spawn(move || {
-        let mask = watcher_signals;
+        let mask = signals.0;
         let _ = mask.thread_block();
-        if let Ok(sig) = mask.wait() {
-            let _ = tx.send(sig);
+        while let Ok(sig) = mask.wait() {
+            if tx.send(sig).is_err() {
+                break;
+            }
         }
     })?;
     loop {
@@ -362,14 +397,18 @@ pub fn serve(session: fuser::BackgroundSession, mountpoint: &Path) -> std::io::R
             tracing::info!(mountpoint = %mountpoint.display(), "unmounted externally");
             return session.join();
         }
-        if let Ok(sig) = rx.recv_timeout(Duration::from_millis(200)) {
-            tracing::info!(?sig, mountpoint = %mountpoint.display(), "unmounting");
-            // Our own unmount, not fuser's: with auto_unmount, fuser leaves the kernel mount to
-            // fusermount3 and its worker threads would wait on /dev/fuse forever.
-            if unmount(mountpoint)? == Unmounted::Lazily {
-                tracing::warn!(mountpoint = %mountpoint.display(), "busy: detached lazily");
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Signal::SIGUSR1) => report(),
+            Ok(sig) => {
+                tracing::info!(?sig, mountpoint = %mountpoint.display(), "unmounting");
+                // Our own unmount, not fuser's: with auto_unmount, fuser leaves the kernel mount
+                // to fusermount3 and its worker threads would wait on /dev/fuse forever.
+                if unmount(mountpoint)? == Unmounted::Lazily {
+                    tracing::warn!(mountpoint = %mountpoint.display(), "busy: detached lazily");
+                }
+                return session.join();
             }
-            return session.join();
+            Err(_) => {}
         }
     }
 }

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bootseer_common::mount::{MountArgs, MountConfig, Ready, daemonize, is_mounted, serve};
+use bootseer_common::mount::{
+    MountArgs, MountConfig, Ready, ServeSignals, daemonize, is_mounted, serve,
+};
 use bootseer_common::store::hdfs::{HdfsOptions, HdfsStore};
 use clap::{Parser, Subcommand};
 
@@ -229,8 +231,10 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         // Before any thread or runtime exists: fork is only safe then.
         daemonize(options.log.as_deref()).context("daemonizing")?
     };
+    // Before any thread exists, so every thread inherits the mask (see ServeSignals).
+    let signals = ServeSignals::block().context("blocking signals")?;
     bootseer_common::telemetry::init("info");
-    match serve_mount(&options, &mut ready) {
+    match serve_mount(&options, &mut ready, signals) {
         Ok(()) => Ok(()),
         Err(e) => {
             ready.failed(&format!("{e:#}"));
@@ -239,7 +243,11 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
     }
 }
 
-fn serve_mount(options: &MountOptions, ready: &mut Ready) -> anyhow::Result<()> {
+fn serve_mount(
+    options: &MountOptions,
+    ready: &mut Ready,
+    signals: ServeSignals,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bootseer-ckpt-rt")
@@ -281,12 +289,22 @@ fn serve_mount(options: &MountOptions, ready: &mut Ready) -> anyhow::Result<()> 
     }
     tracing::info!(source = %options.source, mountpoint = %options.mountpoint.display(), "mounted");
     ready.ready();
-    let served = serve(session, &options.mountpoint);
-    let summary = serde_json::to_string_pretty(&fs.summary()).context("encoding the summary")?;
-    tracing::info!(summary = %summary, "unmounted");
-    if let Some(path) = &options.summary {
-        std::fs::write(path, &summary).with_context(|| format!("writing {}", path.display()))?;
-    }
+    let write_summary = |when: &str| -> anyhow::Result<()> {
+        let summary =
+            serde_json::to_string_pretty(&fs.summary()).context("encoding the summary")?;
+        tracing::info!(summary = %summary, "{when}");
+        if let Some(path) = &options.summary {
+            bootseer_common::mount::write_atomic(path, summary.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    };
+    let served = serve(session, &options.mountpoint, signals, || {
+        if let Err(e) = write_summary("summary on request (SIGUSR1)") {
+            tracing::warn!(error = %format!("{e:#}"), "summary on request failed");
+        }
+    });
+    write_summary("unmounted")?;
     served.context("serving the mount")
 }
 

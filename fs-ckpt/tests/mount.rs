@@ -302,7 +302,20 @@ enum Form {
     MountFuse3,
 }
 
-/// The built binary in mount-helper form daemonizes, serves, and exits after `umount`.
+/// The JSON in `path` once it exists and parses, within `limit`.
+fn wait_json(path: &Path, limit: Duration) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(v) = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// The built binary in mount-helper form daemonizes, serves, writes its summary on SIGUSR1,
+/// and exits after `umount`.
 fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>), form: Form) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mountpoint = dir.path().join("mnt");
@@ -351,8 +364,20 @@ fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>), form: F
     assert!(bootseer_common::mount::is_mounted(&mountpoint), "not mounted after exit 0");
     eprintln!("{form:?}: daemon mount ready after {:?}", started.elapsed());
     let read = std::fs::read(mountpoint.join(key));
+    // SIGUSR1: the summary so far, written while the mount keeps serving.
+    let mp = mountpoint.to_string_lossy().into_owned();
+    // The daemon only: fusermount3 (auto_unmount) also names the mountpoint.
+    let pattern = format!("bootseer-ckpt .*{mp}");
+    let signalled = std::process::Command::new("pkill").args(["-USR1", "-f", &pattern]).status();
+    let snapshot = wait_json(&summary, Duration::from_secs(10));
+    let still_mounted = bootseer_common::mount::is_mounted(&mountpoint);
     // Unmount before asserting, so a failure leaves no mount behind.
     let umount = std::process::Command::new("umount").arg(&mountpoint).status().expect("umount");
+    assert!(signalled.is_ok_and(|s| s.success()), "no daemon for {mp} to signal");
+    let snapshot = snapshot.unwrap_or_else(|| panic!("no summary on SIGUSR1\n{}", log_text()));
+    assert!(still_mounted, "SIGUSR1 must not end the mount");
+    assert!(snapshot["bytes_read"].as_u64().unwrap_or(0) >= data.len() as u64, "{snapshot}");
+    std::fs::remove_file(&summary).expect("remove the SIGUSR1 summary");
     let read = read.expect("read through the daemon's mount");
     assert_eq!(sha(&read), sha(data));
     assert!(umount.success(), "umount failed: {umount}");

@@ -1,7 +1,7 @@
 //! What the `bootseer-image` binary runs: `convert`, `mount` (also the mount-helper form) and
 //! `trace show`. Plain config structs in, `anyhow` out; `main.rs` only parses.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use bootseer_common::mount::{self, MountArgs, MountConfig, Ready};
@@ -117,8 +117,10 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         // Before any thread or runtime exists (daemonize's precondition).
         mount::daemonize(options.log.as_deref()).context("daemonizing")?
     };
+    // Before any thread exists, so every thread inherits the mask (see ServeSignals).
+    let signals = mount::ServeSignals::block().context("blocking signals")?;
     bootseer_common::telemetry::init("bootseer_image=info,bootseer_common=info");
-    match mount_inner(&options, &mut ready) {
+    match mount_inner(&options, &mut ready, signals) {
         Ok(()) => Ok(()),
         Err(e) => {
             ready.failed(&format!("{e:#}"));
@@ -127,7 +129,11 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
     }
 }
 
-fn mount_inner(options: &MountOptions, ready: &mut Ready) -> anyhow::Result<()> {
+fn mount_inner(
+    options: &MountOptions,
+    ready: &mut Ready,
+    signals: mount::ServeSignals,
+) -> anyhow::Result<()> {
     let rt = runtime()?;
     let session = rt
         .block_on(ImageSession::open(&options.reference, options.session.clone()))
@@ -154,23 +160,31 @@ fn mount_inner(options: &MountOptions, ready: &mut Ready) -> anyhow::Result<()> 
     tracing::info!(image = %options.reference, mountpoint = %options.mountpoint.display(),
         replay = session.has_trace(), "mounted");
     ready.ready();
-    mount::serve(bg, &options.mountpoint).context("serving")?;
+    mount::serve(bg, &options.mountpoint, signals, || {
+        // SIGUSR1: the summary so far, where the one at unmount goes.
+        match serde_json::to_string_pretty(&session.snapshot()) {
+            Ok(json) => {
+                tracing::info!(summary = %json, "summary on request (SIGUSR1)");
+                if let Some(path) = &options.summary
+                    && let Err(e) = mount::write_atomic(path, json.as_bytes())
+                {
+                    tracing::warn!(error = %e, path = %path.display(), "writing the summary");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "encoding the summary"),
+        }
+    })
+    .context("serving")?;
     let summary = rt.block_on(session.finish())?;
     let json = serde_json::to_string_pretty(&summary)?;
     tracing::info!(summary = %json, "unmounted");
     if let Some(path) = &options.summary {
-        write_atomic(path, json.as_bytes())?;
+        mount::write_atomic(path, json.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if options.foreground {
         println!("{json}");
     }
-    Ok(())
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 

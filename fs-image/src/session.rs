@@ -305,6 +305,9 @@ pub struct MountSummary {
     pub trace_stored: Option<String>,
     /// Cache counters.
     pub cache: CacheSummary,
+    /// False for a summary taken while mounted (SIGUSR1): the recording and replay are still
+    /// running, so `blocks_accessed` counts so far and coverage is not known yet.
+    pub at_unmount: bool,
 }
 
 /// One mount's image, cache, recorder and replay.
@@ -500,8 +503,25 @@ impl ImageSession {
             persist(&self.store, &self.image, &self.trace_key, self.stored.as_ref(), new).await?;
             trace_stored = Some(self.trace_key.clone());
         }
+        let accessed = recording.as_ref().map_or(0, |t| t.records.len() as u64);
+        Ok(self.summary(accessed, coverage, trace_stored, true))
+    }
+
+    /// The summary so far, while mounted (for SIGUSR1).
+    pub fn snapshot(&self) -> MountSummary {
+        let accessed = self.recorder.as_ref().map_or(0, |r| r.recorded());
+        self.summary(accessed, None, None, false)
+    }
+
+    fn summary(
+        &self,
+        blocks_accessed: u64,
+        trace_coverage: Option<f64>,
+        trace_stored: Option<String>,
+        at_unmount: bool,
+    ) -> MountSummary {
         let rs = self.replay_stats.clone().unwrap_or_default();
-        Ok(MountSummary {
+        MountSummary {
             image: self.image.original.clone(),
             workload: self.config.workload.clone(),
             trace_mode: self.config.trace,
@@ -512,10 +532,11 @@ impl ImageSession {
             replay_requests: rs.requests,
             replay_blocks: rs.blocks,
             replay_failures: rs.failures,
-            blocks_accessed: recording.as_ref().map_or(0, |t| t.records.len() as u64),
-            trace_coverage: coverage,
+            blocks_accessed,
+            trace_coverage,
             trace_stored,
             cache: self.fs.cache().stats().into(),
-        })
+            at_unmount,
+        }
     }
 }

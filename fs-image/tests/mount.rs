@@ -305,15 +305,36 @@ fn the_binary_mounts_in_every_calling_form_and_writes_a_summary() {
         assert!(status.success(), "{form}: mount returned {status}");
         assert!(is_mounted(mnt.path()), "{form}: returned before the mount was ready");
         let read = std::fs::read(mnt.path().join("hello"));
+        // SIGUSR1: the summary so far, while the mount keeps serving.
+        let mut snapshot = None;
+        if !helper {
+            let mp = mnt.path().to_string_lossy().into_owned();
+            // The daemon only: fusermount3 (auto_unmount) also names the mountpoint.
+            let pattern = format!("bootseer-image mount .*{mp}");
+            let signalled =
+                std::process::Command::new("pkill").args(["-USR1", "-f", &pattern]).status();
+            assert!(signalled.is_ok_and(|s| s.success()), "no daemon for {mp} to signal");
+            wait_for("the SIGUSR1 summary", || summary.exists());
+            snapshot = Some(std::fs::read(&summary).expect("summary"));
+            std::fs::remove_file(&summary).expect("remove the SIGUSR1 summary");
+            assert!(is_mounted(mnt.path()), "SIGUSR1 must not end the mount");
+        }
         let unmounted =
             std::process::Command::new("umount").arg(mnt.path()).status().expect("umount");
         assert_eq!(read.expect("read through the daemon"), b"hello, image\n");
         assert!(unmounted.success());
+        if let Some(snapshot) = snapshot {
+            let s: serde_json::Value = serde_json::from_slice(&snapshot).expect("json");
+            assert_eq!(s["at_unmount"], false, "{s}");
+            assert_eq!(s["cache"]["blocks_on_demand"], 1, "{s}");
+            assert_eq!(s["trace_stored"], serde_json::Value::Null, "{s}");
+        }
         wait_for("the summary", || summary.exists());
         let s: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("json");
         assert_eq!(s["trace_stored"], "traces/cli/v1/cli", "{s}");
         assert_eq!(s["blocks_accessed"], 1, "{s}");
+        assert_eq!(s["at_unmount"], true, "{s}");
         if helper {
             // The first mount stored a trace; the second found and replayed it, so its one
             // block came from the replay (or the read joined it), not from an on-demand fetch.
