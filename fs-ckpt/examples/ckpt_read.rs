@@ -8,7 +8,9 @@
 //!   start included, as users pay it;
 //! - `mount-read`: the same through a real FUSE mount, `std::fs` reads of 1 MiB;
 //! - `mount-cat`: `cat FILE > /dev/null` on a fresh mount;
-//! - `mount-fio`: fio, one sequential 1 MiB-block reader per file, on a fresh mount.
+//! - `mount-fio`: fio running `scripts/fio/ckpt-seq.fio` (one sequential 1 MiB reader), on a
+//!   fresh mount. After the repetitions, `scripts/fio/ckpt-rand.fio` (4 random 128 KiB readers,
+//!   10 s) runs once per repetition on a fresh mount and its MB/s is printed beside the table.
 //!
 //! `--dn-mbit N` gives each DataNode its own `tc htb` class of N Mbit/s on `lo`, matched on its
 //! transfer port, so DataNodes behave like hosts with their own NICs. `scripts/bench/ckpt-read`
@@ -244,12 +246,11 @@ fn main() -> anyhow::Result<()> {
 
         if have_fio {
             let (took, ()) = mounted(&store, &config, &runtime, |root| {
-                let names: Vec<String> =
-                    keys.iter().map(|k| root.join(k).display().to_string()).collect();
+                // The job file users run (scripts/fio/ckpt-seq.fio), its one-reader section.
                 let status = Command::new("fio")
-                    .args(["--name=ckpt", "--rw=read", "--bs=1M", "--ioengine=psync", "--readonly"])
-                    .arg(format!("--filename={}", names.join(":")))
-                    .arg(format!("--size={}", len * keys.len() as u64))
+                    .args(["--readonly", "--section=seq-1job", "scripts/fio/ckpt-seq.fio"])
+                    .env("DIR", root)
+                    .env("FILES", keys.join(":"))
                     .stdout(Stdio::null())
                     .status()?;
                 anyhow::ensure!(status.success(), "fio failed");
@@ -258,6 +259,25 @@ fn main() -> anyhow::Result<()> {
             results[5].1.push(took);
         }
         eprintln!("rep {} done", rep + 1);
+    }
+
+    // Random 128 KiB preads (scripts/fio/ckpt-rand.fio), a fresh mount per repetition.
+    let mut rand_mbps = Vec::new();
+    if have_fio {
+        for _ in 0..reps {
+            let (_, mbps) = mounted(&store, &config, &runtime, |root| {
+                let out = Command::new("fio")
+                    .args(["--readonly", "--output-format=json", "scripts/fio/ckpt-rand.fio"])
+                    .env("DIR", root)
+                    .env("FILES", keys.join(":"))
+                    .env("RUNTIME", "10")
+                    .output()?;
+                anyhow::ensure!(out.status.success(), "fio failed");
+                let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                Ok(json["jobs"][0]["read"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e6)
+            })?;
+            rand_mbps.push(mbps);
+        }
     }
 
     let base = median(results[0].1.clone());
@@ -270,6 +290,15 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{name:<14} {:>10.3} {mbps:>9.1} {ratio:>8.2}  {}",
             m.as_secs_f64(),
+            all.join(" ")
+        );
+    }
+    if !rand_mbps.is_empty() {
+        rand_mbps.sort_by(f64::total_cmp);
+        let all: Vec<String> = rand_mbps.iter().map(|m| format!("{m:.1}")).collect();
+        println!(
+            "mount-fio-rand: median {:.1} MB/s (4 random 128 KiB readers, 10 s; runs {})",
+            rand_mbps[rand_mbps.len() / 2],
             all.join(" ")
         );
     }

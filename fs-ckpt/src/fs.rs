@@ -205,6 +205,31 @@ pub struct CkptFs {
     counters: Counters,
 }
 
+/// `stripes` in the order the prefetch queue should fetch them: round-robin over the HDFS
+/// blocks they lie in (1st stripe of each block, then the 2nd of each, …). Fetched in file
+/// order, the `concurrency` stripes in flight would all lie in one block, whose 3 replicas are
+/// 3 DataNodes however many the cluster has; interleaved, they reach the replicas of several
+/// blocks. A reader waiting for a stripe does not wait for this order: its read promotes it.
+fn interleave_blocks(plan: &StripePlan, stripes: std::ops::Range<u64>) -> Vec<u64> {
+    let mut order: Vec<(u64, u64, u64)> = stripes
+        .map(|i| {
+            let block = plan.range(i).start / plan.block_size.max(1);
+            (block, i)
+        })
+        .scan((u64::MAX, 0u64), |(last_block, nth), (block, i)| {
+            if block != *last_block {
+                *last_block = block;
+                *nth = 0;
+            } else {
+                *nth += 1;
+            }
+            Some((*nth, block, i))
+        })
+        .collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, _, i)| i).collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every section under these locks leaves its data consistent; a poisoned lock is used as is.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -488,7 +513,7 @@ impl CkptFs {
     fn queue_stripes(&self, file: &OpenFile, stripes: std::ops::Range<u64>) {
         // One job per stripe: the cache fetches a job's blocks as one run and completes them
         // together, so per-stripe jobs let readers use each stripe as soon as it lands.
-        for stripe in stripes {
+        for stripe in interleave_blocks(file.source.plan(), stripes) {
             self.cache.spawn_prefetch(&file.dyn_source, stripe..stripe + 1, Priority::Background);
         }
     }
@@ -610,6 +635,27 @@ impl CkptFs {
             readers_reopened: get(&s.reopened),
             version_changed: get(&s.version_changed),
             cache: self.cache.stats(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_order_takes_one_stripe_of_each_block_in_turn() {
+        // Blocks of 4 stripes (the last block short), queued from the middle of block 0.
+        let plan = StripePlan::new(4 * 1000 + 500, 1000, 250);
+        assert_eq!(
+            interleave_blocks(&plan, 2..18),
+            vec![2, 4, 8, 12, 16, 3, 5, 9, 13, 17, 6, 10, 14, 7, 11, 15]
+        );
+        // Every stripe exactly once, whatever the range.
+        for range in [0..0, 0..1, 0..18, 5..6, 7..13] {
+            let mut got = interleave_blocks(&plan, range.clone());
+            got.sort_unstable();
+            assert_eq!(got, range.collect::<Vec<_>>());
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   cache.fetch(stripes a..b)
 //!     └─ version check (at most once per metadata TTL: stat → same len and mtime, else EIO)
 //!     └─ per stripe, up to `concurrency` at once, one *attempt* at a time:
+//!          slot    = the reader whose path to this HDFS block has the best measured
+//!                    bytes/s per read in flight (see `choose_slot`)
 //!          attempt = reader[slot].read_range(stripe)          (clamped at the pinned length)
 //!                    └─ no reply after the hedge delay → the same read on a fresh reader,
 //!                       again each hedge delay (≤ MAX_HEDGES); first full reply wins
@@ -16,8 +18,9 @@
 //! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, so a
 //! link that is merely busy (every stripe slow) does not double its own load, while a stalled
 //! DataNode (one stripe far slower than its peers) costs about one hedge delay, not an attempt
-//! timeout. hdfs-native reads a block from the first replica the NameNode listed, and the
-//! NameNode shuffles equal replicas per open, so a fresh reader is the way to ask another one.
+//! timeout; and at most `hedge_cap` hedges run per mount at once. hdfs-native reads a block
+//! from the first replica the NameNode listed, and the NameNode shuffles equal replicas per
+//! open, so a fresh reader is the way to ask another one.
 //!
 //! [`StripePlan`] maps stripes to bytes: each HDFS block is cut into `stripe_size` pieces (the
 //! last piece of a block may be short), so no stripe ever crosses a block and each read talks to
@@ -124,6 +127,8 @@ pub struct StripeCounters {
     pub hedged: AtomicU64,
     /// Stripes whose bytes came from a hedge read.
     pub hedge_wins: AtomicU64,
+    /// Hedge reads running now (capped: see `hedge_cap`).
+    pub hedges_running: AtomicU64,
     /// Moving average of a successful attempt's time, in ns (weight 1/8 per sample).
     pub avg_attempt_ns: AtomicU64,
     /// Stripes that failed for good.
@@ -132,6 +137,51 @@ pub struct StripeCounters {
     pub reopened: AtomicU64,
     /// Fetches refused because the file changed or vanished.
     pub version_changed: AtomicU64,
+}
+
+/// One (reader, HDFS block) pair. A reader reads a block from the first replica the NameNode
+/// listed when it was opened, so this is one DataNode's speed as this file sees it.
+#[derive(Debug, Default)]
+struct PathStats {
+    /// Moving average of bytes per second of finished reads (0: not measured yet).
+    rate: AtomicU64,
+    /// Reads running now.
+    inflight: AtomicU64,
+}
+
+/// One of the mount's running hedge reads, released on drop.
+struct HedgeSlot<'a>(&'a StripeCounters);
+
+impl<'a> HedgeSlot<'a> {
+    fn take(counters: &'a StripeCounters, cap: u64) -> Option<Self> {
+        let running = &counters.hedges_running;
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
+            .ok()
+            .map(|_| Self(counters))
+    }
+}
+
+impl Drop for HedgeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.hedges_running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a read on a path while it runs, however it ends (done, failed or dropped).
+struct Inflight<'a>(&'a PathStats);
+
+impl<'a> Inflight<'a> {
+    fn new(path: &'a PathStats) -> Self {
+        path.inflight.fetch_add(1, Ordering::Relaxed);
+        Self(path)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One version of one HDFS file, read in stripes over several independent readers.
@@ -145,6 +195,10 @@ pub struct StripeSource {
     config: CkptConfig,
     readers: Mutex<Vec<Arc<HdfsReader>>>,
     next_reader: AtomicUsize,
+    /// Per (reader slot, HDFS block): what reading that block through that reader has shown.
+    paths: Vec<PathStats>,
+    /// Reader slots (fixed at open; a slot's reader may be replaced).
+    slots: usize,
     /// Handles the filesystem has open on this version now.
     handles: AtomicUsize,
     /// Handles ever opened on this version.
@@ -195,6 +249,10 @@ impl StripeSource {
             config: config.clone(),
             readers: Mutex::new(readers),
             next_reader: AtomicUsize::new(0),
+            paths: (0..n as u64 * plan.len.div_ceil(plan.block_size).max(1))
+                .map(|_| PathStats::default())
+                .collect(),
+            slots: n,
             handles: AtomicUsize::new(0),
             opened: AtomicU64::new(0),
             served: (0..plan.count()).map(|_| AtomicU64::new(0)).collect(),
@@ -281,6 +339,44 @@ impl StripeSource {
         readers.get(slot % readers.len().max(1)).cloned()
     }
 
+    fn path(&self, slot: usize, block: u64) -> Option<&PathStats> {
+        self.paths.get(block as usize * self.slots + slot % self.slots.max(1))
+    }
+
+    /// The reader slot for the next stripe of HDFS block `block`: the one whose path promises
+    /// the most bytes per second per read already on it. Which reader reads a stripe decides
+    /// which DataNode serves it, so choosing blindly (round-robin) leaves each DataNode a fixed,
+    /// random share of the file and the file waits for the busiest; choosing by measured speed
+    /// moves work off a DataNode that is behind. Paths not measured yet count at the block's
+    /// mean measured rate (at first all are equal, so the round-robin start spreads them).
+    fn choose_slot(&self, block: u64) -> usize {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let n = self.slots.max(1);
+        let stats: Vec<(usize, u64, u64)> = (0..n)
+            .map(|k| (start + k) % n)
+            .filter_map(|slot| {
+                let p = self.path(slot, block)?;
+                Some((slot, p.rate.load(Ordering::Relaxed), p.inflight.load(Ordering::Relaxed)))
+            })
+            .collect();
+        best_slot(&stats).unwrap_or(start % n)
+    }
+
+    /// Notes a read of `bytes` on `slot` for `block` that took `took`.
+    fn note_path(&self, slot: usize, block: u64, took: Duration, bytes: u64) {
+        let Some(p) = self.path(slot, block) else { return };
+        let sample = ((bytes as f64 / took.as_secs_f64().max(1e-6)) as u64).max(1);
+        let old = p.rate.load(Ordering::Relaxed);
+        // Weight 1/2: DataNode load changes stripe by stripe; stale speeds misroute.
+        p.rate.store(if old == 0 { sample } else { (old + sample) / 2 }, Ordering::Relaxed);
+    }
+
+    /// Hedge reads the mount lets run at once: a quarter of the stripe concurrency (at least
+    /// 2), so hedges route around a stalled replica without doubling a busy link's load.
+    fn hedge_cap(&self) -> u64 {
+        (self.config.concurrency as u64 / 4).max(2)
+    }
+
     /// How long an attempt may go without a reply before a hedge read starts.
     fn hedge_delay(&self) -> Duration {
         let avg = Duration::from_nanos(self.counters.avg_attempt_ns.load(Ordering::Relaxed));
@@ -325,7 +421,18 @@ impl StripeSource {
         };
         let mut reads: FuturesUnordered<Read<'_>> = FuturesUnordered::new();
         let first = range.clone();
-        reads.push(async move { (self.read_once(&primary, first).await, None) }.boxed());
+        let block = range.start / self.plan.block_size.max(1);
+        let _inflight = self.path(slot, block).map(Inflight::new);
+        reads.push(
+            async move {
+                let result = self.read_once(&primary, first.clone()).await;
+                if result.is_ok() {
+                    self.note_path(slot, block, started.elapsed(), first.end - first.start);
+                }
+                (result, None)
+            }
+            .boxed(),
+        );
         let delay = self.hedge_delay();
         let hedge_timer = tokio::time::sleep(delay);
         tokio::pin!(hedge_timer);
@@ -351,12 +458,19 @@ impl StripeSource {
                     }
                 },
                 () = &mut hedge_timer, if hedges < MAX_HEDGES => {
+                    hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay);
+                    let Some(slot_guard) = HedgeSlot::take(&self.counters, self.hedge_cap()) else {
+                        // Enough hedges run already: on a saturated link more would only
+                        // compete with first reads; try again after another delay.
+                        continue;
+                    };
                     hedges += 1;
                     self.counters.hedged.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(key = %self.key, ?range, after = ?started.elapsed(), "hedging a slow stripe on a fresh reader");
                     let range = range.clone();
                     reads.push(
                         async move {
+                            let _slot = slot_guard;
                             match self.fresh_reader().await {
                                 Ok(r) => (self.read_once(&r, range).await, Some(r)),
                                 Err(e) => (Err(e), None),
@@ -364,17 +478,24 @@ impl StripeSource {
                         }
                         .boxed(),
                     );
-                    hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay);
                 }
             }
         }
     }
 
     fn replace_reader(&self, slot: usize, fresh: Arc<HdfsReader>) {
-        let mut readers = lock(&self.readers);
-        let n = readers.len();
-        if n > 0 {
-            readers[slot % n] = fresh;
+        {
+            let mut readers = lock(&self.readers);
+            let n = readers.len();
+            if n > 0 {
+                readers[slot % n] = fresh;
+            }
+        }
+        // A new reader has its own replica order: what the old one measured no longer holds.
+        for block in 0..(self.paths.len() / self.slots.max(1)) as u64 {
+            if let Some(p) = self.path(slot, block) {
+                p.rate.store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -390,7 +511,7 @@ impl StripeSource {
             max_backoff: Duration::from_secs(2),
             ..RetryConfig::default()
         };
-        let slot = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let slot = self.choose_slot(range.start / self.plan.block_size.max(1));
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -438,6 +559,26 @@ impl StripeSource {
             }
         }
     }
+}
+
+/// The slot with the most measured bytes/s per read in flight among `(slot, rate, inflight)`
+/// (in order of preference on ties); a rate of 0 (not measured) counts as the mean of the
+/// measured ones, or as equal to all others when none is measured.
+fn best_slot(stats: &[(usize, u64, u64)]) -> Option<usize> {
+    let known: Vec<u64> = stats.iter().map(|s| s.1).filter(|&r| r > 0).collect();
+    let mean = match known.len() {
+        0 => 1.0,
+        k => known.iter().sum::<u64>() as f64 / k as f64,
+    };
+    let mut best: Option<(usize, f64)> = None;
+    for &(slot, rate, inflight) in stats {
+        let rate = if rate == 0 { mean } else { rate as f64 };
+        let score = rate / (inflight + 1) as f64;
+        if best.is_none_or(|(_, b)| score > b) {
+            best = Some((slot, score));
+        }
+    }
+    best.map(|(slot, _)| slot)
 }
 
 /// Hedge reads one attempt may add to its first read, one per hedge delay. A fresh reader
@@ -500,6 +641,20 @@ impl BlockSource for StripeSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slot_choice_moves_reads_off_a_slow_path() {
+        // Nothing measured: the first in preference order (the round-robin start).
+        assert_eq!(best_slot(&[(2, 0, 0), (0, 0, 0), (1, 0, 0)]), Some(2));
+        // Busy paths are passed over while nothing is measured.
+        assert_eq!(best_slot(&[(2, 0, 1), (0, 0, 0), (1, 0, 1)]), Some(0));
+        // A path four times slower gets a read only when the fast one has 4+ in flight.
+        assert_eq!(best_slot(&[(0, 10, 0), (1, 40, 2)]), Some(1));
+        assert_eq!(best_slot(&[(0, 10, 0), (1, 40, 4)]), Some(0));
+        // An unmeasured path counts at the mean of the measured ones: (10 + 40) / 2 = 25.
+        assert_eq!(best_slot(&[(0, 10, 0), (1, 40, 1), (2, 0, 0)]), Some(2));
+        assert_eq!(best_slot(&[]), None);
+    }
 
     #[test]
     fn stripes_tile_the_file_without_crossing_blocks() {
