@@ -69,6 +69,10 @@ enum Command {
         /// FUSE worker threads (0: default).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Kernel read-ahead (and mmap fault-around) on the mount, e.g. 128K or 4M; default:
+        /// the mount's tuned value.
+        #[arg(long)]
+        read_ahead: Option<String>,
     },
     /// Stored traces.
     Trace {
@@ -132,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             summary,
             log,
             threads,
+            read_ahead,
         } => run::mount(MountOptions {
             reference,
             mountpoint,
@@ -148,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             summary,
             log,
             threads,
+            read_ahead_kb: read_ahead.as_deref().map(run::parse_read_ahead).transpose()?,
         }),
         Command::Trace { command: TraceCommand::Show { reference, workload } } => {
             println!("{}", run::trace_show(&reference, &workload)?);

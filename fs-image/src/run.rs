@@ -29,6 +29,13 @@ pub struct MountOptions {
     pub log: Option<PathBuf>,
     /// FUSE worker threads (0: the default).
     pub threads: usize,
+    /// Kernel read-ahead in KiB (`None`: [`MountConfig`]'s default).
+    pub read_ahead_kb: Option<u32>,
+}
+
+/// Parses a read-ahead size (`128K`, `4M`) into KiB.
+pub fn parse_read_ahead(s: &str) -> anyhow::Result<u32> {
+    u32::try_from(parse_size(s)? / 1024).context("read-ahead too large")
 }
 
 /// Parses `10G`, `512M`, `64k` or plain bytes (the parser every bootseer binary uses).
@@ -62,6 +69,7 @@ pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
             "summary" => o.summary = Some(v.into()),
             "log" => o.log = Some(v.into()),
             "threads" => o.threads = v.parse().context("threads")?,
+            "read_ahead" => o.read_ahead_kb = Some(parse_read_ahead(v)?),
             "foreground" => o.foreground = true,
             _ => {}
         }
@@ -147,6 +155,9 @@ fn mount_inner(
     };
     if options.threads > 0 {
         config.threads = options.threads;
+    }
+    if let Some(kb) = options.read_ahead_kb {
+        config.read_ahead_kb = kb;
     }
     let fuse = ImageFuse::new(session.fs(), rt.handle().clone(), config.clone());
     let bg = fuser::spawn_mount(fuse, &options.mountpoint, &config.fuser_config())
