@@ -11,9 +11,11 @@
 //!  Tree (arena; hardlinks share a node) ─► Metadata (reachable nodes only, renumbered)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
+use std::rc::Rc;
 
 use bootseer_common::digest::Digest;
 use serde::Deserialize;
@@ -47,11 +49,31 @@ struct OciManifest {
 struct Node {
     inode: Inode,
     children: BTreeMap<String, usize>,
-    layer: usize,
 }
 
 struct Tree {
     nodes: Vec<Node>,
+}
+
+/// What the layer being applied has put into the tree so far. Whiteouts hide only what lower
+/// layers put there, so an opaque marker must know which entries are this layer's own.
+#[derive(Default)]
+struct LayerEdits {
+    /// Names this layer created or re-declared, by directory node.
+    added: HashMap<usize, HashSet<String>>,
+    /// Directories of lower layers that this layer re-declared (dir over dir): they still hold
+    /// lower entries.
+    merged: HashSet<usize>,
+}
+
+impl LayerEdits {
+    fn add(&mut self, dir: usize, name: &str) {
+        self.added.entry(dir).or_default().insert(name.to_string());
+    }
+
+    fn has(&self, dir: usize, name: &str) -> bool {
+        self.added.get(&dir).is_some_and(|names| names.contains(name))
+    }
 }
 
 fn dir_inode(mode: u32) -> Inode {
@@ -84,11 +106,11 @@ fn components(entry: &str) -> Result<Vec<String>> {
 
 impl Tree {
     fn new() -> Self {
-        Self { nodes: vec![Node { inode: dir_inode(0o755), children: BTreeMap::new(), layer: 0 }] }
+        Self { nodes: vec![Node { inode: dir_inode(0o755), children: BTreeMap::new() }] }
     }
 
     /// The directory that holds `parts`' last component, creating missing directories.
-    fn parent(&mut self, entry: &str, parts: &[String], layer: usize) -> Result<usize> {
+    fn parent(&mut self, entry: &str, parts: &[String], edits: &mut LayerEdits) -> Result<usize> {
         let mut cur = 0;
         for c in &parts[..parts.len().saturating_sub(1)] {
             cur = match self.nodes[cur].children.get(c) {
@@ -101,17 +123,24 @@ impl Tree {
                 },
                 None => {
                     let id = self.nodes.len();
-                    self.nodes.push(Node {
-                        inode: dir_inode(0o755),
-                        children: BTreeMap::new(),
-                        layer,
-                    });
+                    self.nodes.push(Node { inode: dir_inode(0o755), children: BTreeMap::new() });
                     self.nodes[cur].children.insert(c.clone(), id);
+                    edits.add(cur, c);
                     id
                 }
             };
         }
         Ok(cur)
+    }
+
+    /// Applies an opaque marker in `dir`: drops every entry lower layers put below it, also
+    /// inside directories this layer re-declared, whatever the order of the tar entries.
+    fn hide_lower(&mut self, dir: usize, edits: &LayerEdits) {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            self.nodes[d].children.retain(|name, _| edits.has(d, name));
+            stack.extend(self.nodes[d].children.values().filter(|c| edits.merged.contains(c)));
+        }
     }
 
     fn lookup(&self, parts: &[String]) -> Option<usize> {
@@ -187,19 +216,52 @@ fn header_is_dir(entry: &tar::Entry<'_, impl Read>) -> bool {
     entry.header().entry_type() == tar::EntryType::Directory
 }
 
+/// A reader that notes where its inner reader first reported the end of the stream, so that a tar
+/// ending right after an entry's data can be told from one cut short inside it.
+struct EndAt<R> {
+    inner: R,
+    pos: u64,
+    end: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for EndAt<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.end.get().is_none() {
+            self.end.set(Some(self.pos));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Applies one layer's tar stream to `tree`; file bytes go to `writer`, which is blob `layer`.
 fn apply_layer(
     tree: &mut Tree,
     layer: usize,
     reader: impl Read,
     writer: &mut BlobWriter,
 ) -> Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| ImageError::convert(format!("layer {layer}"), e.to_string()))?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|e| ImageError::convert(format!("layer {layer}"), e.to_string()))?;
+    let at = |e: std::io::Error| ImageError::convert(format!("layer {layer}"), e.to_string());
+    let end = Rc::new(Cell::new(None));
+    let mut archive = tar::Archive::new(EndAt { inner: reader, pos: 0, end: end.clone() });
+    let mut entries = archive.entries().map_err(at)?;
+    let mut edits = LayerEdits::default();
+    // Where the data of the entry before this one ends in the tar stream.
+    let mut data_end = None;
+    loop {
+        let mut entry = match entries.next() {
+            None => break,
+            Some(Ok(entry)) => entry,
+            // umoci 0.4.7's `insert` writes layers that stop right after the last entry's data,
+            // without its padding and the end-of-archive blocks (umoci#436, fixed by umoci#534). Go's
+            // tar reader, and with it umoci, containerd and docker, takes such a stream as
+            // complete, so we do too, but only when it ended exactly there.
+            Some(Err(_)) if data_end.is_some() && end.get() == data_end => break,
+            Some(Err(e)) => return Err(at(e)),
+        };
+        let sparse = entry.header().entry_type() == tar::EntryType::GNUSparse;
+        data_end = (!sparse).then(|| entry.raw_file_position() + entry.size());
         let raw = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| {
             ImageError::convert(format!("layer {layer}"), "entry name is not UTF-8")
         })?;
@@ -207,21 +269,14 @@ fn apply_layer(
         let pax = pax_map(&mut entry)?;
         let is_root = parts.is_empty();
         let name = parts.last().cloned().unwrap_or_default();
-        let parent = tree.parent(&raw, &parts, layer)?;
+        let parent = tree.parent(&raw, &parts, &mut edits)?;
         if is_root && header_is_dir(&entry) {
             // handled below with the other directories
         } else if is_root {
             return Err(ImageError::convert(&raw, "the root is not a directory"));
         }
         if name == ".wh..wh..opq" {
-            let nodes = &tree.nodes;
-            let keep: BTreeMap<String, usize> = nodes[parent]
-                .children
-                .iter()
-                .filter(|(_, id)| nodes[**id].layer == layer)
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            tree.nodes[parent].children = keep;
+            tree.hide_lower(parent, &edits);
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
@@ -270,9 +325,9 @@ fn apply_layer(
                 if let Some(&id) = tree.nodes[parent].children.get(&name)
                     && matches!(tree.nodes[id].inode.kind, Kind::Dir { .. })
                 {
-                    let node = &mut tree.nodes[id];
-                    node.inode = attrs(libc::S_IFDIR, Kind::Dir { entries: Vec::new() });
-                    node.layer = layer;
+                    tree.nodes[id].inode = attrs(libc::S_IFDIR, Kind::Dir { entries: Vec::new() });
+                    edits.add(parent, &name);
+                    edits.merged.insert(id);
                     continue;
                 }
                 attrs(libc::S_IFDIR, Kind::Dir { entries: Vec::new() })
@@ -290,6 +345,15 @@ fn apply_layer(
                     }
                     writer.write(&buf[..n])?;
                     size += n as u64;
+                }
+                if size != entry.size() {
+                    return Err(ImageError::convert(
+                        &raw,
+                        format!(
+                            "layer {layer} ends inside this file ({size} of {} bytes)",
+                            entry.size()
+                        ),
+                    ));
                 }
                 attrs(libc::S_IFREG, Kind::File { size, blob: layer as u32, offset })
             }
@@ -314,6 +378,7 @@ fn apply_layer(
                 if matches!(tree.nodes[id].inode.kind, Kind::Dir { .. }) {
                     return Err(ImageError::convert(&raw, "hardlink to a directory"));
                 }
+                edits.add(parent, &name);
                 tree.nodes[parent].children.insert(name, id);
                 continue;
             }
@@ -328,7 +393,8 @@ fn apply_layer(
             _ => continue,
         };
         let id = tree.nodes.len();
-        tree.nodes.push(Node { inode, children: BTreeMap::new(), layer });
+        tree.nodes.push(Node { inode, children: BTreeMap::new() });
+        edits.add(parent, &name);
         tree.nodes[parent].children.insert(name, id);
     }
     Ok(())
@@ -488,6 +554,49 @@ mod tests {
         ] {
             let err = apply(&[layer(&entries)]).expect_err("must be refused").to_string();
             assert!(err.contains(want), "{err} lacks {want}");
+        }
+    }
+
+    #[test]
+    fn an_opaque_marker_after_a_redeclared_directory_still_hides_its_lower_entries() {
+        use tar::EntryType as T;
+        let lower = layer(&[
+            ("a/", T::Directory, b"", ""),
+            ("a/old", T::Regular, b"1", ""),
+            ("a/sub/", T::Directory, b"", ""),
+            ("a/sub/lower", T::Regular, b"2", ""),
+        ]);
+        // The marker last: `a/sub` is this layer's again, but its lower entries are still hidden.
+        let upper = layer(&[
+            ("a/", T::Directory, b"", ""),
+            ("a/sub/", T::Directory, b"", ""),
+            ("a/sub/upper", T::Regular, b"3", ""),
+            ("a/new", T::Regular, b"4", ""),
+            ("a/.wh..wh..opq", T::Regular, b"", ""),
+        ]);
+        let meta = apply(&[lower, upper]).expect("apply");
+        let child = |dir: usize, name: &str| match &meta.inodes[dir].kind {
+            Kind::Dir { entries } => {
+                entries.iter().find(|e| e.name == name).map(|e| e.inode as usize)
+            }
+            _ => None,
+        };
+        let a = child(0, "a").expect("a");
+        assert_eq!(names(&meta, a), ["new", "sub"]);
+        assert_eq!(names(&meta, child(a, "sub").expect("sub")), ["upper"]);
+    }
+
+    #[test]
+    fn a_tar_ending_right_after_its_last_data_is_complete_but_one_cut_inside_it_is_not() {
+        use tar::EntryType as T;
+        let full = layer(&[("d/", T::Directory, b"", ""), ("d/f", T::Regular, b"hello", "")]);
+        // Two headers, then the five data bytes: what umoci 0.4.7's `insert` leaves.
+        let unterminated = full[..2 * 512 + 5].to_vec();
+        let meta = apply(&[unterminated]).expect("unterminated layer");
+        assert_eq!(meta.blobs[0].data_len, 5);
+        for cut in [2 * 512 + 3, 2 * 512 + 100, 512 + 100] {
+            let err = apply(&[full[..cut].to_vec()]).expect_err("cut short").to_string();
+            assert!(err.contains("layer 0"), "cut at {cut}: {err}");
         }
     }
 }
