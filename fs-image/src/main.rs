@@ -29,7 +29,7 @@ enum Command {
         /// Bytes of file data per block (k/M suffixes).
         #[arg(long, default_value = "1M")]
         block_size: String,
-        /// Print the result as JSON.
+        /// Print only the result, as JSON (no progress line).
         #[arg(long)]
         json: bool,
     },
@@ -102,8 +102,9 @@ fn main() -> anyhow::Result<()> {
         Command::Convert { source, dest, block_size, json } => {
             let block_size = u32::try_from(parse_size(&block_size)?)
                 .map_err(|_| anyhow::anyhow!("block size too large"))?;
-            let report =
-                run::convert(&source, &dest, &ConvertConfig { block_size, ..Default::default() })?;
+            let config = ConvertConfig { block_size, ..Default::default() };
+            // The progress line goes to stderr, and only when it is a terminal.
+            let report = run::convert_with(&source, &dest, &config, !json)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

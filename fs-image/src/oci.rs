@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::convert::{BlobWriter, ConvertConfig};
 use crate::error::{ImageError, Result};
 use crate::format::{Entry, Inode, Kind, Metadata, Xattr};
+use crate::progress::Progress;
 
 /// The OCI annotation naming a manifest's tag in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -241,6 +242,7 @@ fn apply_layer(
     layer: usize,
     reader: impl Read,
     writer: &mut BlobWriter,
+    progress: &Progress,
 ) -> Result<()> {
     let at = |e: std::io::Error| ImageError::convert(format!("layer {layer}"), e.to_string());
     let end = Rc::new(Cell::new(None));
@@ -355,6 +357,7 @@ fn apply_layer(
                         ),
                     ));
                 }
+                progress.file(size);
                 attrs(libc::S_IFREG, Kind::File { size, blob: layer as u32, offset })
             }
             T::Symlink => {
@@ -422,7 +425,11 @@ fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {
 }
 
 /// Builds an image from the OCI layout `DIR[:TAG]`; one data blob per layer.
-pub fn build_from_layout(spec: &str, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
+pub fn build_from_layout(
+    spec: &str,
+    config: &ConvertConfig,
+    progress: &Progress,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
     let (dir, tag) = split_source(spec);
     let dir = Path::new(dir);
     let index_path = dir.join("index.json");
@@ -445,18 +452,26 @@ pub fn build_from_layout(spec: &str, config: &ConvertConfig) -> Result<(Metadata
     let mut tree = Tree::new();
     let mut infos = Vec::new();
     let mut blobs = Vec::new();
+    progress.set_layers(manifest.layers.len() as u64);
     for (i, layer) in manifest.layers.iter().enumerate() {
         let data = read_blob(dir, &layer.digest)?;
+        progress.layer_bytes(data.len() as u64);
         let mut writer = BlobWriter::new(config.block_size, config.level);
         let mt = layer.media_type.as_str();
         if mt.ends_with("gzip") {
-            apply_layer(&mut tree, i, flate2::read::GzDecoder::new(&data[..]), &mut writer)?;
+            apply_layer(
+                &mut tree,
+                i,
+                flate2::read::GzDecoder::new(&data[..]),
+                &mut writer,
+                progress,
+            )?;
         } else if mt.ends_with("zstd") {
             let dec = zstd::stream::Decoder::new(&data[..])
                 .map_err(|e| ImageError::convert(&layer.digest, e.to_string()))?;
-            apply_layer(&mut tree, i, dec, &mut writer)?;
+            apply_layer(&mut tree, i, dec, &mut writer, progress)?;
         } else if mt.ends_with("tar") || mt.is_empty() {
-            apply_layer(&mut tree, i, &data[..], &mut writer)?;
+            apply_layer(&mut tree, i, &data[..], &mut writer, progress)?;
         } else {
             return Err(ImageError::convert(
                 &layer.digest,
@@ -466,6 +481,7 @@ pub fn build_from_layout(spec: &str, config: &ConvertConfig) -> Result<(Metadata
         let (info, bytes) = writer.finish()?;
         infos.push(info);
         blobs.push(bytes);
+        progress.layer_done();
     }
     let meta = tree.into_metadata(config.block_size, infos)?;
     Ok((meta, blobs))
@@ -500,7 +516,7 @@ mod tests {
         let mut infos = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             let mut w = BlobWriter::new(1024, 3);
-            apply_layer(&mut tree, i, &l[..], &mut w)?;
+            apply_layer(&mut tree, i, &l[..], &mut w, &Progress::default())?;
             infos.push(w.finish()?.0);
         }
         tree.into_metadata(1024, infos)
