@@ -1,8 +1,15 @@
-//! `oci:DIR[:TAG]` sources: an OCI image layout (as skopeo and umoci write it), its layers applied
-//! in order with whiteouts and opaque directories.
+//! Container image sources: OCI and Docker image manifests, their layers applied in order with
+//! whiteouts and opaque directories. Two places hold the manifests and blobs, behind
+//! [`ImageBlobs`]: an OCI image layout (`oci:DIR[:TAG]`, as skopeo and umoci write it; here) and a
+//! registry (`docker://`, [`crate::registry`]). Both go through [`build_from_manifest`].
 //!
 //! ```text
-//!  index.json ─(ref.name = TAG)─► manifest ─► layers[i] (digest checked; tar, tar+gzip, tar+zstd)
+//!  oci:   index.json ─(ref.name = TAG)─► descriptor ─┐
+//!  docker: manifests/TAG or manifests/sha256:… ───────┤
+//!                                                     ▼
+//!  manifest bytes ─► index (OCI / Docker list)? ─► pick linux/amd64 ─► child manifest (checked)
+//!                 ─► image manifest (OCI / Docker v2 schema 2) ─► every layer's media type known?
+//!  layers[i] ─► bytes ─► sha256 and size == descriptor? ─► tar | tar+gzip | tar+zstd ─► apply
 //!    each tar entry ─► path checked (no absolute, no `..`, no write through a symlink)
 //!      `.wh..wh..opq` ─► drop the directory's entries from lower layers
 //!      `.wh.NAME`     ─► drop NAME
@@ -10,6 +17,9 @@
 //!      anything else  ─► replaces the entry; file bytes ─► layer i's BlobWriter (blob i)
 //!  Tree (arena; hardlinks share a node) ─► Metadata (reachable nodes only, renumbered)
 //! ```
+//!
+//! Every manifest and layer is checked against its descriptor before it is used; a layer is
+//! named in errors as `layer N/TOTAL (sha256:…)`, counting from 1.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,19 +32,93 @@ use serde::Deserialize;
 
 use crate::convert::{BlobWriter, ConvertConfig};
 use crate::error::{ImageError, Result};
-use crate::format::{Entry, Inode, Kind, Metadata, Xattr};
+use crate::format::{Entry, Inode, Kind, Metadata, Xattr, media as bootseer_media};
 use crate::progress::Progress;
 
 /// The OCI annotation naming a manifest's tag in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-#[derive(Deserialize)]
+/// The platform picked from an image index. One fixed platform: the images bootseer mounts run
+/// on x86-64 Linux hosts.
+const PLATFORM_OS: &str = "linux";
+const PLATFORM_ARCH: &str = "amd64";
+
+/// Indexes nest (an index naming an index); real ones at most once. The bound stops a chain.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// Manifest and config media types.
+pub mod media {
+    /// OCI image manifest.
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// OCI image index.
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// Docker image manifest, v2 schema 2.
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// Docker manifest list.
+    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// OCI image config.
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// Docker image config.
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+}
+
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The compression a layer media type names; `None` for types that are not layers we can apply
+/// (foreign Docker layers, which live outside the registry; anything unknown).
+fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        // A descriptor without a type (the spec requires one) is read as a plain tar.
+        ""
+        | "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 struct OciDescriptor {
     #[serde(rename = "mediaType", default)]
     media_type: String,
     digest: String,
     #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
     annotations: HashMap<String, String>,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+impl OciDescriptor {
+    /// The digest and size, checked to be a sha256 and present.
+    fn target(&self, what: &str) -> Result<(Digest, u64)> {
+        let digest =
+            self.digest.parse::<Digest>().map_err(|e| ImageError::convert(what, e.to_string()))?;
+        let size = self.size.ok_or_else(|| ImageError::convert(what, "descriptor has no size"))?;
+        Ok((digest, size))
+    }
 }
 
 #[derive(Deserialize)]
@@ -42,9 +126,214 @@ struct OciIndex {
     manifests: Vec<OciDescriptor>,
 }
 
+/// Any manifest kind: which one it is comes from `mediaType`, or, where that is absent (it is
+/// optional in OCI), from the fields present.
 #[derive(Deserialize)]
-struct OciManifest {
-    layers: Vec<OciDescriptor>,
+struct AnyManifest {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: Option<u64>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(rename = "artifactType", default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<OciDescriptor>>,
+    #[serde(default)]
+    config: Option<OciDescriptor>,
+    #[serde(default)]
+    layers: Option<Vec<OciDescriptor>>,
+}
+
+enum Manifest {
+    Index(Vec<OciDescriptor>),
+    Image(Vec<OciDescriptor>),
+}
+
+fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
+    let bad = |reason: String| ImageError::convert(what, reason);
+    let m: AnyManifest = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not an image manifest or index (bad JSON: {e})")))?;
+    if m.schema_version == Some(1) {
+        return Err(bad("a Docker schema 1 manifest (not supported: copy the image again with a \
+                        current docker or skopeo to get schema 2)"
+            .into()));
+    }
+    let is_index = match m.media_type.as_deref() {
+        Some(media::OCI_INDEX | media::DOCKER_LIST) => true,
+        Some(media::OCI_MANIFEST | media::DOCKER_MANIFEST) => false,
+        Some(other) => return Err(bad(format!("unsupported manifest media type {other:?}"))),
+        None if m.manifests.is_some() => true,
+        None if m.layers.is_some() => false,
+        None => return Err(bad("neither an image manifest nor an index".into())),
+    };
+    if is_index {
+        let entries = m.manifests.ok_or_else(|| bad("an index without manifests".into()))?;
+        return Ok(Manifest::Index(entries));
+    }
+    if m.artifact_type.as_deref() == Some(bootseer_media::ARTIFACT) {
+        return Err(bad("already a bootseer image: mount it, or convert its source".into()));
+    }
+    let config = m.config.ok_or_else(|| bad("an image manifest without a config".into()))?;
+    if let Some(t) = m.artifact_type {
+        return Err(bad(format!("an OCI artifact of type {t:?}, not a container image")));
+    }
+    if !matches!(config.media_type.as_str(), media::OCI_CONFIG | media::DOCKER_CONFIG) {
+        return Err(bad(format!(
+            "config of type {:?}: not a container image (an OCI artifact?)",
+            config.media_type
+        )));
+    }
+    Ok(Manifest::Image(m.layers.ok_or_else(|| bad("an image manifest without layers".into()))?))
+}
+
+/// The linux/amd64 entry of an index: the one without a variant (or `v1`) first, then any other
+/// amd64 variant. An index whose only entry names no platform is taken to be that entry.
+fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a OciDescriptor> {
+    let ours = |d: &&OciDescriptor| {
+        d.platform.as_ref().is_some_and(|p| p.os == PLATFORM_OS && p.architecture == PLATFORM_ARCH)
+    };
+    let baseline = |d: &&OciDescriptor| {
+        d.platform.as_ref().is_some_and(|p| p.variant.as_deref().is_none_or(|v| v == "v1"))
+    };
+    if let Some(d) =
+        entries.iter().filter(ours).find(baseline).or_else(|| entries.iter().find(ours))
+    {
+        return Ok(d);
+    }
+    if let [only] = entries
+        && only.platform.is_none()
+    {
+        return Ok(only);
+    }
+    let have: Vec<String> = entries
+        .iter()
+        .map(|d| match &d.platform {
+            Some(p) => match &p.variant {
+                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            },
+            None => "(no platform)".into(),
+        })
+        .collect();
+    Err(ImageError::convert(
+        what,
+        format!(
+            "no {PLATFORM_OS}/{PLATFORM_ARCH} image in the index (it has: {})",
+            have.join(", ")
+        ),
+    ))
+}
+
+/// Checks that `data` is what its descriptor names.
+fn check_content(what: &str, digest: &Digest, size: u64, data: &[u8]) -> Result<()> {
+    let actual = Digest::of(data);
+    if actual != *digest || data.len() as u64 != size {
+        return Err(ImageError::convert(
+            what,
+            format!(
+                "content does not match its descriptor: got {} bytes hashing to {actual}, \
+                 expected {size} bytes (corrupted or replaced where it is stored)",
+                data.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where the manifests and blobs of one image are. Implementations only fetch; the caller checks
+/// every byte against its descriptor.
+pub(crate) trait ImageBlobs {
+    /// The bytes of the manifest or index `digest`. `what` names it in errors.
+    fn manifest(&mut self, digest: &Digest, what: &str) -> Result<Vec<u8>>;
+
+    /// The bytes of the blob `digest`, `size` long by its descriptor (fewer if the store has
+    /// fewer). Adds what arrives to `progress`. `what` names it in errors.
+    fn blob(
+        &mut self,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+        progress: &Progress,
+    ) -> Result<Vec<u8>>;
+}
+
+/// Builds an image from the manifest or index `top` (named `what` in errors), fetching the rest
+/// from `blobs`: the linux/amd64 image of an index, then its layers in order, one data blob per
+/// layer. Layer media types are all checked before the first layer is fetched.
+pub(crate) fn build_from_manifest(
+    blobs: &mut dyn ImageBlobs,
+    top: Vec<u8>,
+    what: &str,
+    config: &ConvertConfig,
+    progress: &Progress,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    let (mut bytes, mut what) = (top, what.to_string());
+    let mut layers = None;
+    for _ in 0..=MAX_INDEX_DEPTH {
+        match parse_manifest(&bytes, &what)? {
+            Manifest::Image(l) => {
+                layers = Some(l);
+                break;
+            }
+            Manifest::Index(entries) => {
+                let chosen = pick_platform(&entries, &what)?;
+                let child = format!("{PLATFORM_OS}/{PLATFORM_ARCH} manifest {}", chosen.digest);
+                let (digest, size) = chosen.target(&child)?;
+                let data = blobs.manifest(&digest, &child)?;
+                check_content(&child, &digest, size, &data)?;
+                (bytes, what) = (data, child);
+            }
+        }
+    }
+    let layers = layers.ok_or_else(|| {
+        ImageError::convert(&what, format!("indexes nested more than {MAX_INDEX_DEPTH} deep"))
+    })?;
+    let total = layers.len();
+    let mut plan = Vec::with_capacity(total);
+    for (i, layer) in layers.iter().enumerate() {
+        let name = format!("layer {}/{total} ({})", i + 1, layer.digest);
+        let compression = layer_compression(&layer.media_type).ok_or_else(|| {
+            ImageError::convert(
+                &name,
+                format!(
+                    "unsupported layer media type {:?} (supported: OCI and Docker tar, tar+gzip, \
+                     and OCI tar+zstd)",
+                    layer.media_type
+                ),
+            )
+        })?;
+        let (digest, size) = layer.target(&name)?;
+        plan.push((name, digest, size, compression));
+    }
+    progress.set_layers(total as u64);
+    let mut tree = Tree::new();
+    let mut infos = Vec::with_capacity(total);
+    let mut out = Vec::with_capacity(total);
+    for (i, (name, digest, size, compression)) in plan.into_iter().enumerate() {
+        let data = blobs.blob(&digest, size, &name, progress)?;
+        check_content(&name, &digest, size, &data)?;
+        let mut writer = BlobWriter::new(config.block_size, config.level);
+        match compression {
+            Compression::None => {
+                apply_layer(&mut tree, i, &name, &data[..], &mut writer, progress)?;
+            }
+            Compression::Gzip => {
+                let reader = flate2::read::GzDecoder::new(&data[..]);
+                apply_layer(&mut tree, i, &name, reader, &mut writer, progress)?;
+            }
+            Compression::Zstd => {
+                let reader = zstd::stream::Decoder::new(&data[..])
+                    .map_err(|e| ImageError::convert(&name, format!("zstd: {e}")))?;
+                apply_layer(&mut tree, i, &name, reader, &mut writer, progress)?;
+            }
+        }
+        let (info, bytes) = writer.finish()?;
+        infos.push(info);
+        out.push(bytes);
+        progress.layer_done();
+    }
+    let meta = tree.into_metadata(config.block_size, infos)?;
+    Ok((meta, out))
 }
 
 struct Node {
@@ -237,14 +526,31 @@ impl<R: Read> Read for EndAt<R> {
 }
 
 /// Applies one layer's tar stream to `tree`; file bytes go to `writer`, which is blob `layer`.
+/// Errors name the layer as `name`.
 fn apply_layer(
+    tree: &mut Tree,
+    layer: usize,
+    name: &str,
+    reader: impl Read,
+    writer: &mut BlobWriter,
+    progress: &Progress,
+) -> Result<()> {
+    apply_entries(tree, layer, reader, writer, progress).map_err(|e| match e {
+        ImageError::Convert { path, reason } => {
+            ImageError::Convert { path: format!("{name}: {path}"), reason }
+        }
+        other => other,
+    })
+}
+
+fn apply_entries(
     tree: &mut Tree,
     layer: usize,
     reader: impl Read,
     writer: &mut BlobWriter,
     progress: &Progress,
 ) -> Result<()> {
-    let at = |e: std::io::Error| ImageError::convert(format!("layer {layer}"), e.to_string());
+    let at = |e: std::io::Error| ImageError::convert("tar stream", e.to_string());
     let end = Rc::new(Cell::new(None));
     let mut archive = tar::Archive::new(EndAt { inner: reader, pos: 0, end: end.clone() });
     let mut entries = archive.entries().map_err(at)?;
@@ -264,9 +570,8 @@ fn apply_layer(
         };
         let sparse = entry.header().entry_type() == tar::EntryType::GNUSparse;
         data_end = (!sparse).then(|| entry.raw_file_position() + entry.size());
-        let raw = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| {
-            ImageError::convert(format!("layer {layer}"), "entry name is not UTF-8")
-        })?;
+        let raw = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| ImageError::convert("tar stream", "entry name is not UTF-8"))?;
         let parts = components(&raw)?;
         let pax = pax_map(&mut entry)?;
         let is_root = parts.is_empty();
@@ -352,7 +657,7 @@ fn apply_layer(
                     return Err(ImageError::convert(
                         &raw,
                         format!(
-                            "layer {layer} ends inside this file ({size} of {} bytes)",
+                            "the layer ends inside this file ({size} of {} bytes)",
                             entry.size()
                         ),
                     ));
@@ -411,17 +716,35 @@ fn split_source(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| ImageError::convert(digest, "not a sha256 digest"))?;
-    let path = dir.join("blobs/sha256").join(hex);
-    let data = std::fs::read(&path).map_err(|e| ImageError::io(&path, e))?;
-    if Digest::of(&data).to_string() != digest {
-        return Err(ImageError::convert(path.display(), "content does not match its digest"));
+/// The blobs of an OCI image layout: `DIR/blobs/sha256/<hex>`, manifests included.
+struct LayoutBlobs<'a> {
+    dir: &'a Path,
+}
+
+impl LayoutBlobs<'_> {
+    fn read(&self, digest: &Digest, what: &str) -> Result<Vec<u8>> {
+        let path = self.dir.join("blobs/sha256").join(digest.hex());
+        std::fs::read(&path)
+            .map_err(|e| ImageError::convert(what, format!("{}: {e}", path.display())))
     }
-    Ok(data)
+}
+
+impl ImageBlobs for LayoutBlobs<'_> {
+    fn manifest(&mut self, digest: &Digest, what: &str) -> Result<Vec<u8>> {
+        self.read(digest, what)
+    }
+
+    fn blob(
+        &mut self,
+        digest: &Digest,
+        _size: u64,
+        what: &str,
+        progress: &Progress,
+    ) -> Result<Vec<u8>> {
+        let data = self.read(digest, what)?;
+        progress.layer_bytes(data.len() as u64);
+        Ok(data)
+    }
 }
 
 /// Builds an image from the OCI layout `DIR[:TAG]`; one data blob per layer.
@@ -447,44 +770,12 @@ pub fn build_from_layout(
     .ok_or_else(|| {
         ImageError::convert(spec, "no such tag in index.json (or several images and no tag)")
     })?;
-    let manifest: OciManifest = serde_json::from_slice(&read_blob(dir, &chosen.digest)?)
-        .map_err(|e| ImageError::convert(&chosen.digest, format!("not an image manifest: {e}")))?;
-    let mut tree = Tree::new();
-    let mut infos = Vec::new();
-    let mut blobs = Vec::new();
-    progress.set_layers(manifest.layers.len() as u64);
-    for (i, layer) in manifest.layers.iter().enumerate() {
-        let data = read_blob(dir, &layer.digest)?;
-        progress.layer_bytes(data.len() as u64);
-        let mut writer = BlobWriter::new(config.block_size, config.level);
-        let mt = layer.media_type.as_str();
-        if mt.ends_with("gzip") {
-            apply_layer(
-                &mut tree,
-                i,
-                flate2::read::GzDecoder::new(&data[..]),
-                &mut writer,
-                progress,
-            )?;
-        } else if mt.ends_with("zstd") {
-            let dec = zstd::stream::Decoder::new(&data[..])
-                .map_err(|e| ImageError::convert(&layer.digest, e.to_string()))?;
-            apply_layer(&mut tree, i, dec, &mut writer, progress)?;
-        } else if mt.ends_with("tar") || mt.is_empty() {
-            apply_layer(&mut tree, i, &data[..], &mut writer, progress)?;
-        } else {
-            return Err(ImageError::convert(
-                &layer.digest,
-                format!("unsupported layer type {mt:?}"),
-            ));
-        }
-        let (info, bytes) = writer.finish()?;
-        infos.push(info);
-        blobs.push(bytes);
-        progress.layer_done();
-    }
-    let meta = tree.into_metadata(config.block_size, infos)?;
-    Ok((meta, blobs))
+    let what = format!("manifest {}", chosen.digest);
+    let (digest, size) = chosen.target(&what)?;
+    let mut blobs = LayoutBlobs { dir };
+    let top = blobs.manifest(&digest, &what)?;
+    check_content(&what, &digest, size, &top)?;
+    build_from_manifest(&mut blobs, top, &what, config, progress)
 }
 
 #[cfg(test)]
@@ -516,7 +807,8 @@ mod tests {
         let mut infos = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             let mut w = BlobWriter::new(1024, 3);
-            apply_layer(&mut tree, i, &l[..], &mut w, &Progress::default())?;
+            let name = format!("layer {}", i + 1);
+            apply_layer(&mut tree, i, &name, &l[..], &mut w, &Progress::default())?;
             infos.push(w.finish()?.0);
         }
         tree.into_metadata(1024, infos)
@@ -612,7 +904,7 @@ mod tests {
         assert_eq!(meta.blobs[0].data_len, 5);
         for cut in [2 * 512 + 3, 2 * 512 + 100, 512 + 100] {
             let err = apply(&[full[..cut].to_vec()]).expect_err("cut short").to_string();
-            assert!(err.contains("layer 0"), "cut at {cut}: {err}");
+            assert!(err.starts_with("convert layer 1: "), "cut at {cut}: {err}");
         }
     }
 }
