@@ -291,8 +291,9 @@ fn build_from_dir_with(
     Ok((meta, vec![bytes]))
 }
 
-/// Parses a convert source and builds its image: `dir:PATH` (or a bare absolute path) or
-/// `oci:DIR[:TAG]`.
+/// Parses a convert source and builds its image: `dir:PATH` (or a bare absolute path),
+/// `oci:DIR[:TAG]` or `docker://HOST[:PORT]/REPO:TAG` (also `@sha256:HEX`). Not on a tokio
+/// runtime thread: a registry source blocks on its own runtime.
 pub fn build(source: &str, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
     build_with(source, config, &Progress::default())
 }
@@ -312,10 +313,13 @@ pub fn build_with(
     if let Some(spec) = source.strip_prefix("oci:") {
         return crate::oci::build_from_layout(spec, config, progress);
     }
+    if source.starts_with("docker://") {
+        return crate::registry::build_from_registry(source, config, progress);
+    }
     Err(ImageError::Reference {
         reference: source.to_string(),
-        reason: "unsupported source: expected dir:PATH or oci:DIR[:TAG] (docker:// sources are \
-                 not implemented yet)"
+        reason: "unsupported source: expected dir:PATH, oci:DIR[:TAG] or \
+                 docker://HOST[:PORT]/REPO:TAG"
             .into(),
     })
 }

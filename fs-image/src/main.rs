@@ -19,10 +19,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Converts SOURCE (dir:PATH) into a bootseer image at DEST (file:///STORE/NAME:TAG,
-    /// docker://HOST/REPO:TAG).
+    /// Converts SOURCE into a bootseer image at DEST (file:///STORE/NAME:TAG,
+    /// docker://HOST/REPO:TAG). Shows progress on stderr when it is a terminal.
     Convert {
-        /// dir:PATH
+        /// dir:PATH (a root directory), oci:DIR[:TAG] (an OCI image layout) or
+        /// docker://HOST[:PORT]/REPO:TAG or …/REPO@sha256:HEX (an image in a registry; from an
+        /// index, the linux/amd64 image).
         source: String,
         /// Destination reference.
         dest: String,
