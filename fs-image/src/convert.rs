@@ -3,8 +3,12 @@
 //! ```text
 //!  dir:PATH ──walk (lstat, xattrs, readlink)──► inodes (hardlinks by (dev, ino))
 //!                 └─ regular file bytes ──► BlobWriter: 1 block buffer → zstd → sha256 → blob bytes
+//!  oci:DIR[:TAG], docker://REF ──► oci::build_from_manifest (layers in order, one BlobWriter each)
 //!  Metadata::encode ─► blobs/<digest>;  data blobs ─► blobs/<digest>;  Index ─► index key
 //! ```
+//!
+//! `build_with` and `push_with` count their work in a [`Progress`]; `build` and `push` count
+//! into one nobody reads.
 //!
 //! Entries are visited in name order, so the same tree always gives the same blobs and digests.
 //! File data is written in that order, back to back, so files read together in a directory share

@@ -1,7 +1,7 @@
 //! Container image sources: OCI and Docker image manifests, their layers applied in order with
 //! whiteouts and opaque directories. Two places hold the manifests and blobs, behind
-//! [`ImageBlobs`]: an OCI image layout (`oci:DIR[:TAG]`, as skopeo and umoci write it; here) and a
-//! registry (`docker://`, [`crate::registry`]). Both go through [`build_from_manifest`].
+//! `ImageBlobs`: an OCI image layout (`oci:DIR[:TAG]`, as skopeo and umoci write it; here) and a
+//! registry (`docker://`, [`crate::registry`]). Both go through `build_from_manifest`.
 //!
 //! ```text
 //!  oci:   index.json ─(ref.name = TAG)─► descriptor ─┐
