@@ -3,8 +3,12 @@
 //! ```text
 //!  dir:PATH ──walk (lstat, xattrs, readlink)──► inodes (hardlinks by (dev, ino))
 //!                 └─ regular file bytes ──► BlobWriter: 1 block buffer → zstd → sha256 → blob bytes
+//!  oci:DIR[:TAG], docker://REF ──► oci::build_from_manifest (layers in order, one BlobWriter each)
 //!  Metadata::encode ─► blobs/<digest>;  data blobs ─► blobs/<digest>;  Index ─► index key
 //! ```
+//!
+//! `build_with` and `push_with` count their work in a [`Progress`]; `build` and `push` count
+//! into one nobody reads.
 //!
 //! Entries are visited in name order, so the same tree always gives the same blobs and digests.
 //! File data is written in that order, back to back, so files read together in a directory share
@@ -26,6 +30,7 @@ use crate::format::{
     BlobInfo, BlockInfo, DEFAULT_BLOCK_SIZE, Descriptor, EMPTY_CONFIG, Entry, Index, Inode, Kind,
     MAX_BLOCK_SIZE, Metadata, Xattr, media,
 };
+use crate::progress::Progress;
 use crate::reference::ImageRef;
 
 /// How a conversion runs.
@@ -142,10 +147,11 @@ impl BlobWriter {
 }
 
 /// Builds the tree of a plain directory.
-struct DirWalker {
+struct DirWalker<'a> {
     inodes: Vec<Inode>,
     links: HashMap<(u64, u64), u32>,
     writer: BlobWriter,
+    progress: &'a Progress,
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
@@ -169,7 +175,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
     Ok(out)
 }
 
-impl DirWalker {
+impl DirWalker<'_> {
     fn add(&mut self, path: &Path) -> Result<u32> {
         let md = std::fs::symlink_metadata(path).map_err(|e| ImageError::io(path, e))?;
         let ft = md.file_type();
@@ -233,6 +239,7 @@ impl DirWalker {
             if size != md.len() {
                 return Err(ImageError::convert(path.display(), "file changed while being read"));
             }
+            self.progress.file(size);
             Kind::File { size, blob: 0, offset }
         } else if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(|e| ImageError::io(path, e))?;
@@ -260,6 +267,14 @@ impl DirWalker {
 
 /// Builds the metadata and the one data blob of a plain directory tree.
 pub fn build_from_dir(root: &Path, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    build_from_dir_with(root, config, &Progress::default())
+}
+
+fn build_from_dir_with(
+    root: &Path,
+    config: &ConvertConfig,
+    progress: &Progress,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
     if config.block_size == 0 || config.block_size > MAX_BLOCK_SIZE {
         return Err(ImageError::convert(root.display(), "block size out of range"));
     }
@@ -271,6 +286,7 @@ pub fn build_from_dir(root: &Path, config: &ConvertConfig) -> Result<(Metadata, 
         inodes: Vec::new(),
         links: HashMap::new(),
         writer: BlobWriter::new(config.block_size, config.level),
+        progress,
     };
     walker.add(root)?;
     let (blob, bytes) = walker.writer.finish()?;
@@ -279,21 +295,35 @@ pub fn build_from_dir(root: &Path, config: &ConvertConfig) -> Result<(Metadata, 
     Ok((meta, vec![bytes]))
 }
 
-/// Parses a convert source: `dir:PATH` (or a bare absolute path).
+/// Parses a convert source and builds its image: `dir:PATH` (or a bare absolute path),
+/// `oci:DIR[:TAG]` or `docker://HOST[:PORT]/REPO:TAG` (also `@sha256:HEX`). Not on a tokio
+/// runtime thread: a registry source blocks on its own runtime.
 pub fn build(source: &str, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    build_with(source, config, &Progress::default())
+}
+
+/// [`build`], counting what it does in `progress`.
+pub fn build_with(
+    source: &str,
+    config: &ConvertConfig,
+    progress: &Progress,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
     if let Some(path) = source.strip_prefix("dir:") {
-        return build_from_dir(Path::new(path), config);
+        return build_from_dir_with(Path::new(path), config, progress);
     }
     if source.starts_with('/') {
-        return build_from_dir(Path::new(source), config);
+        return build_from_dir_with(Path::new(source), config, progress);
     }
     if let Some(spec) = source.strip_prefix("oci:") {
-        return crate::oci::build_from_layout(spec, config);
+        return crate::oci::build_from_layout(spec, config, progress);
+    }
+    if source.starts_with("docker://") {
+        return crate::registry::build_from_registry(source, config, progress);
     }
     Err(ImageError::Reference {
         reference: source.to_string(),
-        reason: "unsupported source: expected dir:PATH or oci:DIR[:TAG] (docker:// sources are \
-                 not implemented yet)"
+        reason: "unsupported source: expected dir:PATH, oci:DIR[:TAG] or \
+                 docker://HOST[:PORT]/REPO:TAG"
             .into(),
     })
 }
@@ -305,6 +335,18 @@ pub async fn push(
     meta: &Metadata,
     blobs: Vec<Vec<u8>>,
 ) -> Result<ConvertReport> {
+    push_with(store, dest, meta, blobs, &Progress::default()).await
+}
+
+/// [`push`], counting the blobs it stored in `progress`.
+pub async fn push_with(
+    store: &DynStore,
+    dest: &ImageRef,
+    meta: &Metadata,
+    blobs: Vec<Vec<u8>>,
+    progress: &Progress,
+) -> Result<ConvertReport> {
+    progress.set_blobs(meta.blobs.len() as u64 + 1);
     let encoded = meta.encode()?;
     let meta_digest = Digest::of(&encoded).to_string();
     let mut layers = vec![Descriptor {
@@ -316,6 +358,7 @@ pub async fn push(
     for (info, bytes) in meta.blobs.iter().zip(blobs) {
         let key = format!("blobs/{}", info.digest);
         store.put(&key, Bytes::from(bytes)).await.map_err(|e| ImageError::store(&key, e))?;
+        progress.blob_pushed(info.size);
         layers.push(Descriptor {
             media_type: media::BLOB.into(),
             digest: info.digest.clone(),
@@ -331,6 +374,7 @@ pub async fn push(
     let key = format!("blobs/{meta_digest}");
     let metadata_size = encoded.len() as u64;
     store.put(&key, Bytes::from(encoded)).await.map_err(|e| ImageError::store(&key, e))?;
+    progress.blob_pushed(metadata_size);
     let index = Index::new(media::ARTIFACT, layers);
     put_index(store, dest.registry, &dest.index_key(), &index).await?;
     Ok(ConvertReport {

@@ -2,7 +2,7 @@
 //! replay.
 //!
 //! ```text
-//!  convert: dir:PATH ──► convert ──► format::{Metadata, data blobs, Index} ──► Store
+//!  convert: dir: | oci: | docker:// ──► convert ──► format::{Metadata, data blobs, Index} ──► Store
 //!  mount:   Store ──► session::ImageSession ──► fs::ImageFs ──► fuse::ImageFuse ──► kernel
 //!                         │  load metadata (all local)   │ reads: BlockCache ◄─ source::ImageBlob
 //!                         │  replay stored trace ────────┘        (Priority::Replay prefetch)
@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Parts: [`reference`] (REF parsing, keys), [`format`] (metadata and index, self-checking),
-//! [`convert`], [`source`] (per-blob `BlockSource`), [`fs`] (logic, no fuser types), [`fuse`]
-//! (adapter), [`session`] (load, replay, record, summary), [`run`] (what the binary calls),
-//! [`error`] (one error type, one errno mapping).
+//! [`convert`] (with [`oci`] for image layers, [`registry`] for `docker://` sources, [`progress`]
+//! for the terminal line), [`source`] (per-blob `BlockSource`), [`fs`] (logic, no fuser types),
+//! [`fuse`] (adapter), [`session`] (load, replay, record, summary), [`run`] (what the binary
+//! calls), [`error`] (one error type, one errno mapping).
 //!
 //! Sync/async bridge: fuser's threads `block_on` the runtime handle for each read (short work:
 //! a few block lookups); replay and prefetch run as tokio tasks inside the cache.
@@ -23,7 +24,9 @@ pub mod format;
 pub mod fs;
 pub mod fuse;
 pub mod oci;
+pub mod progress;
 pub mod reference;
+pub mod registry;
 pub mod run;
 pub mod session;
 pub mod source;

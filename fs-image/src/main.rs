@@ -19,17 +19,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Converts SOURCE (dir:PATH) into a bootseer image at DEST (file:///STORE/NAME:TAG,
-    /// docker://HOST/REPO:TAG).
+    /// Converts SOURCE into a bootseer image at DEST (file:///STORE/NAME:TAG,
+    /// docker://HOST/REPO:TAG). Shows progress on stderr when it is a terminal.
     Convert {
-        /// dir:PATH
+        /// dir:PATH (a root directory), oci:DIR[:TAG] (an OCI image layout) or
+        /// docker://HOST[:PORT]/REPO:TAG or …/REPO@sha256:HEX (an image in a registry; from an
+        /// index, the linux/amd64 image).
         source: String,
         /// Destination reference.
         dest: String,
         /// Bytes of file data per block (k/M suffixes).
         #[arg(long, default_value = "1M")]
         block_size: String,
-        /// Print the result as JSON.
+        /// Print only the result, as JSON (no progress line).
         #[arg(long)]
         json: bool,
     },
@@ -106,8 +108,9 @@ fn main() -> anyhow::Result<()> {
         Command::Convert { source, dest, block_size, json } => {
             let block_size = u32::try_from(parse_size(&block_size)?)
                 .map_err(|_| anyhow::anyhow!("block size too large"))?;
-            let report =
-                run::convert(&source, &dest, &ConvertConfig { block_size, ..Default::default() })?;
+            let config = ConvertConfig { block_size, ..Default::default() };
+            // The progress line goes to stderr, and only when it is a terminal.
+            let report = run::convert_with(&source, &dest, &config, !json)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -1,8 +1,15 @@
-//! `oci:DIR[:TAG]` sources: an OCI image layout (as skopeo and umoci write it), its layers applied
-//! in order with whiteouts and opaque directories.
+//! Container image sources: OCI and Docker image manifests, their layers applied in order with
+//! whiteouts and opaque directories. Two places hold the manifests and blobs, behind
+//! `ImageBlobs`: an OCI image layout (`oci:DIR[:TAG]`, as skopeo and umoci write it; here) and a
+//! registry (`docker://`, [`crate::registry`]). Both go through `build_from_manifest`.
 //!
 //! ```text
-//!  index.json ─(ref.name = TAG)─► manifest ─► layers[i] (digest checked; tar, tar+gzip, tar+zstd)
+//!  oci:   index.json ─(ref.name = TAG)─► descriptor ─┐
+//!  docker: manifests/TAG or manifests/sha256:… ───────┤
+//!                                                     ▼
+//!  manifest bytes ─► index (OCI / Docker list)? ─► pick linux/amd64 ─► child manifest (checked)
+//!                 ─► image manifest (OCI / Docker v2 schema 2) ─► every layer's media type known?
+//!  layers[i] ─► bytes ─► sha256 and size == descriptor? ─► tar | tar+gzip | tar+zstd ─► apply
 //!    each tar entry ─► path checked (no absolute, no `..`, no write through a symlink)
 //!      `.wh..wh..opq` ─► drop the directory's entries from lower layers
 //!      `.wh.NAME`     ─► drop NAME
@@ -10,28 +17,108 @@
 //!      anything else  ─► replaces the entry; file bytes ─► layer i's BlobWriter (blob i)
 //!  Tree (arena; hardlinks share a node) ─► Metadata (reachable nodes only, renumbered)
 //! ```
+//!
+//! Every manifest and layer is checked against its descriptor before it is used; a layer is
+//! named in errors as `layer N/TOTAL (sha256:…)`, counting from 1.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::Path;
+use std::rc::Rc;
 
 use bootseer_common::digest::Digest;
 use serde::Deserialize;
 
 use crate::convert::{BlobWriter, ConvertConfig};
 use crate::error::{ImageError, Result};
-use crate::format::{Entry, Inode, Kind, Metadata, Xattr};
+use crate::format::{Entry, Inode, Kind, Metadata, Xattr, media as bootseer_media};
+use crate::progress::Progress;
 
 /// The OCI annotation naming a manifest's tag in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-#[derive(Deserialize)]
+/// The platform picked from an image index. One fixed platform: the images bootseer mounts run
+/// on x86-64 Linux hosts.
+const PLATFORM_OS: &str = "linux";
+const PLATFORM_ARCH: &str = "amd64";
+
+/// Indexes nest (an index naming an index); real ones at most once. The bound stops a chain.
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// Manifest and config media types.
+pub mod media {
+    /// OCI image manifest.
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// OCI image index.
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// Docker image manifest, v2 schema 2.
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// Docker manifest list.
+    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// OCI image config.
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// Docker image config.
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+}
+
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The compression a layer media type names; `None` for types that are not layers we can apply
+/// (foreign Docker layers, which live outside the registry; anything unknown).
+fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        // A descriptor without a type (the spec requires one) is read as a plain tar.
+        ""
+        | "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Platform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 struct OciDescriptor {
     #[serde(rename = "mediaType", default)]
     media_type: String,
     digest: String,
     #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
     annotations: HashMap<String, String>,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+impl OciDescriptor {
+    /// The digest and size, checked to be a sha256 and present.
+    fn target(&self, what: &str) -> Result<(Digest, u64)> {
+        let digest =
+            self.digest.parse::<Digest>().map_err(|e| ImageError::convert(what, e.to_string()))?;
+        let size = self.size.ok_or_else(|| ImageError::convert(what, "descriptor has no size"))?;
+        Ok((digest, size))
+    }
 }
 
 #[derive(Deserialize)]
@@ -39,19 +126,244 @@ struct OciIndex {
     manifests: Vec<OciDescriptor>,
 }
 
+/// Any manifest kind: which one it is comes from `mediaType`, or, where that is absent (it is
+/// optional in OCI), from the fields present.
 #[derive(Deserialize)]
-struct OciManifest {
-    layers: Vec<OciDescriptor>,
+struct AnyManifest {
+    #[serde(rename = "schemaVersion", default)]
+    schema_version: Option<u64>,
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(rename = "artifactType", default)]
+    artifact_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<OciDescriptor>>,
+    #[serde(default)]
+    config: Option<OciDescriptor>,
+    #[serde(default)]
+    layers: Option<Vec<OciDescriptor>>,
+}
+
+enum Manifest {
+    Index(Vec<OciDescriptor>),
+    Image(Vec<OciDescriptor>),
+}
+
+fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
+    let bad = |reason: String| ImageError::convert(what, reason);
+    let m: AnyManifest = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not an image manifest or index (bad JSON: {e})")))?;
+    if m.schema_version == Some(1) {
+        return Err(bad("a Docker schema 1 manifest (not supported: copy the image again with a \
+                        current docker or skopeo to get schema 2)"
+            .into()));
+    }
+    let is_index = match m.media_type.as_deref() {
+        Some(media::OCI_INDEX | media::DOCKER_LIST) => true,
+        Some(media::OCI_MANIFEST | media::DOCKER_MANIFEST) => false,
+        Some(other) => return Err(bad(format!("unsupported manifest media type {other:?}"))),
+        None if m.manifests.is_some() => true,
+        None if m.layers.is_some() => false,
+        None => return Err(bad("neither an image manifest nor an index".into())),
+    };
+    if is_index {
+        let entries = m.manifests.ok_or_else(|| bad("an index without manifests".into()))?;
+        return Ok(Manifest::Index(entries));
+    }
+    if m.artifact_type.as_deref() == Some(bootseer_media::ARTIFACT) {
+        return Err(bad("already a bootseer image: mount it, or convert its source".into()));
+    }
+    let config = m.config.ok_or_else(|| bad("an image manifest without a config".into()))?;
+    if let Some(t) = m.artifact_type {
+        return Err(bad(format!("an OCI artifact of type {t:?}, not a container image")));
+    }
+    if !matches!(config.media_type.as_str(), media::OCI_CONFIG | media::DOCKER_CONFIG) {
+        return Err(bad(format!(
+            "config of type {:?}: not a container image (an OCI artifact?)",
+            config.media_type
+        )));
+    }
+    Ok(Manifest::Image(m.layers.ok_or_else(|| bad("an image manifest without layers".into()))?))
+}
+
+/// The linux/amd64 entry of an index: the one without a variant (or `v1`) first, then any other
+/// amd64 variant. An index whose only entry names no platform is taken to be that entry.
+fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a OciDescriptor> {
+    let ours = |d: &&OciDescriptor| {
+        d.platform.as_ref().is_some_and(|p| p.os == PLATFORM_OS && p.architecture == PLATFORM_ARCH)
+    };
+    let baseline = |d: &&OciDescriptor| {
+        d.platform.as_ref().is_some_and(|p| p.variant.as_deref().is_none_or(|v| v == "v1"))
+    };
+    if let Some(d) =
+        entries.iter().filter(ours).find(baseline).or_else(|| entries.iter().find(ours))
+    {
+        return Ok(d);
+    }
+    if let [only] = entries
+        && only.platform.is_none()
+    {
+        return Ok(only);
+    }
+    let have: Vec<String> = entries
+        .iter()
+        .map(|d| match &d.platform {
+            Some(p) => match &p.variant {
+                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            },
+            None => "(no platform)".into(),
+        })
+        .collect();
+    Err(ImageError::convert(
+        what,
+        format!(
+            "no {PLATFORM_OS}/{PLATFORM_ARCH} image in the index (it has: {})",
+            have.join(", ")
+        ),
+    ))
+}
+
+/// Checks that `data` is what its descriptor names.
+fn check_content(what: &str, digest: &Digest, size: u64, data: &[u8]) -> Result<()> {
+    let actual = Digest::of(data);
+    if actual != *digest || data.len() as u64 != size {
+        return Err(ImageError::convert(
+            what,
+            format!(
+                "content does not match its descriptor: got {} bytes hashing to {actual}, \
+                 expected {size} bytes (corrupted or replaced where it is stored)",
+                data.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where the manifests and blobs of one image are. Implementations only fetch; the caller checks
+/// every byte against its descriptor.
+pub(crate) trait ImageBlobs {
+    /// The bytes of the manifest or index `digest`. `what` names it in errors.
+    fn manifest(&mut self, digest: &Digest, what: &str) -> Result<Vec<u8>>;
+
+    /// The bytes of the blob `digest`, `size` long by its descriptor (fewer if the store has
+    /// fewer). Adds what arrives to `progress`. `what` names it in errors.
+    fn blob(
+        &mut self,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+        progress: &Progress,
+    ) -> Result<Vec<u8>>;
+}
+
+/// Builds an image from the manifest or index `top` (named `what` in errors), fetching the rest
+/// from `blobs`: the linux/amd64 image of an index, then its layers in order, one data blob per
+/// layer. Layer media types are all checked before the first layer is fetched.
+pub(crate) fn build_from_manifest(
+    blobs: &mut dyn ImageBlobs,
+    top: Vec<u8>,
+    what: &str,
+    config: &ConvertConfig,
+    progress: &Progress,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    let (mut bytes, mut what) = (top, what.to_string());
+    let mut layers = None;
+    for _ in 0..=MAX_INDEX_DEPTH {
+        match parse_manifest(&bytes, &what)? {
+            Manifest::Image(l) => {
+                layers = Some(l);
+                break;
+            }
+            Manifest::Index(entries) => {
+                let chosen = pick_platform(&entries, &what)?;
+                let child = format!("{PLATFORM_OS}/{PLATFORM_ARCH} manifest {}", chosen.digest);
+                let (digest, size) = chosen.target(&child)?;
+                let data = blobs.manifest(&digest, &child)?;
+                check_content(&child, &digest, size, &data)?;
+                (bytes, what) = (data, child);
+            }
+        }
+    }
+    let layers = layers.ok_or_else(|| {
+        ImageError::convert(&what, format!("indexes nested more than {MAX_INDEX_DEPTH} deep"))
+    })?;
+    let total = layers.len();
+    let mut plan = Vec::with_capacity(total);
+    for (i, layer) in layers.iter().enumerate() {
+        let name = format!("layer {}/{total} ({})", i + 1, layer.digest);
+        let compression = layer_compression(&layer.media_type).ok_or_else(|| {
+            ImageError::convert(
+                &name,
+                format!(
+                    "unsupported layer media type {:?} (supported: OCI and Docker tar, tar+gzip, \
+                     and OCI tar+zstd)",
+                    layer.media_type
+                ),
+            )
+        })?;
+        let (digest, size) = layer.target(&name)?;
+        plan.push((name, digest, size, compression));
+    }
+    progress.set_layers(total as u64);
+    let mut tree = Tree::new();
+    let mut infos = Vec::with_capacity(total);
+    let mut out = Vec::with_capacity(total);
+    for (i, (name, digest, size, compression)) in plan.into_iter().enumerate() {
+        let data = blobs.blob(&digest, size, &name, progress)?;
+        check_content(&name, &digest, size, &data)?;
+        let mut writer = BlobWriter::new(config.block_size, config.level);
+        match compression {
+            Compression::None => {
+                apply_layer(&mut tree, i, &name, &data[..], &mut writer, progress)?;
+            }
+            Compression::Gzip => {
+                let reader = flate2::read::GzDecoder::new(&data[..]);
+                apply_layer(&mut tree, i, &name, reader, &mut writer, progress)?;
+            }
+            Compression::Zstd => {
+                let reader = zstd::stream::Decoder::new(&data[..])
+                    .map_err(|e| ImageError::convert(&name, format!("zstd: {e}")))?;
+                apply_layer(&mut tree, i, &name, reader, &mut writer, progress)?;
+            }
+        }
+        let (info, bytes) = writer.finish()?;
+        infos.push(info);
+        out.push(bytes);
+        progress.layer_done();
+    }
+    let meta = tree.into_metadata(config.block_size, infos)?;
+    Ok((meta, out))
 }
 
 struct Node {
     inode: Inode,
     children: BTreeMap<String, usize>,
-    layer: usize,
 }
 
 struct Tree {
     nodes: Vec<Node>,
+}
+
+/// What the layer being applied has put into the tree so far. Whiteouts hide only what lower
+/// layers put there, so an opaque marker must know which entries are this layer's own.
+#[derive(Default)]
+struct LayerEdits {
+    /// Names this layer created or re-declared, by directory node.
+    added: HashMap<usize, HashSet<String>>,
+    /// Directories of lower layers that this layer re-declared (dir over dir): they still hold
+    /// lower entries.
+    merged: HashSet<usize>,
+}
+
+impl LayerEdits {
+    fn add(&mut self, dir: usize, name: &str) {
+        self.added.entry(dir).or_default().insert(name.to_string());
+    }
+
+    fn has(&self, dir: usize, name: &str) -> bool {
+        self.added.get(&dir).is_some_and(|names| names.contains(name))
+    }
 }
 
 fn dir_inode(mode: u32) -> Inode {
@@ -84,11 +396,11 @@ fn components(entry: &str) -> Result<Vec<String>> {
 
 impl Tree {
     fn new() -> Self {
-        Self { nodes: vec![Node { inode: dir_inode(0o755), children: BTreeMap::new(), layer: 0 }] }
+        Self { nodes: vec![Node { inode: dir_inode(0o755), children: BTreeMap::new() }] }
     }
 
     /// The directory that holds `parts`' last component, creating missing directories.
-    fn parent(&mut self, entry: &str, parts: &[String], layer: usize) -> Result<usize> {
+    fn parent(&mut self, entry: &str, parts: &[String], edits: &mut LayerEdits) -> Result<usize> {
         let mut cur = 0;
         for c in &parts[..parts.len().saturating_sub(1)] {
             cur = match self.nodes[cur].children.get(c) {
@@ -101,17 +413,24 @@ impl Tree {
                 },
                 None => {
                     let id = self.nodes.len();
-                    self.nodes.push(Node {
-                        inode: dir_inode(0o755),
-                        children: BTreeMap::new(),
-                        layer,
-                    });
+                    self.nodes.push(Node { inode: dir_inode(0o755), children: BTreeMap::new() });
                     self.nodes[cur].children.insert(c.clone(), id);
+                    edits.add(cur, c);
                     id
                 }
             };
         }
         Ok(cur)
+    }
+
+    /// Applies an opaque marker in `dir`: drops every entry lower layers put below it, also
+    /// inside directories this layer re-declared, whatever the order of the tar entries.
+    fn hide_lower(&mut self, dir: usize, edits: &LayerEdits) {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            self.nodes[d].children.retain(|name, _| edits.has(d, name));
+            stack.extend(self.nodes[d].children.values().filter(|c| edits.merged.contains(c)));
+        }
     }
 
     fn lookup(&self, parts: &[String]) -> Option<usize> {
@@ -187,41 +506,84 @@ fn header_is_dir(entry: &tar::Entry<'_, impl Read>) -> bool {
     entry.header().entry_type() == tar::EntryType::Directory
 }
 
+/// A reader that notes where its inner reader first reported the end of the stream, so that a tar
+/// ending right after an entry's data can be told from one cut short inside it.
+struct EndAt<R> {
+    inner: R,
+    pos: u64,
+    end: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for EndAt<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.end.get().is_none() {
+            self.end.set(Some(self.pos));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Applies one layer's tar stream to `tree`; file bytes go to `writer`, which is blob `layer`.
+/// Errors name the layer as `name`.
 fn apply_layer(
+    tree: &mut Tree,
+    layer: usize,
+    name: &str,
+    reader: impl Read,
+    writer: &mut BlobWriter,
+    progress: &Progress,
+) -> Result<()> {
+    apply_entries(tree, layer, reader, writer, progress).map_err(|e| match e {
+        ImageError::Convert { path, reason } => {
+            ImageError::Convert { path: format!("{name}: {path}"), reason }
+        }
+        other => other,
+    })
+}
+
+fn apply_entries(
     tree: &mut Tree,
     layer: usize,
     reader: impl Read,
     writer: &mut BlobWriter,
+    progress: &Progress,
 ) -> Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| ImageError::convert(format!("layer {layer}"), e.to_string()))?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|e| ImageError::convert(format!("layer {layer}"), e.to_string()))?;
-        let raw = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| {
-            ImageError::convert(format!("layer {layer}"), "entry name is not UTF-8")
-        })?;
+    let at = |e: std::io::Error| ImageError::convert("tar stream", e.to_string());
+    let end = Rc::new(Cell::new(None));
+    let mut archive = tar::Archive::new(EndAt { inner: reader, pos: 0, end: end.clone() });
+    let mut entries = archive.entries().map_err(at)?;
+    let mut edits = LayerEdits::default();
+    // Where the data of the entry before this one ends in the tar stream.
+    let mut data_end = None;
+    loop {
+        let mut entry = match entries.next() {
+            None => break,
+            Some(Ok(entry)) => entry,
+            // umoci 0.4.7's `insert` writes layers that stop right after the last entry's data,
+            // without its padding and the end-of-archive blocks (umoci#436, fixed by umoci#534). Go's
+            // tar reader, and with it umoci, containerd and docker, takes such a stream as
+            // complete, so we do too, but only when it ended exactly there.
+            Some(Err(_)) if data_end.is_some() && end.get() == data_end => break,
+            Some(Err(e)) => return Err(at(e)),
+        };
+        let sparse = entry.header().entry_type() == tar::EntryType::GNUSparse;
+        data_end = (!sparse).then(|| entry.raw_file_position() + entry.size());
+        let raw = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| ImageError::convert("tar stream", "entry name is not UTF-8"))?;
         let parts = components(&raw)?;
         let pax = pax_map(&mut entry)?;
         let is_root = parts.is_empty();
         let name = parts.last().cloned().unwrap_or_default();
-        let parent = tree.parent(&raw, &parts, layer)?;
+        let parent = tree.parent(&raw, &parts, &mut edits)?;
         if is_root && header_is_dir(&entry) {
             // handled below with the other directories
         } else if is_root {
             return Err(ImageError::convert(&raw, "the root is not a directory"));
         }
         if name == ".wh..wh..opq" {
-            let nodes = &tree.nodes;
-            let keep: BTreeMap<String, usize> = nodes[parent]
-                .children
-                .iter()
-                .filter(|(_, id)| nodes[**id].layer == layer)
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            tree.nodes[parent].children = keep;
+            tree.hide_lower(parent, &edits);
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
@@ -270,9 +632,9 @@ fn apply_layer(
                 if let Some(&id) = tree.nodes[parent].children.get(&name)
                     && matches!(tree.nodes[id].inode.kind, Kind::Dir { .. })
                 {
-                    let node = &mut tree.nodes[id];
-                    node.inode = attrs(libc::S_IFDIR, Kind::Dir { entries: Vec::new() });
-                    node.layer = layer;
+                    tree.nodes[id].inode = attrs(libc::S_IFDIR, Kind::Dir { entries: Vec::new() });
+                    edits.add(parent, &name);
+                    edits.merged.insert(id);
                     continue;
                 }
                 attrs(libc::S_IFDIR, Kind::Dir { entries: Vec::new() })
@@ -291,6 +653,16 @@ fn apply_layer(
                     writer.write(&buf[..n])?;
                     size += n as u64;
                 }
+                if size != entry.size() {
+                    return Err(ImageError::convert(
+                        &raw,
+                        format!(
+                            "the layer ends inside this file ({size} of {} bytes)",
+                            entry.size()
+                        ),
+                    ));
+                }
+                progress.file(size);
                 attrs(libc::S_IFREG, Kind::File { size, blob: layer as u32, offset })
             }
             T::Symlink => {
@@ -314,6 +686,7 @@ fn apply_layer(
                 if matches!(tree.nodes[id].inode.kind, Kind::Dir { .. }) {
                     return Err(ImageError::convert(&raw, "hardlink to a directory"));
                 }
+                edits.add(parent, &name);
                 tree.nodes[parent].children.insert(name, id);
                 continue;
             }
@@ -328,7 +701,8 @@ fn apply_layer(
             _ => continue,
         };
         let id = tree.nodes.len();
-        tree.nodes.push(Node { inode, children: BTreeMap::new(), layer });
+        tree.nodes.push(Node { inode, children: BTreeMap::new() });
+        edits.add(parent, &name);
         tree.nodes[parent].children.insert(name, id);
     }
     Ok(())
@@ -342,21 +716,43 @@ fn split_source(spec: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn read_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| ImageError::convert(digest, "not a sha256 digest"))?;
-    let path = dir.join("blobs/sha256").join(hex);
-    let data = std::fs::read(&path).map_err(|e| ImageError::io(&path, e))?;
-    if Digest::of(&data).to_string() != digest {
-        return Err(ImageError::convert(path.display(), "content does not match its digest"));
+/// The blobs of an OCI image layout: `DIR/blobs/sha256/<hex>`, manifests included.
+struct LayoutBlobs<'a> {
+    dir: &'a Path,
+}
+
+impl LayoutBlobs<'_> {
+    fn read(&self, digest: &Digest, what: &str) -> Result<Vec<u8>> {
+        let path = self.dir.join("blobs/sha256").join(digest.hex());
+        std::fs::read(&path)
+            .map_err(|e| ImageError::convert(what, format!("{}: {e}", path.display())))
     }
-    Ok(data)
+}
+
+impl ImageBlobs for LayoutBlobs<'_> {
+    fn manifest(&mut self, digest: &Digest, what: &str) -> Result<Vec<u8>> {
+        self.read(digest, what)
+    }
+
+    fn blob(
+        &mut self,
+        digest: &Digest,
+        _size: u64,
+        what: &str,
+        progress: &Progress,
+    ) -> Result<Vec<u8>> {
+        let data = self.read(digest, what)?;
+        progress.layer_bytes(data.len() as u64);
+        Ok(data)
+    }
 }
 
 /// Builds an image from the OCI layout `DIR[:TAG]`; one data blob per layer.
-pub fn build_from_layout(spec: &str, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
+pub fn build_from_layout(
+    spec: &str,
+    config: &ConvertConfig,
+    progress: &Progress,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
     let (dir, tag) = split_source(spec);
     let dir = Path::new(dir);
     let index_path = dir.join("index.json");
@@ -374,35 +770,12 @@ pub fn build_from_layout(spec: &str, config: &ConvertConfig) -> Result<(Metadata
     .ok_or_else(|| {
         ImageError::convert(spec, "no such tag in index.json (or several images and no tag)")
     })?;
-    let manifest: OciManifest = serde_json::from_slice(&read_blob(dir, &chosen.digest)?)
-        .map_err(|e| ImageError::convert(&chosen.digest, format!("not an image manifest: {e}")))?;
-    let mut tree = Tree::new();
-    let mut infos = Vec::new();
-    let mut blobs = Vec::new();
-    for (i, layer) in manifest.layers.iter().enumerate() {
-        let data = read_blob(dir, &layer.digest)?;
-        let mut writer = BlobWriter::new(config.block_size, config.level);
-        let mt = layer.media_type.as_str();
-        if mt.ends_with("gzip") {
-            apply_layer(&mut tree, i, flate2::read::GzDecoder::new(&data[..]), &mut writer)?;
-        } else if mt.ends_with("zstd") {
-            let dec = zstd::stream::Decoder::new(&data[..])
-                .map_err(|e| ImageError::convert(&layer.digest, e.to_string()))?;
-            apply_layer(&mut tree, i, dec, &mut writer)?;
-        } else if mt.ends_with("tar") || mt.is_empty() {
-            apply_layer(&mut tree, i, &data[..], &mut writer)?;
-        } else {
-            return Err(ImageError::convert(
-                &layer.digest,
-                format!("unsupported layer type {mt:?}"),
-            ));
-        }
-        let (info, bytes) = writer.finish()?;
-        infos.push(info);
-        blobs.push(bytes);
-    }
-    let meta = tree.into_metadata(config.block_size, infos)?;
-    Ok((meta, blobs))
+    let what = format!("manifest {}", chosen.digest);
+    let (digest, size) = chosen.target(&what)?;
+    let mut blobs = LayoutBlobs { dir };
+    let top = blobs.manifest(&digest, &what)?;
+    check_content(&what, &digest, size, &top)?;
+    build_from_manifest(&mut blobs, top, &what, config, progress)
 }
 
 #[cfg(test)]
@@ -434,7 +807,8 @@ mod tests {
         let mut infos = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             let mut w = BlobWriter::new(1024, 3);
-            apply_layer(&mut tree, i, &l[..], &mut w)?;
+            let name = format!("layer {}", i + 1);
+            apply_layer(&mut tree, i, &name, &l[..], &mut w, &Progress::default())?;
             infos.push(w.finish()?.0);
         }
         tree.into_metadata(1024, infos)
@@ -488,6 +862,49 @@ mod tests {
         ] {
             let err = apply(&[layer(&entries)]).expect_err("must be refused").to_string();
             assert!(err.contains(want), "{err} lacks {want}");
+        }
+    }
+
+    #[test]
+    fn an_opaque_marker_after_a_redeclared_directory_still_hides_its_lower_entries() {
+        use tar::EntryType as T;
+        let lower = layer(&[
+            ("a/", T::Directory, b"", ""),
+            ("a/old", T::Regular, b"1", ""),
+            ("a/sub/", T::Directory, b"", ""),
+            ("a/sub/lower", T::Regular, b"2", ""),
+        ]);
+        // The marker last: `a/sub` is this layer's again, but its lower entries are still hidden.
+        let upper = layer(&[
+            ("a/", T::Directory, b"", ""),
+            ("a/sub/", T::Directory, b"", ""),
+            ("a/sub/upper", T::Regular, b"3", ""),
+            ("a/new", T::Regular, b"4", ""),
+            ("a/.wh..wh..opq", T::Regular, b"", ""),
+        ]);
+        let meta = apply(&[lower, upper]).expect("apply");
+        let child = |dir: usize, name: &str| match &meta.inodes[dir].kind {
+            Kind::Dir { entries } => {
+                entries.iter().find(|e| e.name == name).map(|e| e.inode as usize)
+            }
+            _ => None,
+        };
+        let a = child(0, "a").expect("a");
+        assert_eq!(names(&meta, a), ["new", "sub"]);
+        assert_eq!(names(&meta, child(a, "sub").expect("sub")), ["upper"]);
+    }
+
+    #[test]
+    fn a_tar_ending_right_after_its_last_data_is_complete_but_one_cut_inside_it_is_not() {
+        use tar::EntryType as T;
+        let full = layer(&[("d/", T::Directory, b"", ""), ("d/f", T::Regular, b"hello", "")]);
+        // Two headers, then the five data bytes: what umoci 0.4.7's `insert` leaves.
+        let unterminated = full[..2 * 512 + 5].to_vec();
+        let meta = apply(&[unterminated]).expect("unterminated layer");
+        assert_eq!(meta.blobs[0].data_len, 5);
+        for cut in [2 * 512 + 3, 2 * 512 + 100, 512 + 100] {
+            let err = apply(&[full[..cut].to_vec()]).expect_err("cut short").to_string();
+            assert!(err.starts_with("convert layer 1: "), "cut at {cut}: {err}");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! What the `bootseer-image` binary runs: `convert`, `mount` (also the mount-helper form) and
 //! `trace show`. Plain config structs in, `anyhow` out; `main.rs` only parses.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use bootseer_common::mount::{self, MountArgs, MountConfig, Ready};
@@ -9,6 +11,7 @@ use bootseer_common::store::{self, OpenOptions};
 
 use crate::convert::{self, ConvertConfig};
 use crate::fuse::ImageFuse;
+use crate::progress::{Progress, ProgressLine};
 use crate::reference::ImageRef;
 use crate::session::{self, ImageSession, SessionConfig, TraceMode};
 
@@ -91,15 +94,34 @@ pub fn convert(
     dest: &str,
     config: &ConvertConfig,
 ) -> anyhow::Result<convert::ConvertReport> {
+    convert_with(source, dest, config, false)
+}
+
+/// [`convert`], drawing a progress line on stderr when `show_progress` is set and stderr is a
+/// terminal (so never into a pipe, a log file or a test's captured output).
+pub fn convert_with(
+    source: &str,
+    dest: &str,
+    config: &ConvertConfig,
+    show_progress: bool,
+) -> anyhow::Result<convert::ConvertReport> {
     let dest = ImageRef::parse(dest)?;
-    let (meta, blobs) = convert::build(source, config)?;
+    let progress = Arc::new(Progress::default());
+    // Dropped on every return: an error message then starts on a line of its own.
+    let line = (show_progress && std::io::stderr().is_terminal())
+        .then(|| ProgressLine::start(progress.clone(), Box::new(std::io::stderr())));
+    let (meta, blobs) = convert::build_with(source, config, &progress)?;
     let rt = runtime()?;
-    rt.block_on(async {
+    let report = rt.block_on(async {
         let store = store::open(&dest.store_url, &OpenOptions::default())
             .await
             .with_context(|| format!("opening {}", dest.store_url))?;
-        Ok(convert::push(&store, &dest, &meta, blobs).await?)
-    })
+        anyhow::Ok(convert::push_with(&store, &dest, &meta, blobs, &progress).await?)
+    })?;
+    if let Some(line) = line {
+        line.finish();
+    }
+    Ok(report)
 }
 
 /// `trace show REF`: the summary of the stored trace, as JSON-able text.
