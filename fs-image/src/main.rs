@@ -71,8 +71,8 @@ enum Command {
         /// FUSE worker threads (0: default).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Kernel read-ahead (and mmap fault-around) on the mount, e.g. 128K or 4M; default:
-        /// the mount's tuned value.
+        /// Kernel read-ahead (also mmap's fault-around) on the mount, e.g. 1M [default: 128K;
+        /// sequential readers get blocks ahead from the mount's own window].
         #[arg(long)]
         read_ahead: Option<String>,
     },

@@ -63,6 +63,48 @@ fn reading_one_file_fetches_only_its_blocks() {
 }
 
 #[test]
+fn sequential_reads_queue_the_next_blocks_of_the_file_and_jumps_do_not() {
+    // "seq" is blocks 0..12 of the blob, "tail" blocks 12..14.
+    let b = BLOCK as usize;
+    let (_src, mem, image, meta) = image_in_mem(&[("seq", 12 * b, 3), ("tail", 2 * b, 4)]);
+    let blob_key = format!("blobs/{}", meta.blobs[0].digest);
+    let blob = meta.blobs[0].digest.clone();
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        let store: DynStore = mem.clone();
+        let session = ImageSession::open_with_store(image, store, config()).await.expect("open");
+        let fs = session.fs();
+        let seq = fs.lookup(1, "seq").expect("lookup").ino;
+        let chunk = 128 << 10;
+        // A random reader: blocks 7, then 2, then 9 (jumps) queue nothing.
+        for block in [7u64, 2, 9] {
+            fs.read(seq, block * u64::from(BLOCK), chunk).await.expect("read");
+        }
+        assert_eq!(fs.cache().stats().fetched_background, 0, "a jump must not prefetch");
+        // A stream from the start: 128 KiB reads through blocks 0 and 1.
+        let mut got = Vec::new();
+        for i in 0..16u64 {
+            got.extend(fs.read(seq, i * u64::from(chunk), chunk).await.expect("read"));
+        }
+        assert_eq!(Digest::of(&got), Digest::of(&pattern(3, 12 * b)[..got.len()]));
+        // The blocks ahead of it, up to the file's last block, arrive without being read.
+        for _ in 0..200 {
+            if (2..12).all(|i| fs.cache().contains(&blob, i)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!((2..12).all(|i| fs.cache().contains(&blob, i)), "{:?}", fs.cache().stats());
+        let stats = fs.cache().stats();
+        assert!(stats.fetched_background > 0, "{stats:?}");
+        // Never past the file: the next file's blocks were not fetched.
+        let tail_start = meta.blobs[0].blocks[12].offset;
+        assert_eq!(mem.reads_overlapping(&blob_key, tail_start..u64::MAX), 0, "{:?}", mem.reads());
+        session.finish().await.expect("finish");
+    });
+}
+
+#[test]
 fn a_block_with_the_wrong_digest_is_eio() {
     let (_src, mem, image, mut meta) = image_in_mem(&[("f", 2 * BLOCK as usize, 5)]);
     // Re-publish the image with block 1's digest changed: the store's bytes no longer match.
