@@ -6,7 +6,8 @@
 //!        └─ per block: Recorder::record (first access only) ──► BlockCache::get (on demand)
 //!                         └─ miss: ImageBlob::fetch (one range read, zstd, length) → digest check
 //!        └─ a read that continues the file's previous one: queue the next blocks of the file
-//!           at Background priority, a window that doubles per sequential read (2 → 16)
+//!           at Background priority, a window that doubles per sequential read (2 → 16);
+//!           not while a trace replays (the trace knows better, and shares the link)
 //! ```
 //!
 //! The sequential window is ours, not the kernel's: the mount keeps kernel read-ahead small
@@ -18,7 +19,7 @@
 //! a non-directory has one link per entry naming it; a directory has 2 + its subdirectories.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +80,25 @@ pub struct ImageFs {
     first_read_us: AtomicU64,
     /// Per file inode: where its last read ended, for the sequential window.
     streams: Mutex<HashMap<u64, Stream>>,
+    /// Set while a trace replays: the window then only tracks, it queues nothing.
+    replaying: Arc<AtomicBool>,
+}
+
+/// Marks a replay as running on an [`ImageFs`] until [`Replaying::stop`] (or drop).
+#[derive(Debug)]
+pub struct Replaying(Arc<AtomicBool>);
+
+impl Replaying {
+    /// The replay ended: sequential windows queue blocks again.
+    pub fn stop(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Replaying {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A file's sequential-read state (blocks are blob block indexes).
@@ -171,6 +191,7 @@ impl ImageFs {
             started: Instant::now(),
             first_read_us: AtomicU64::new(0),
             streams: Mutex::new(HashMap::new()),
+            replaying: Arc::new(AtomicBool::new(false)),
             meta,
         })
     }
@@ -373,9 +394,16 @@ impl ImageFs {
             s.queued_end = s.queued_end.max(end);
             begin..end
         };
-        if !queue.is_empty() {
+        if !queue.is_empty() && !self.replaying.load(Ordering::Acquire) {
             self.cache.spawn_prefetch(source, queue, Priority::Background);
         }
+    }
+
+    /// Marks a trace replay as running: sequential windows queue nothing until it ends (the
+    /// trace is the better guess, and window fetches would share the link with it).
+    pub fn replaying(&self) -> Replaying {
+        self.replaying.store(true, Ordering::Release);
+        Replaying(self.replaying.clone())
     }
 
     fn file_id(&self, i: usize) -> Option<FileId> {

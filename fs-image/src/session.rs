@@ -251,6 +251,10 @@ pub struct CacheSummary {
     pub bytes_on_demand: u64,
     /// Bytes fetched by replay.
     pub bytes_replay: u64,
+    /// Blocks fetched ahead of sequential readers (the mount's own window).
+    pub blocks_ahead: u64,
+    /// Bytes fetched ahead of sequential readers.
+    pub bytes_ahead: u64,
     /// Blocks that failed to fetch.
     pub fetch_errors: u64,
     /// Blocks rejected by digest.
@@ -268,6 +272,8 @@ impl From<CacheStats> for CacheSummary {
             blocks_replay: s.fetched_replay,
             bytes_on_demand: s.bytes_demand,
             bytes_replay: s.bytes_replay,
+            blocks_ahead: s.fetched_background,
+            bytes_ahead: s.bytes_background,
             fetch_errors: s.fetch_errors,
             corrupt: s.corrupt,
         }
@@ -381,11 +387,16 @@ impl ImageSession {
                     CachePrefetcher { cache: cache.clone(), sources: fs.sources().to_vec() };
                 let options = ReplayOptions { window: config.replay_window.max(1) };
                 let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                // While the trace replays, it is the better guess of what comes next: the
+                // sequential window would only compete with it for the link.
+                let replaying = fs.replaying();
                 let task = tokio::spawn(async move {
                     let stop = async move {
                         let _ = stop_rx.await;
                     };
-                    trace::replay(&plan, &prefetcher, &options, stop).await
+                    let stats = trace::replay(&plan, &prefetcher, &options, stop).await;
+                    replaying.stop();
+                    stats
                 });
                 Some((task, stop_tx))
             }
