@@ -18,7 +18,8 @@
 //! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, so a
 //! link that is merely busy (every stripe slow) does not double its own load, while a stalled
 //! DataNode (one stripe far slower than its peers) costs about one hedge delay, not an attempt
-//! timeout; and at most `hedge_cap` hedges run per mount at once. hdfs-native reads a block
+//! timeout; and at most `hedge_cap` hedges per mount hold a slot at once (a hedge gives its
+//! slot back after one delay, so hedges stuck on the stalled replica too block no others). hdfs-native reads a block
 //! from the first replica the NameNode listed, and the NameNode shuffles equal replicas per
 //! open, so a fresh reader is the way to ask another one.
 //!
@@ -470,11 +471,25 @@ impl StripeSource {
                     let range = range.clone();
                     reads.push(
                         async move {
-                            let _slot = slot_guard;
-                            match self.fresh_reader().await {
-                                Ok(r) => (self.read_once(&r, range).await, Some(r)),
-                                Err(e) => (Err(e), None),
-                            }
+                            let reader = match self.fresh_reader().await {
+                                Ok(r) => r,
+                                Err(e) => return (Err(e), None),
+                            };
+                            // A hedge that lands on the stalled replica too gives its slot
+                            // back after one delay (and keeps reading), so hedges stuck there
+                            // cannot keep other stripes from hedging.
+                            let result = {
+                                let read = self.read_once(&reader, range);
+                                tokio::pin!(read);
+                                match tokio::time::timeout(delay, &mut read).await {
+                                    Ok(result) => result,
+                                    Err(_) => {
+                                        drop(slot_guard);
+                                        read.await
+                                    }
+                                }
+                            };
+                            (result, Some(reader))
                         }
                         .boxed(),
                     );
