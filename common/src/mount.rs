@@ -348,6 +348,22 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Encodes `summary` as pretty JSON, logs it as `event`, and writes it atomically to `path`
+/// when one is given: the one way both daemons publish a summary, at unmount and on SIGUSR1.
+/// Returns the JSON.
+pub fn publish_summary(
+    summary: &impl serde::Serialize,
+    path: Option<&Path>,
+    event: &str,
+) -> std::io::Result<String> {
+    let json = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
+    tracing::info!(summary = %json, "{event}");
+    if let Some(path) = path {
+        write_atomic(path, json.as_bytes())?;
+    }
+    Ok(json)
+}
+
 /// The signals [`serve`] acts on, blocked in every thread of the daemon.
 ///
 /// A process-directed signal goes to any thread that does not block it, and the default action

@@ -289,22 +289,15 @@ fn serve_mount(
     }
     tracing::info!(source = %options.source, mountpoint = %options.mountpoint.display(), "mounted");
     ready.ready();
-    let write_summary = |when: &str| -> anyhow::Result<()> {
-        let summary =
-            serde_json::to_string_pretty(&fs.summary()).context("encoding the summary")?;
-        tracing::info!(summary = %summary, "{when}");
-        if let Some(path) = &options.summary {
-            bootseer_common::mount::write_atomic(path, summary.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        Ok(())
-    };
+    let path = options.summary.as_deref();
     let served = serve(session, &options.mountpoint, signals, || {
-        if let Err(e) = write_summary("summary on request (SIGUSR1)") {
-            tracing::warn!(error = %format!("{e:#}"), "summary on request failed");
+        let event = "summary on request (SIGUSR1)";
+        if let Err(e) = bootseer_common::mount::publish_summary(&fs.summary(), path, event) {
+            tracing::warn!(error = %e, "publishing the summary");
         }
     });
-    write_summary("unmounted")?;
+    bootseer_common::mount::publish_summary(&fs.summary(), path, "unmounted")
+        .context("writing the summary")?;
     served.context("serving the mount")
 }
 

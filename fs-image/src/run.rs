@@ -197,28 +197,18 @@ fn mount_inner(
     tracing::info!(image = %options.reference, mountpoint = %options.mountpoint.display(),
         replay = session.has_trace(), "mounted");
     ready.ready();
+    let summary_path = options.summary.as_deref();
     mount::serve(bg, &options.mountpoint, signals, || {
         // SIGUSR1: the summary so far, where the one at unmount goes.
-        match serde_json::to_string_pretty(&session.snapshot()) {
-            Ok(json) => {
-                tracing::info!(summary = %json, "summary on request (SIGUSR1)");
-                if let Some(path) = &options.summary
-                    && let Err(e) = mount::write_atomic(path, json.as_bytes())
-                {
-                    tracing::warn!(error = %e, path = %path.display(), "writing the summary");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "encoding the summary"),
+        let event = "summary on request (SIGUSR1)";
+        if let Err(e) = mount::publish_summary(&session.snapshot(), summary_path, event) {
+            tracing::warn!(error = %e, "publishing the summary");
         }
     })
     .context("serving")?;
     let summary = rt.block_on(session.finish())?;
-    let json = serde_json::to_string_pretty(&summary)?;
-    tracing::info!(summary = %json, "unmounted");
-    if let Some(path) = &options.summary {
-        mount::write_atomic(path, json.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    let json = mount::publish_summary(&summary, summary_path, "unmounted")
+        .context("writing the summary")?;
     if options.foreground {
         println!("{json}");
     }
