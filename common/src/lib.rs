@@ -14,6 +14,8 @@
 //!   single-flight misses, priorities (on-demand > replay > background), digest verification.
 //! - [`trace`]: the first access of each block after a mount, recorded off the request path, and
 //!   the replay planner that turns a stored trace into coalesced prefetch requests.
+//! - [`layer`]: the block format images and dependency snapshots share, built from a directory
+//!   and mounted lazily (read-only tree, FUSE adapter, record/replay session).
 //! - [`telemetry`], [`metrics`], [`errno`], [`mount`], [`units`]: logging, counter names, one
 //!   error-to-errno mapping, the fuser mount plumbing and the option parsers every binary shares.
 //! - [`testing`] (feature `test-support`): in-memory store doubles and the guards that start the
@@ -22,6 +24,7 @@
 pub mod cache;
 pub mod digest;
 pub mod errno;
+pub mod layer;
 pub mod metrics;
 pub mod mount;
 pub mod store;

@@ -18,6 +18,8 @@ pub fn init(default_filter: &str) {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            // Colours only on a terminal: a daemon's log file or journald gets plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(true)
             .try_init();
         let previous = std::panic::take_hook();

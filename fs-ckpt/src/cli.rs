@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bootseer_common::mount::{
-    MountArgs, MountConfig, Ready, ServeSignals, daemonize, is_mounted, serve,
+    self, DaemonOptions, MountArgs, MountConfig, MountFlags, Ready, ServeSignals,
 };
 use bootseer_common::store::hdfs::{HdfsOptions, HdfsStore};
 use clap::{Parser, Subcommand};
@@ -85,6 +85,10 @@ struct MountCmd {
     /// Stay in the foreground.
     #[arg(short = 'f', long)]
     foreground: bool,
+    /// Mount options as in fstab (`allow_other`, `noexec`, or any key of the mount-helper
+    /// form); the defaults are nosuid,nodev and only the mounter may read.
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Vec<String>,
 }
 
 /// Everything a mount needs, from either calling form.
@@ -104,12 +108,14 @@ pub struct MountOptions {
     pub log: Option<PathBuf>,
     /// Stay in the foreground.
     pub foreground: bool,
-    /// Let other users read the mount.
-    pub allow_other: bool,
+    /// `allow_other`, `suid`, `dev`, `exec` (safe defaults).
+    pub flags: MountFlags,
+    /// FUSE worker threads (`None`: the default).
+    pub threads: Option<usize>,
 }
 
 impl MountCmd {
-    fn into_options(self) -> MountOptions {
+    fn into_options(self) -> anyhow::Result<MountOptions> {
         let d = CkptConfig::default();
         MountOptions {
             config: CkptConfig {
@@ -130,15 +136,30 @@ impl MountCmd {
             summary: self.summary,
             log: self.log,
             foreground: self.foreground,
-            allow_other: true,
+            flags: MountFlags::default(),
+            threads: None,
         }
+        .with_options(&mount::options::split_all(&self.options))
     }
 }
 
-/// Turns mount-helper arguments into [`MountOptions`]; unknown keys are an error, generic
-/// mount flags (`ro`, `rw`, `dev`, `suid`, …) are accepted and ignored.
+/// The `-o` keys of a checkpoint mount beyond the standard and daemon ones.
+pub const CKPT_KEYS: &[&str] = &[
+    "stripe_size",
+    "concurrency",
+    "readers",
+    "memory",
+    "prefetch_threshold",
+    "stripe_deadline",
+    "attempt_timeout",
+    "hedge_after",
+    "metadata_ttl",
+    "conf_dir",
+];
+
+/// Turns mount-helper arguments into [`MountOptions`] (the defaults, then `-o`).
 pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
-    let mut o = MountOptions {
+    MountOptions {
         source: args.source.clone(),
         mountpoint: args.mountpoint.clone(),
         config: CkptConfig::default(),
@@ -146,48 +167,43 @@ pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
         summary: None,
         log: None,
         foreground: false,
-        allow_other: true,
-    };
-    let size = |k: &str, v: &str| parse_size(v).map_err(|e| anyhow::anyhow!("-o {k}: {e}"));
-    let dur = |k: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("-o {k}: {e}"));
-    let num = |k: &str, v: &str| v.parse::<usize>().with_context(|| format!("-o {k}={v}"));
-    for (k, v) in &args.options {
-        let c = &mut o.config;
-        match k.as_str() {
-            "stripe_size" => c.stripe_size = size(k, v)?,
-            "concurrency" => c.concurrency = num(k, v)?,
-            "readers" => c.readers = num(k, v)?,
-            "memory" => c.memory_bytes = size(k, v)?,
-            "prefetch_threshold" => c.prefetch_threshold = size(k, v)?,
-            "stripe_deadline" => c.stripe_deadline = dur(k, v)?,
-            "attempt_timeout" => c.attempt_timeout = dur(k, v)?,
-            "hedge_after" => c.hedge_after = dur(k, v)?,
-            "metadata_ttl" => c.metadata_ttl = dur(k, v)?,
-            "conf_dir" => o.conf_dir = Some(v.into()),
-            "summary" => o.summary = Some(v.into()),
-            "log" => o.log = Some(v.into()),
-            "foreground" => o.foreground = true,
-            "ro"
-            | "rw"
-            | "dev"
-            | "nodev"
-            | "suid"
-            | "nosuid"
-            | "exec"
-            | "noexec"
-            | "auto"
-            | "noauto"
-            | "user"
-            | "nouser"
-            | "_netdev"
-            | "nofail"
-            | "defaults"
-            | "allow_other"
-            | "default_permissions" => {}
-            other => bail!("unknown mount option {other:?}"),
-        }
+        flags: MountFlags::default(),
+        threads: None,
     }
-    Ok(o)
+    .with_options(&args.options)
+}
+
+impl MountOptions {
+    /// Folds `-o` options into these through the one parser every binary uses: standard flags,
+    /// daemon keys, [`CKPT_KEYS`]; an unknown key is an error naming it.
+    pub fn with_options(mut self, options: &[(String, String)]) -> anyhow::Result<Self> {
+        let parsed = mount::options::parse(options, CKPT_KEYS)?;
+        let size = |k: &str, v: &str| parse_size(v).map_err(|e| anyhow::anyhow!("-o {k}: {e}"));
+        let dur = |k: &str, v: &str| parse_duration(v).map_err(|e| anyhow::anyhow!("-o {k}: {e}"));
+        let num = |k: &str, v: &str| v.parse::<usize>().with_context(|| format!("-o {k}={v}"));
+        for (k, v) in &parsed.own {
+            let c = &mut self.config;
+            match k.as_str() {
+                "stripe_size" => c.stripe_size = size(k, v)?,
+                "concurrency" => c.concurrency = num(k, v)?,
+                "readers" => c.readers = num(k, v)?,
+                "memory" => c.memory_bytes = size(k, v)?,
+                "prefetch_threshold" => c.prefetch_threshold = size(k, v)?,
+                "stripe_deadline" => c.stripe_deadline = dur(k, v)?,
+                "attempt_timeout" => c.attempt_timeout = dur(k, v)?,
+                "hedge_after" => c.hedge_after = dur(k, v)?,
+                "metadata_ttl" => c.metadata_ttl = dur(k, v)?,
+                "conf_dir" => self.conf_dir = Some(v.into()),
+                other => anyhow::bail!("mount option {other:?} is listed but not handled"),
+            }
+        }
+        self.flags = parsed.flags;
+        self.foreground |= parsed.daemon.foreground;
+        self.summary = parsed.daemon.summary.or(self.summary);
+        self.log = parsed.daemon.log.or(self.log);
+        self.threads = parsed.daemon.threads.or(self.threads);
+        Ok(self)
+    }
 }
 
 /// The binary's entry point: parses either calling form and mounts.
@@ -209,8 +225,15 @@ pub fn run() -> ExitCode {
             }
         }
     } else {
-        match Cli::parse().command {
+        let parsed = match Cli::parse().command {
             Command::Mount(cmd) => cmd.into_options(),
+        };
+        match parsed {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("bootseer-ckpt: {e:#}");
+                return ExitCode::from(2);
+            }
         }
     };
     match mount(options) {
@@ -225,22 +248,12 @@ pub fn run() -> ExitCode {
 
 /// Mounts and serves until unmounted; see the module doc for the order of steps.
 pub fn mount(options: MountOptions) -> anyhow::Result<()> {
-    let mut ready = if options.foreground {
-        Ready::foreground()
-    } else {
-        // Before any thread or runtime exists: fork is only safe then.
-        daemonize(options.log.as_deref()).context("daemonizing")?
+    let run = DaemonOptions {
+        foreground: options.foreground,
+        log: options.log.clone(),
+        log_filter: "info",
     };
-    // Before any thread exists, so every thread inherits the mask (see ServeSignals).
-    let signals = ServeSignals::block().context("blocking signals")?;
-    bootseer_common::telemetry::init("info");
-    match serve_mount(&options, &mut ready, signals) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            ready.failed(&format!("{e:#}"));
-            Err(e)
-        }
-    }
+    mount::run_daemon(&run, |ready, signals| serve_mount(&options, ready, signals))
 }
 
 fn serve_mount(
@@ -248,6 +261,7 @@ fn serve_mount(
     ready: &mut Ready,
     signals: ServeSignals,
 ) -> anyhow::Result<()> {
+    mount::check_mountpoint(&options.mountpoint)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bootseer-ckpt-rt")
@@ -261,44 +275,26 @@ fn serve_mount(
     runtime
         .block_on(fs.readdir(crate::fs::ROOT_INO))
         .with_context(|| format!("listing {}", options.source))?;
-    let mount = MountConfig {
+    let mut config = MountConfig {
         fsname: options.source.clone(),
         subtype: "bootseer-ckpt".into(),
-        allow_other: options.allow_other,
+        flags: options.flags,
         ..MountConfig::default()
     };
-    let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount.clone());
-    let session = fuser::spawn_mount(adapter, &options.mountpoint, &mount.fuser_config())
-        .with_context(|| format!("mounting on {}", options.mountpoint.display()))?;
-    // Ready once the kernel lists the mount (bounded: 10 s covers a loaded machine).
-    for _ in 0..1000 {
-        if is_mounted(&options.mountpoint) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if let Some(t) = options.threads {
+        config.threads = t;
     }
-    if !is_mounted(&options.mountpoint) {
-        bail!("{} did not become a mount", options.mountpoint.display());
-    }
-    if nix::unistd::geteuid().is_root()
-        && mount.read_ahead_kb > 0
-        && let Err(e) =
-            bootseer_common::mount::raise_read_ahead(&options.mountpoint, mount.read_ahead_kb)
-    {
-        tracing::warn!(error = %e, "could not raise read-ahead");
-    }
-    tracing::info!(source = %options.source, mountpoint = %options.mountpoint.display(), "mounted");
-    ready.ready();
+    let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), config.clone());
     let path = options.summary.as_deref();
-    let served = serve(session, &options.mountpoint, signals, || {
-        let event = "summary on request (SIGUSR1)";
-        if let Err(e) = bootseer_common::mount::publish_summary(&fs.summary(), path, event) {
-            tracing::warn!(error = %e, "publishing the summary");
-        }
-    });
-    bootseer_common::mount::publish_summary(&fs.summary(), path, "unmounted")
-        .context("writing the summary")?;
-    served.context("serving the mount")
+    let served =
+        mount::mount_and_serve(adapter, &options.mountpoint, &config, ready, signals, || {
+            let event = "summary on request (SIGUSR1)";
+            if let Err(e) = mount::publish_summary(&fs.summary(), path, event) {
+                tracing::warn!(error = %e, "publishing the summary");
+            }
+        });
+    mount::publish_summary(&fs.summary(), path, "unmounted").context("writing the summary")?;
+    served
 }
 
 #[cfg(test)]

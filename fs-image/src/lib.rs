@@ -2,37 +2,19 @@
 //! replay.
 //!
 //! ```text
-//!  convert: dir: | oci: | docker:// ──► convert ──► format::{Metadata, data blobs, Index} ──► Store
-//!  mount:   Store ──► session::ImageSession ──► fs::ImageFs ──► fuse::ImageFuse ──► kernel
-//!                         │  load metadata (all local)   │ reads: BlockCache ◄─ source::ImageBlob
-//!                         │  replay stored trace ────────┘        (Priority::Replay prefetch)
-//!                         └─ at unmount: Recorder ─► merge ─► traces/NAME/TAG/WORKLOAD + summary
+//!  convert: dir: | oci: | docker:// ──► convert ──► layer::format::{Metadata, data blobs, Index} ──► Store
+//!  mount:   Store ──► layer::LayerSession ──► layer::LayerFs ──► layer::LayerFuse ──► kernel
 //! ```
 //!
-//! Parts: [`reference`] (REF parsing, keys), [`format`] (metadata and index, self-checking),
-//! [`convert`] (with [`oci`] for image layers, [`registry`] for `docker://` sources, [`progress`]
-//! for the terminal line), [`source`] (per-blob `BlockSource`), [`fs`] (logic, no fuser types),
-//! [`fuse`] (adapter), [`session`] (load, replay, record, summary), [`run`] (what the binary
-//! calls), [`error`] (one error type, one errno mapping).
-//!
-//! Sync/async bridge: fuser's threads `block_on` the runtime handle for each read (short work:
-//! a few block lookups); replay and prefetch run as tokio tasks inside the cache.
+//! fs-image is split by lifecycle: [`convert`] (OCI layouts and registries, tar layers, with
+//! [`convert::oci`] and [`convert::registry`]) never mounts; [`mount`] (the binary's mount and
+//! trace commands, on the lifecycle in `bootseer_common::mount`) never converts. The format, the
+//! directory builder and the lazy tree are `bootseer_common::layer`, shared with fs-deps.
 
 pub mod convert;
-pub mod error;
-pub mod format;
-pub mod fs;
-pub mod fuse;
-pub mod oci;
-pub mod progress;
-pub mod reference;
-pub mod registry;
-pub mod run;
-pub mod session;
-pub mod source;
+pub mod mount;
 
-pub use error::ImageError;
-pub use fs::ImageFs;
-pub use fuse::ImageFuse;
-pub use reference::ImageRef;
-pub use session::{ImageSession, MountSummary, SessionConfig, TraceMode};
+pub use bootseer_common::layer::{
+    LayerError, LayerFs, LayerFuse, LayerRef, LayerSession, MountSummary, SessionConfig, TraceMode,
+    format,
+};

@@ -1,11 +1,11 @@
-//! `bootseer-image`: CLI glue over [`bootseer_image::run`].
+//! `bootseer-image`: CLI glue over [`bootseer_image::convert`] and [`bootseer_image::mount`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use bootseer_common::mount::MountArgs;
-use bootseer_image::convert::ConvertConfig;
-use bootseer_image::run::{self, MountOptions, parse_size};
+use bootseer_image::convert::{self, ConvertConfig};
+use bootseer_image::mount::{self, MountOptions, parse_size};
 use bootseer_image::{SessionConfig, TraceMode};
 use clap::{Parser, Subcommand};
 
@@ -50,8 +50,8 @@ enum Command {
         /// Memory budget for blocks (k/M/G).
         #[arg(long, default_value = "512M")]
         memory: String,
-        /// Trace mode.
-        #[arg(long, value_enum, default_value_t = TraceMode::Auto)]
+        /// Trace mode: auto (replay a stored trace, record and store), record, replay, off.
+        #[arg(long, default_value = "auto")]
         trace: TraceMode,
         /// Workload name the trace is kept under.
         #[arg(long, default_value = "default")]
@@ -75,6 +75,10 @@ enum Command {
         /// sequential readers get blocks ahead from the mount's own window].
         #[arg(long)]
         read_ahead: Option<String>,
+        /// Mount options as in fstab: suid, dev, noexec, allow_other, or any key of the
+        /// mount-helper form (the defaults are nosuid,nodev and only the mounter may read).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
     },
     /// Stored traces.
     Trace {
@@ -102,7 +106,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let is_sub = args.first().and_then(|a| a.to_str()).is_some_and(|a| SUBCOMMANDS.contains(&a));
     if !is_sub && let Some(helper) = MountArgs::parse_helper(&args) {
-        return run::mount(run::helper_options(&helper)?);
+        return mount::mount(mount::helper_options(&helper)?);
     }
     match Cli::parse().command {
         Command::Convert { source, dest, block_size, json } => {
@@ -110,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("block size too large"))?;
             let config = ConvertConfig { block_size, ..Default::default() };
             // The progress line goes to stderr, and only when it is a terminal.
-            let report = run::convert_with(&source, &dest, &config, !json)?;
+            let report = convert::convert_with(&source, &dest, &config, !json)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -140,26 +144,36 @@ fn main() -> anyhow::Result<()> {
             log,
             threads,
             read_ahead,
-        } => run::mount(MountOptions {
-            reference,
-            mountpoint,
-            session: SessionConfig {
-                cache_dir,
-                cache_size: parse_size(&cache_size)?,
-                memory: parse_size(&memory)?,
-                trace,
-                workload,
-                trace_window: trace_window.map(std::time::Duration::from_secs),
-                ..SessionConfig::default()
-            },
-            foreground,
-            summary,
-            log,
-            threads,
-            read_ahead_kb: read_ahead.as_deref().map(run::parse_read_ahead).transpose()?,
-        }),
+            options,
+        } => {
+            let mut o = MountOptions {
+                reference,
+                mountpoint,
+                session: SessionConfig {
+                    cache_dir,
+                    cache_size: parse_size(&cache_size)?,
+                    memory: parse_size(&memory)?,
+                    trace,
+                    workload,
+                    trace_window: trace_window.map(std::time::Duration::from_secs),
+                    ..SessionConfig::default()
+                },
+                ..MountOptions::default()
+            };
+            let d = &mut o.parsed.daemon;
+            d.foreground = foreground;
+            d.summary = summary;
+            d.log = log;
+            d.threads = (threads > 0).then_some(threads);
+            d.read_ahead_kb = read_ahead
+                .as_deref()
+                .map(|r| anyhow::Ok(u32::try_from(parse_size(r)? / 1024)?))
+                .transpose()?;
+            mount::apply_options(&mut o, &bootseer_common::mount::options::split_all(&options))?;
+            mount::mount(o)
+        }
         Command::Trace { command: TraceCommand::Show { reference, workload } } => {
-            println!("{}", run::trace_show(&reference, &workload)?);
+            println!("{}", mount::trace_show(&reference, &workload)?);
             Ok(())
         }
     }

@@ -11,23 +11,25 @@ use bootseer_common::store::DynStore;
 use bootseer_common::testing::mem::{MemStore, pattern};
 use bootseer_image::convert::{self, ConvertConfig};
 use bootseer_image::format::{Index, Metadata, media};
-use bootseer_image::{ImageRef, ImageSession, SessionConfig, TraceMode};
+use bootseer_image::{LayerRef, LayerSession, SessionConfig, TraceMode};
 use bytes::Bytes;
 use common::BLOCK;
 
 fn image_in_mem(
     files: &[(&str, usize, u64)],
-) -> (tempfile::TempDir, Arc<MemStore>, ImageRef, Metadata) {
+) -> (tempfile::TempDir, Arc<MemStore>, LayerRef, Metadata) {
     let src = tempfile::tempdir().expect("src");
     for (name, len, seed) in files {
         std::fs::write(src.path().join(name), pattern(*seed, *len)).expect("write");
     }
-    let (meta, blobs) =
-        convert::build_from_dir(src.path(), &ConvertConfig { block_size: BLOCK, level: 3 })
-            .expect("build");
+    let (meta, blobs) = convert::build_from_dir(
+        src.path(),
+        &ConvertConfig { block_size: BLOCK, level: 3, ..Default::default() },
+    )
+    .expect("build");
     let mem = Arc::new(MemStore::new());
     let store: DynStore = mem.clone();
-    let image = ImageRef::parse("file:///mem/lazy:v1").expect("ref");
+    let image = LayerRef::parse("file:///mem/lazy:v1").expect("ref");
     let rt = tokio::runtime::Runtime::new().expect("rt");
     rt.block_on(convert::push(&store, &image, &meta, blobs)).expect("push");
     (src, mem, image, meta)
@@ -46,7 +48,7 @@ fn reading_one_file_fetches_only_its_blocks() {
     let rt = tokio::runtime::Runtime::new().expect("rt");
     rt.block_on(async {
         let store: DynStore = mem.clone();
-        let session = ImageSession::open_with_store(image, store, config()).await.expect("open");
+        let session = LayerSession::open_with_store(image, store, config()).await.expect("open");
         let fs = session.fs();
         let a = fs.lookup(1, "a").expect("lookup");
         let before = mem.reads_overlapping(&blob_key, 0..u64::MAX);
@@ -72,7 +74,7 @@ fn sequential_reads_queue_the_next_blocks_of_the_file_and_jumps_do_not() {
     let rt = tokio::runtime::Runtime::new().expect("rt");
     rt.block_on(async {
         let store: DynStore = mem.clone();
-        let session = ImageSession::open_with_store(image, store, config()).await.expect("open");
+        let session = LayerSession::open_with_store(image, store, config()).await.expect("open");
         let fs = session.fs();
         let seq = fs.lookup(1, "seq").expect("lookup").ino;
         let chunk = 128 << 10;
@@ -114,7 +116,7 @@ fn a_block_with_the_wrong_digest_is_eio() {
     rt.block_on(async {
         let blobs = vec![]; // data blob already stored; push only rewrites metadata and index
         let _ = convert::push(&store, &image, &meta, blobs).await.expect("push");
-        let session = ImageSession::open_with_store(image, store, config()).await.expect("open");
+        let session = LayerSession::open_with_store(image, store, config()).await.expect("open");
         let fs = session.fs();
         let f = fs.lookup(1, "f").expect("lookup");
         assert_eq!(fs.read(f.ino, 0, 100).await.expect("block 0 is fine").len(), 100);
@@ -131,7 +133,7 @@ fn malformed_images_fail_at_mount_with_a_named_error() {
     let rt = tokio::runtime::Runtime::new().expect("rt");
     let open = |mem: &Arc<MemStore>| {
         let store: DynStore = mem.clone();
-        rt.block_on(ImageSession::open_with_store(image.clone(), store, config()))
+        rt.block_on(LayerSession::open_with_store(image.clone(), store, config()))
             .expect_err("must fail")
             .to_string()
     };
@@ -201,7 +203,7 @@ fn a_trace_window_stores_the_trace_before_unmount() {
             trace_window: Some(std::time::Duration::from_millis(300)),
             ..SessionConfig::default()
         };
-        let session = ImageSession::open_with_store(image.clone(), store.clone(), config)
+        let session = LayerSession::open_with_store(image.clone(), store.clone(), config)
             .await
             .expect("open");
         let fs = session.fs();

@@ -11,7 +11,7 @@ use bootseer_common::digest::Digest;
 use bootseer_common::mount::{MountConfig, is_mounted};
 use bootseer_common::store::DynStore;
 use bootseer_common::testing::{fuse::MountGuard, mem::pattern, require_real};
-use bootseer_image::{ImageFuse, ImageRef, ImageSession, MountSummary, SessionConfig, TraceMode};
+use bootseer_image::{LayerFuse, LayerRef, LayerSession, MountSummary, SessionConfig, TraceMode};
 use common::{BLOCK, awkward_tree, convert_into, describe, is_root};
 
 /// The kill test runs alone (write lock); the others share (read lock). Once, under the full
@@ -28,7 +28,7 @@ fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 /// A mounted image with its session and runtime; drop order unmounts first.
 struct Mounted {
     guard: Option<MountGuard>,
-    session: Option<ImageSession>,
+    session: Option<LayerSession>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -59,12 +59,20 @@ fn mount(reference: &str, store: &DynStore, cache_dir: &Path, trace: TraceMode) 
         workload: "test".into(),
         ..SessionConfig::default()
     };
-    let image = ImageRef::parse(reference).expect("reference");
+    let image = LayerRef::parse(reference).expect("reference");
     let session = rt
-        .block_on(ImageSession::open_with_store(image, store.clone(), config))
+        .block_on(LayerSession::open_with_store(image, store.clone(), config))
         .expect("open session");
-    let mount_config = MountConfig { threads: 2, dev_suid: is_root(), ..MountConfig::default() };
-    let fuse = ImageFuse::new(session.fs(), rt.handle().clone(), mount_config.clone());
+    let mount_config = MountConfig {
+        threads: 2,
+        flags: bootseer_common::mount::MountFlags {
+            dev: is_root(),
+            suid: is_root(),
+            ..Default::default()
+        },
+        ..MountConfig::default()
+    };
+    let fuse = LayerFuse::new(session.fs(), rt.handle().clone(), mount_config.clone());
     let guard = require_real("FUSE", MountGuard::mount(fuse, &mount_config))?;
     Some(Mounted { guard: Some(guard), session: Some(session), rt })
 }
@@ -166,7 +174,7 @@ fn a_second_cold_start_replays_the_first_starts_trace() {
     assert_eq!(s3.trace_stored, None, "trace=replay must not store");
 
     // The merged trace says two recordings saw these blocks.
-    let shown = bootseer_image::run::trace_show(&reference, "test").expect("trace show");
+    let shown = bootseer_image::mount::trace_show(&reference, "test").expect("trace show");
     assert!(shown.contains("traces/replay/v1/test"), "{shown}");
 }
 
@@ -357,16 +365,20 @@ fn an_image_pushed_to_a_real_registry_mounts_by_reference_and_keeps_its_trace_th
     let src = tempfile::tempdir().expect("src");
     awkward_tree(src.path());
     let reference = format!("docker://{}/team/awkward:v1", reg.host_port());
-    let report = bootseer_image::run::convert(
+    let report = bootseer_image::convert::convert(
         &format!("dir:{}", src.path().display()),
         &reference,
-        &bootseer_image::convert::ConvertConfig { block_size: BLOCK, level: 3 },
+        &bootseer_image::convert::ConvertConfig {
+            block_size: BLOCK,
+            level: 3,
+            ..Default::default()
+        },
     )
     .expect("convert into the registry");
     assert_eq!(report.index_key, "manifests/v1");
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let image = ImageRef::parse(&reference).expect("reference");
+    let image = LayerRef::parse(&reference).expect("reference");
     let store = rt
         .block_on(bootseer_common::store::open(&image.store_url, &Default::default()))
         .expect("open registry store");
@@ -462,10 +474,14 @@ fn a_stopped_registry_gives_eio_in_bounded_time_and_the_mount_recovers() {
     std::fs::write(src.path().join("first"), pattern(1, 2 * BLOCK as usize)).expect("write");
     std::fs::write(src.path().join("second"), pattern(2, 3 * BLOCK as usize)).expect("write");
     let reference = format!("docker://{}/team/faults:v1", reg.host_port());
-    bootseer_image::run::convert(
+    bootseer_image::convert::convert(
         &format!("dir:{}", src.path().display()),
         &reference,
-        &bootseer_image::convert::ConvertConfig { block_size: BLOCK, level: 3 },
+        &bootseer_image::convert::ConvertConfig {
+            block_size: BLOCK,
+            level: 3,
+            ..Default::default()
+        },
     )
     .expect("convert");
     // The bound a reader waits is the store's retry budget: configurable, short here.
@@ -477,7 +493,7 @@ fn a_stopped_registry_gives_eio_in_bounded_time_and_the_mount_recovers() {
         total_deadline: Duration::from_secs(3),
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let image = ImageRef::parse(&reference).expect("reference");
+    let image = LayerRef::parse(&reference).expect("reference");
     let store = rt
         .block_on(bootseer_common::store::open(
             &image.store_url,

@@ -17,12 +17,14 @@ use std::process::Command;
 use std::sync::Arc;
 
 use bootseer_common::digest::Digest;
+use bootseer_common::layer::session;
 use bootseer_common::mount::MountConfig;
 use bootseer_common::store::{DynStore, local::LocalStore};
 use bootseer_common::testing::registry::Registry;
 use bootseer_common::testing::{fuse::MountGuard, mem::pattern, require_real};
+use bootseer_image::convert::oci;
 use bootseer_image::convert::{self, ConvertConfig};
-use bootseer_image::{ImageFuse, ImageRef, ImageSession, SessionConfig, TraceMode, oci, session};
+use bootseer_image::{LayerFuse, LayerRef, LayerSession, SessionConfig, TraceMode};
 use common::{BLOCK, describe, is_root};
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -159,7 +161,8 @@ fn a_layered_oci_image_mounts_as_umoci_unpacks_it() {
     assert!(entries.contains(&format!("{OPAQUE_DIR}/.wh..wh..opq")), "{entries:?}");
     let spec = format!("oci:{}:v1", layout.display());
     let (meta, blobs) =
-        convert::build(&spec, &ConvertConfig { block_size: BLOCK, level: 3 }).expect("convert");
+        convert::build(&spec, &ConvertConfig { block_size: BLOCK, level: 3, ..Default::default() })
+            .expect("convert");
     // One data blob per layer (umoci's `new` image has none; each repack and insert adds one).
     assert_eq!(
         meta.blobs.len(),
@@ -170,18 +173,22 @@ fn a_layered_oci_image_mounts_as_umoci_unpacks_it() {
     let store_dir = tempfile::tempdir().expect("store");
     let store: DynStore = Arc::new(LocalStore::new(store_dir.path()));
     let image =
-        ImageRef::parse(&format!("file://{}/layered:v1", store_dir.path().display())).expect("ref");
+        LayerRef::parse(&format!("file://{}/layered:v1", store_dir.path().display())).expect("ref");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(convert::push(&store, &image, &meta, blobs)).expect("push");
     let session = rt
-        .block_on(ImageSession::open_with_store(
+        .block_on(LayerSession::open_with_store(
             image,
             store,
             SessionConfig { trace: TraceMode::Off, ..SessionConfig::default() },
         ))
         .expect("open");
-    let config = MountConfig { threads: 2, dev_suid: true, ..MountConfig::default() };
-    let fuse = ImageFuse::new(session.fs(), rt.handle().clone(), config.clone());
+    let config = MountConfig {
+        threads: 2,
+        flags: bootseer_common::mount::MountFlags { dev: true, suid: true, ..Default::default() },
+        ..MountConfig::default()
+    };
+    let fuse = LayerFuse::new(session.fs(), rt.handle().clone(), config.clone());
     let Some(mount) = require_real("FUSE", MountGuard::mount(fuse, &config)) else { return };
 
     let expected = work.path().join("expected/rootfs");
@@ -317,7 +324,7 @@ fn a_registry_image_converts_exactly_like_its_oci_layout_in_every_form() {
         return;
     };
     // The independent reference: the same image converted from the layout on disk.
-    let config = ConvertConfig { block_size: BLOCK, level: 3 };
+    let config = ConvertConfig { block_size: BLOCK, level: 3, ..Default::default() };
     let (want, want_blobs) =
         convert::build(&format!("oci:{}:v1", layout.display()), &config).expect("oci: convert");
     let want_digest = Digest::of(&want.encode().expect("encode")).to_string();
@@ -340,7 +347,7 @@ fn a_registry_image_converts_exactly_like_its_oci_layout_in_every_form() {
             serde_json::from_slice(&out.stdout).expect("stdout holds only the JSON result");
         assert_eq!(report["metadata_digest"], want_digest.as_str(), "{tag}");
         let got = rt
-            .block_on(session::load_metadata(&store, &ImageRef::parse(&dest).expect("ref")))
+            .block_on(session::load_metadata(&store, &LayerRef::parse(&dest).expect("ref")))
             .expect("load metadata");
         assert_eq!(got, want, "{tag}: not the metadata the oci: layout gives");
         for (info, bytes) in want.blobs.iter().zip(&want_blobs) {
@@ -385,7 +392,7 @@ fn a_tampered_or_deleted_registry_layer_fails_naming_the_layer() {
         return;
     }
     let source = format!("docker://{repo}:v1");
-    let config = ConvertConfig { block_size: BLOCK, level: 3 };
+    let config = ConvertConfig { block_size: BLOCK, level: 3, ..Default::default() };
     let layers = layout_manifest(&layout, "v1")["layers"].as_array().expect("layers").clone();
     let digest = layers[0]["digest"].as_str().expect("digest").to_string();
     let named = format!("layer 1/{} ({digest})", layers.len());

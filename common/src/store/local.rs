@@ -129,6 +129,33 @@ impl Store for LocalStore {
         .await
     }
 
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let path = self.path(key)?;
+        let owned = key.to_string();
+        match blocking("delete", key, move || std::fs::remove_file(path)).await {
+            Err(StoreError::NotFound { .. }) => Err(StoreError::NotFound { key: owned }),
+            other => other,
+        }
+    }
+
+    async fn create_new(&self, key: &str, data: Bytes) -> StoreResult<bool> {
+        let path = self.path(key)?;
+        blocking("create_new", key, move || {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(dir)?;
+            // O_EXCL: exactly one caller creates it, on one host or many sharing the directory.
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut file) => {
+                    std::io::Write::write_all(&mut file, &data)?;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         let root = self.root.clone();
         let prefix = prefix.to_string();

@@ -116,6 +116,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Objects whose key starts with `prefix`, sorted by key. Backends that cannot list a
     /// namespace (a registry's blobs) return [`StoreError::Unsupported`].
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
+
+    /// Removes `key`. [`StoreError::NotFound`] if absent; [`StoreError::Unsupported`] where the
+    /// backend cannot delete (the default).
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        Err(StoreError::Unsupported { op: "delete", key: key.to_string() })
+    }
+
+    /// Stores `data` under `key` only if no object has that key, atomically against every other
+    /// caller: `Ok(true)` if this call created it, `Ok(false)` if it existed. Backends without an
+    /// exclusive create return [`StoreError::Unsupported`] (the default). Used as a lock (one
+    /// node builds a snapshot while the others wait), so it is never retried blindly.
+    async fn create_new(&self, key: &str, data: Bytes) -> StoreResult<bool> {
+        let _ = data;
+        Err(StoreError::Unsupported { op: "create_new", key: key.to_string() })
+    }
 }
 
 /// A shared, dynamically chosen store.

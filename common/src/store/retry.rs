@@ -131,4 +131,20 @@ impl Store for RetryStore {
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         self.run("list", prefix, || self.inner.list(prefix)).await
     }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.run("delete", key, || self.inner.delete(key)).await
+    }
+
+    async fn create_new(&self, key: &str, data: Bytes) -> StoreResult<bool> {
+        // One attempt under the attempt timeout: a retry after a lost reply could see its own
+        // object and answer "existed", and the caller treats a failure as "not created".
+        let attempt = self.config.op_timeout;
+        match tokio::time::timeout(attempt, self.inner.create_new(key, data)).await {
+            Ok(r) => r,
+            Err(_) => {
+                Err(StoreError::Timeout { op: "create_new", key: key.to_string(), after: attempt })
+            }
+        }
+    }
 }

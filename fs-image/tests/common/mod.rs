@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bootseer_common::digest::Digest;
 use bootseer_common::store::{DynStore, local::LocalStore};
 use bootseer_common::testing::mem::pattern;
+use bootseer_image::LayerRef;
 use bootseer_image::convert::{self, ConvertConfig};
-use bootseer_image::reference::ImageRef;
 
 /// Test block size: small so that modest files span many blocks.
 pub const BLOCK: u32 = 64 << 10;
@@ -192,10 +192,12 @@ pub fn awkward_tree(root: &Path) {
 /// Converts `src` into the local store at `store_dir` as `NAME:TAG`; returns the reference.
 pub fn convert_into(src: &Path, store_dir: &Path, name_tag: &str) -> (String, DynStore) {
     let reference = format!("file://{}/{name_tag}", store_dir.display());
-    let image = ImageRef::parse(&reference).expect("reference");
-    let (meta, blobs) =
-        convert::build_from_dir(src, &ConvertConfig { block_size: BLOCK, level: 3 })
-            .expect("build");
+    let image = LayerRef::parse(&reference).expect("reference");
+    let (meta, blobs) = convert::build_from_dir(
+        src,
+        &ConvertConfig { block_size: BLOCK, level: 3, ..Default::default() },
+    )
+    .expect("build");
     let store: DynStore = Arc::new(LocalStore::new(store_dir));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(convert::push(&store, &image, &meta, blobs)).expect("push");

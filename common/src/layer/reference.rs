@@ -1,4 +1,4 @@
-//! [`ImageRef`]: `file:///ABS/STORE/NAME:TAG`, `docker://HOST[:PORT]/REPO:TAG` or
+//! [`LayerRef`]: `file:///ABS/STORE/NAME:TAG`, `docker://HOST[:PORT]/REPO:TAG` or
 //! `hdfs://HOST:PORT/PATH/NAME:TAG`, split into the store URL and the keys inside it.
 //!
 //! | store            | store URL                   | image index key     | trace key                         |
@@ -9,11 +9,11 @@
 //! Blobs are `blobs/sha256:<hex>` everywhere. Names and tags are checked so that no key can climb
 //! out of the store or collide with another kind of key.
 
-use crate::error::{ImageError, Result};
+use crate::layer::error::{LayerError, Result};
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
+pub struct LayerRef {
     /// The reference as given.
     pub original: String,
     /// URL of the store that holds the image (for `store::open`).
@@ -50,10 +50,10 @@ pub fn valid_name(name: &str) -> bool {
         })
 }
 
-impl ImageRef {
+impl LayerRef {
     /// Parses a reference.
     pub fn parse(reference: &str) -> Result<Self> {
-        let bad = |reason: &str| ImageError::Reference {
+        let bad = |reason: &str| LayerError::Reference {
             reference: reference.to_string(),
             reason: reason.to_string(),
         };
@@ -113,7 +113,7 @@ impl ImageRef {
     /// Key of the trace for `workload` (checked with [`valid_tag`]).
     pub fn trace_key(&self, workload: &str) -> Result<String> {
         if !valid_tag(workload) {
-            return Err(ImageError::Reference {
+            return Err(LayerError::Reference {
                 reference: workload.to_string(),
                 reason: "a workload name must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}".into(),
             });
@@ -133,15 +133,15 @@ mod tests {
 
     #[test]
     fn references_split_into_store_and_keys() {
-        let r = ImageRef::parse("file:///srv/store/py:v1").expect("file ref");
+        let r = LayerRef::parse("file:///srv/store/py:v1").expect("file ref");
         assert_eq!(r.store_url, "file:///srv/store");
         assert_eq!(r.index_key(), "images/py/v1");
         assert_eq!(r.trace_key("train").expect("trace"), "traces/py/v1/train");
-        let d = ImageRef::parse("docker://127.0.0.1:5000/team/py:v1").expect("docker ref");
+        let d = LayerRef::parse("docker://127.0.0.1:5000/team/py:v1").expect("docker ref");
         assert_eq!(d.store_url, "docker://127.0.0.1:5000/team/py");
         assert_eq!(d.index_key(), "manifests/v1");
         assert_eq!(d.trace_key("w").expect("trace"), "manifests/v1.trace.w");
-        let h = ImageRef::parse("hdfs://nn:8020/images/py:v1").expect("hdfs ref");
+        let h = LayerRef::parse("hdfs://nn:8020/images/py:v1").expect("hdfs ref");
         assert_eq!(h.store_url, "hdfs://nn:8020/images");
     }
 
@@ -160,9 +160,9 @@ mod tests {
             "file:///s/a:.hidden",
             "file:///s/a:x/y",
         ] {
-            assert!(ImageRef::parse(r).is_err(), "{r} accepted");
+            assert!(LayerRef::parse(r).is_err(), "{r} accepted");
         }
-        let r = ImageRef::parse("file:///s/a:v1").expect("ref");
+        let r = LayerRef::parse("file:///s/a:v1").expect("ref");
         assert!(r.trace_key("../x").is_err());
         assert!(r.trace_key("").is_err());
     }

@@ -1,8 +1,19 @@
-//! FUSE mount plumbing shared by the three binaries.
+//! FUSE mount plumbing shared by the three binaries: one lifecycle, one option parser.
 //!
+//! ```text
+//!  main ─► run_daemon: daemonize (unless foreground) ─► ServeSignals::block ─► telemetry::init
+//!            └─ body(&mut Ready, ServeSignals): open the filesystem's session
+//!                 └─ mount_and_serve: mountpoint checked ─► fuser::spawn_mount ─► read-ahead
+//!                      ─► Ready::ready (the waiting parent exits 0) ─► serve until SIGTERM/umount
+//!                         (SIGUSR1 ─► report) ─► the body writes its summary
+//!            an error anywhere ─► Ready::failed (the parent prints it, exits 1), nothing mounted
+//! ```
+//!
+//! - [`options`]: the `-o` parser every binary uses (safe defaults, fstab keys, unknown keys are
+//!   errors naming the key).
 //! - [`MountConfig`] → [`MountConfig::fuser_config`]: read-only, fsname/subtype, threads with
-//!   cloned fds, `allow_other`, `auto_unmount` when `fusermount3` exists (a killed daemon then
-//!   leaves no stuck mount).
+//!   cloned fds, `nosuid,nodev` and no `allow_other` unless asked, `auto_unmount` when
+//!   `fusermount3` exists (a killed daemon then leaves no stuck mount).
 //! - [`MountConfig::kernel_init`]: called from each filesystem's `init`; raises
 //!   `max_background` (the kernel's default of 12 serializes prefetch-heavy readers) and asks
 //!   for the largest read-ahead the kernel allows at init.
@@ -23,6 +34,10 @@ use std::time::Duration;
 
 use fuser::{Config, KernelConfig, MountOption, SessionACL};
 
+pub mod options;
+
+pub use options::{DaemonKeys, MountFlags, OptionError, ParsedOptions};
+
 /// How a bootseer filesystem is mounted.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
@@ -34,12 +49,10 @@ pub struct MountConfig {
     pub threads: usize,
     /// Give each worker thread its own /dev/fuse fd (Linux 4.5+).
     pub clone_fd: bool,
-    /// Let users other than the mounter read the tree (needed by containers running as others).
-    pub allow_other: bool,
+    /// `allow_other`, `suid`, `dev`, `exec` (safe defaults: see [`MountFlags`]).
+    pub flags: MountFlags,
     /// Have `fusermount3` unmount when the daemon dies (used when it is installed).
     pub auto_unmount: bool,
-    /// Honour device nodes and setuid bits (root images run from a chroot need both).
-    pub dev_suid: bool,
     /// Pending background requests the kernel may queue (readahead, async reads).
     pub max_background: u16,
     /// Read-ahead to set through sysfs after mount, in KiB (0: leave the kernel's).
@@ -55,9 +68,8 @@ impl Default for MountConfig {
             // reads in flight without per-thread buffers adding up (each holds 1 MiB+).
             threads: 8,
             clone_fd: true,
-            allow_other: true,
+            flags: MountFlags::default(),
             auto_unmount: true,
-            dev_suid: false,
             // DESIGN: ≥ 64 so read-ahead and parallel readers are not throttled by the kernel.
             max_background: 64,
             // 4 MiB of read-ahead turns sequential 128 KiB FUSE reads into few large ones.
@@ -83,18 +95,16 @@ impl MountConfig {
             MountOption::NoAtime,
             MountOption::DefaultPermissions,
         ];
-        if self.dev_suid {
-            options.extend([MountOption::Dev, MountOption::Suid]);
-        } else {
-            options.extend([MountOption::NoDev, MountOption::NoSuid]);
-        }
+        options.push(if self.flags.dev { MountOption::Dev } else { MountOption::NoDev });
+        options.push(if self.flags.suid { MountOption::Suid } else { MountOption::NoSuid });
+        options.push(if self.flags.exec { MountOption::Exec } else { MountOption::NoExec });
         let auto_unmount = self.auto_unmount && have_fusermount3();
         if auto_unmount {
             options.push(MountOption::AutoUnmount);
         }
         let mut config = Config::default();
         config.mount_options = options;
-        config.acl = if self.allow_other {
+        config.acl = if self.flags.allow_other {
             SessionACL::All
         } else if auto_unmount {
             // auto_unmount needs allow_root or allow_other (fusermount's rule).
@@ -245,7 +255,7 @@ impl MountArgs {
     }
 }
 
-fn split_options(s: &str) -> Vec<(String, String)> {
+pub(crate) fn split_options(s: &str) -> Vec<(String, String)> {
     s.split(',')
         .filter(|o| !o.is_empty())
         .map(|o| match o.split_once('=') {
@@ -425,6 +435,91 @@ pub fn serve(
                 return session.join();
             }
             Err(_) => {}
+        }
+    }
+}
+
+/// How a binary runs as a mount daemon (from its CLI or `-o` keys).
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Stay in the foreground (no fork; errors go to the terminal).
+    pub foreground: bool,
+    /// The daemon's log file (stderr of the daemon; `None`: /dev/null once daemonized).
+    pub log: Option<PathBuf>,
+    /// Default log filter when `BOOTSEER_LOG` is unset (e.g. `bootseer_image=info,…`).
+    pub log_filter: &'static str,
+}
+
+/// The one mount lifecycle of every bootseer binary: daemonizes unless `foreground` (before any
+/// thread exists), blocks the serve signals (so every later thread inherits the mask), starts
+/// logging, then runs `body`. An error from `body` is handed to the waiting parent (which prints
+/// it and exits 1) and returned.
+pub fn run_daemon(
+    options: &DaemonOptions,
+    body: impl FnOnce(&mut Ready, ServeSignals) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut ready = if options.foreground {
+        Ready::foreground()
+    } else {
+        daemonize(options.log.as_deref()).context("daemonizing")?
+    };
+    let signals = ServeSignals::block().context("blocking signals")?;
+    crate::telemetry::init(options.log_filter);
+    match body(&mut ready, signals) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            ready.failed(&format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
+
+/// Refuses a mount point that is not an existing directory, before anything is mounted (a
+/// mount on a regular file would "succeed" and answer EIO to everything).
+pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!("mount point {} is not a directory", mountpoint.display()),
+        Err(e) => anyhow::bail!("mount point {}: {e}", mountpoint.display()),
+    }
+}
+
+/// Mounts `fs` at `mountpoint` with `config`, raises read-ahead (root only), tells the parent
+/// the mount is ready, and serves until unmount or a signal ([`serve`]; SIGUSR1 calls
+/// `report`). Returns once the session has ended; the caller then writes its summary.
+pub fn mount_and_serve<FS: fuser::Filesystem + Send + 'static>(
+    fs: FS,
+    mountpoint: &Path,
+    config: &MountConfig,
+    ready: &mut Ready,
+    signals: ServeSignals,
+    report: impl Fn(),
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    check_mountpoint(mountpoint)?;
+    let bg = fuser::spawn_mount(fs, mountpoint, &config.fuser_config())
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    if nix::unistd::geteuid().is_root()
+        && config.read_ahead_kb > 0
+        && let Err(e) = raise_read_ahead(mountpoint, config.read_ahead_kb)
+    {
+        tracing::warn!(error = %e, "could not raise read-ahead");
+    }
+    tracing::info!(source = %config.fsname, mountpoint = %mountpoint.display(), "mounted");
+    ready.ready();
+    serve(bg, mountpoint, signals, report).context("serving")
+}
+
+impl MountConfig {
+    /// Applies parsed `-o` flags and daemon keys (threads, read-ahead) to this config.
+    pub fn apply(&mut self, parsed: &ParsedOptions) {
+        self.flags = parsed.flags;
+        if let Some(t) = parsed.daemon.threads {
+            self.threads = t;
+        }
+        if let Some(kb) = parsed.daemon.read_ahead_kb {
+            self.read_ahead_kb = kb;
         }
     }
 }

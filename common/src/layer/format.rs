@@ -18,10 +18,10 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use bootseer_common::digest::Digest;
+use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ImageError, Result};
+use crate::layer::error::{LayerError, Result};
 
 /// First bytes of a metadata blob.
 pub const MAGIC: [u8; 8] = *b"BSIMAGE\0";
@@ -175,10 +175,10 @@ impl Metadata {
     /// The framed, compressed metadata blob.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(self)
-            .map_err(|e| ImageError::malformed("metadata", format!("cannot serialize: {e}")))?;
+            .map_err(|e| LayerError::malformed("metadata", format!("cannot serialize: {e}")))?;
         // Level 3: zstd's default; metadata is small and written once.
         let body = zstd::bulk::compress(&json, 3)
-            .map_err(|e| ImageError::malformed("metadata", format!("cannot compress: {e}")))?;
+            .map_err(|e| LayerError::malformed("metadata", format!("cannot compress: {e}")))?;
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -191,7 +191,7 @@ impl Metadata {
 
     /// Parses and validates a metadata blob.
     pub fn decode(data: &[u8]) -> Result<Metadata> {
-        let bad = |reason: String| ImageError::malformed("metadata", reason);
+        let bad = |reason: String| LayerError::malformed("metadata", reason);
         if data.len() < HEADER_LEN {
             return Err(bad(format!(
                 "{} bytes is shorter than the {HEADER_LEN}-byte header",
@@ -241,7 +241,7 @@ impl Metadata {
 
     /// Checks every rule the filesystem layer relies on (see the module doc).
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: &'static str, reason: String| Err(ImageError::malformed(what, reason));
+        let bad = |what: &'static str, reason: String| Err(LayerError::malformed(what, reason));
         if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
             return bad("metadata", format!("block size {} out of range", self.block_size));
         }
@@ -386,6 +386,10 @@ pub struct Index {
     pub config: Descriptor,
     /// Metadata blob first, then data blobs (or the one trace blob).
     pub layers: Vec<Descriptor>,
+    /// OCI annotations: what a layer's producer says about it (fs-deps keeps a snapshot's
+    /// input manifest here, so that the snapshot and its manifest are published in one put).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// The OCI empty config `{}`.
@@ -404,24 +408,25 @@ impl Index {
                 size: EMPTY_CONFIG.len() as u64,
             },
             layers,
+            annotations: Default::default(),
         }
     }
 
     /// Parses an index and checks it is a bootseer artifact of `artifact_type`.
     pub fn decode(data: &[u8], artifact_type: &str) -> Result<Index> {
         let index: Index = serde_json::from_slice(data)
-            .map_err(|e| ImageError::malformed("index", format!("not a bootseer index: {e}")))?;
+            .map_err(|e| LayerError::malformed("index", format!("not a bootseer index: {e}")))?;
         if index.artifact_type != artifact_type {
-            return Err(ImageError::malformed(
+            return Err(LayerError::malformed(
                 "index",
                 format!("artifactType {:?}, expected {artifact_type:?}", index.artifact_type),
             ));
         }
         let first =
-            index.layers.first().ok_or_else(|| ImageError::malformed("index", "no layers"))?;
+            index.layers.first().ok_or_else(|| LayerError::malformed("index", "no layers"))?;
         for l in &index.layers {
             if l.digest.parse::<Digest>().is_err() {
-                return Err(ImageError::malformed("index", format!("bad digest {:?}", l.digest)));
+                return Err(LayerError::malformed("index", format!("bad digest {:?}", l.digest)));
             }
         }
         let _ = first;

@@ -1,22 +1,22 @@
-//! [`ImageBlob`]: the [`BlockSource`] of one data blob. A run of blocks is one `read_range` of
+//! [`LayerBlob`]: the [`BlockSource`] of one data blob. A run of blocks is one `read_range` of
 //! their compressed span (blocks are packed back to back); each block is then decompressed on its
 //! own, its length checked, and handed to the cache, which checks its digest.
 
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::cache::{BlockSource, CacheError};
+use crate::digest::Digest;
+use crate::store::{DynStore, StoreError};
 use async_trait::async_trait;
-use bootseer_common::cache::{BlockSource, CacheError};
-use bootseer_common::digest::Digest;
-use bootseer_common::store::{DynStore, StoreError};
 use bytes::Bytes;
 
-use crate::error::ImageError;
-use crate::format::BlobInfo;
+use crate::layer::error::LayerError;
+use crate::layer::format::BlobInfo;
 
 /// One data blob of an image.
 #[derive(Debug)]
-pub struct ImageBlob {
+pub struct LayerBlob {
     id: String,
     key: String,
     store: DynStore,
@@ -26,9 +26,9 @@ pub struct ImageBlob {
     blocks: Vec<(u64, u32, Digest)>,
 }
 
-impl ImageBlob {
+impl LayerBlob {
     /// The source for `info` (already validated) in `store`.
-    pub fn new(store: DynStore, info: &BlobInfo, block_size: u32) -> Result<Self, ImageError> {
+    pub fn new(store: DynStore, info: &BlobInfo, block_size: u32) -> Result<Self, LayerError> {
         let blocks = info
             .blocks
             .iter()
@@ -36,10 +36,10 @@ impl ImageBlob {
                 let d = b
                     .digest
                     .parse::<Digest>()
-                    .map_err(|e| ImageError::malformed("block table", e.to_string()))?;
+                    .map_err(|e| LayerError::malformed("block table", e.to_string()))?;
                 Ok((b.offset, b.len, d))
             })
-            .collect::<Result<Vec<_>, ImageError>>()?;
+            .collect::<Result<Vec<_>, LayerError>>()?;
         Ok(Self {
             id: info.digest.clone(),
             key: format!("blobs/{}", info.digest),
@@ -58,7 +58,7 @@ impl ImageBlob {
 }
 
 #[async_trait]
-impl BlockSource for ImageBlob {
+impl BlockSource for LayerBlob {
     fn id(&self) -> &str {
         &self.id
     }

@@ -1,10 +1,10 @@
-//! [`ImageFs`]: the filesystem logic over a loaded image — no fuser types.
+//! [`LayerFs`]: the filesystem logic over a loaded image — no fuser types.
 //!
 //! ```text
 //!  lookup/getattr/readdir/readlink/xattrs ──► Metadata (all in memory since mount)
 //!  read(ino, off, len) ──► file range in blob stream ──► blocks b0..bn
 //!        └─ per block: Recorder::record (first access only) ──► BlockCache::get (on demand)
-//!                         └─ miss: ImageBlob::fetch (one range read, zstd, length) → digest check
+//!                         └─ miss: LayerBlob::fetch (one range read, zstd, length) → digest check
 //!        └─ a read that continues the file's previous one: queue the next blocks of the file
 //!           at Background priority, a window that doubles per sequential read (2 → 16);
 //!           not while a trace replays (the trace knows better, and shares the link)
@@ -23,13 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bootseer_common::cache::{BlockCache, DynSource, Priority};
-use bootseer_common::store::DynStore;
-use bootseer_common::trace::{BlobSlot, FileId, Recorder};
+use crate::cache::{BlockCache, DynSource, Priority};
+use crate::store::DynStore;
+use crate::trace::{BlobSlot, FileId, Recorder};
 
-use crate::error::{ImageError, Result};
-use crate::format::{Inode, Kind, Metadata};
-use crate::source::ImageBlob;
+use crate::layer::error::{LayerError, Result};
+use crate::layer::format::{Inode, Kind, Metadata};
+use crate::layer::source::LayerBlob;
 
 /// Attributes of one inode, in plain terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub struct DirEntry {
 
 /// The logic layer of a mounted image.
 #[derive(Debug)]
-pub struct ImageFs {
+pub struct LayerFs {
     meta: Metadata,
     nlink: Vec<u32>,
     /// A path for each regular file, for trace records (`None` for other kinds).
@@ -84,7 +84,7 @@ pub struct ImageFs {
     replaying: Arc<AtomicBool>,
 }
 
-/// Marks a replay as running on an [`ImageFs`] until [`Replaying::stop`] (or drop).
+/// Marks a replay as running on an [`LayerFs`] until [`Replaying::stop`] (or drop).
 #[derive(Debug)]
 pub struct Replaying(Arc<AtomicBool>);
 
@@ -130,7 +130,7 @@ fn mtime(inode: &Inode) -> SystemTime {
     }
 }
 
-impl ImageFs {
+impl LayerFs {
     /// Builds the logic over validated `meta`, reading blobs from `store` through `cache` and
     /// recording first block accesses into `recorder` when given.
     pub fn new(
@@ -169,7 +169,7 @@ impl ImageFs {
         let sources = meta
             .blobs
             .iter()
-            .map(|b| Ok(Arc::new(ImageBlob::new(store.clone(), b, meta.block_size)?) as DynSource))
+            .map(|b| Ok(Arc::new(LayerBlob::new(store.clone(), b, meta.block_size)?) as DynSource))
             .collect::<Result<Vec<_>>>()?;
         let slots = meta
             .blobs
@@ -220,8 +220,8 @@ impl ImageFs {
     }
 
     fn inode(&self, ino: u64) -> Result<(usize, &Inode)> {
-        let i = ino.checked_sub(1).ok_or(ImageError::NotFound)? as usize;
-        self.meta.inodes.get(i).map(|n| (i, n)).ok_or(ImageError::NotFound)
+        let i = ino.checked_sub(1).ok_or(LayerError::NotFound)? as usize;
+        self.meta.inodes.get(i).map(|n| (i, n)).ok_or(LayerError::NotFound)
     }
 
     /// Attributes of `ino`.
@@ -248,17 +248,17 @@ impl ImageFs {
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
         let (_, dir) = self.inode(parent)?;
-        let Kind::Dir { entries } = &dir.kind else { return Err(ImageError::NotDir) };
+        let Kind::Dir { entries } = &dir.kind else { return Err(LayerError::NotDir) };
         let found = entries
             .binary_search_by(|e| e.name.as_str().cmp(name))
-            .map_err(|_| ImageError::NotFound)?;
+            .map_err(|_| LayerError::NotFound)?;
         self.getattr(u64::from(entries[found].inode) + 1)
     }
 
     /// Entries of directory `ino`, without `.` and `..`, in name order.
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let (_, dir) = self.inode(ino)?;
-        let Kind::Dir { entries } = &dir.kind else { return Err(ImageError::NotDir) };
+        let Kind::Dir { entries } = &dir.kind else { return Err(LayerError::NotDir) };
         Ok(entries
             .iter()
             .map(|e| DirEntry {
@@ -273,7 +273,7 @@ impl ImageFs {
     pub fn readlink(&self, ino: u64) -> Result<&str> {
         match &self.inode(ino)?.1.kind {
             Kind::Symlink { target } => Ok(target),
-            _ => Err(ImageError::NotSymlink),
+            _ => Err(LayerError::NotSymlink),
         }
     }
 
@@ -285,7 +285,7 @@ impl ImageFs {
             .iter()
             .find(|x| x.name == name)
             .map(|x| x.value.as_slice())
-            .ok_or(ImageError::NoXattr)
+            .ok_or(LayerError::NoXattr)
     }
 
     /// Names of the extended attributes of `ino`, each followed by a NUL (the listxattr form).
@@ -303,9 +303,9 @@ impl ImageFs {
     pub fn open(&self, ino: u64) -> Result<()> {
         match &self.inode(ino)?.1.kind {
             Kind::File { .. } => Ok(()),
-            Kind::Dir { .. } => Err(ImageError::IsDir),
+            Kind::Dir { .. } => Err(LayerError::IsDir),
             // Devices, fifos and sockets are opened by the kernel, never through us.
-            _ => Err(ImageError::NotFound),
+            _ => Err(LayerError::NotFound),
         }
     }
 
@@ -323,8 +323,8 @@ impl ImageFs {
         let (i, inode) = self.inode(ino)?;
         let (file_size, blob, file_off) = match &inode.kind {
             Kind::File { size, blob, offset } => (*size, *blob as usize, *offset),
-            Kind::Dir { .. } => return Err(ImageError::IsDir),
-            _ => return Err(ImageError::NotFound),
+            Kind::Dir { .. } => return Err(LayerError::IsDir),
+            _ => return Err(LayerError::NotFound),
         };
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if offset >= end {
@@ -353,7 +353,7 @@ impl ImageFs {
             let within = (pos - index * bs) as usize;
             let take = ((stop - pos) as usize).min(block.len().saturating_sub(within));
             if take == 0 {
-                return Err(ImageError::malformed(
+                return Err(LayerError::malformed(
                     "block",
                     format!("block {index} shorter than its table says"),
                 ));

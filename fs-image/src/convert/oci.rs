@@ -1,7 +1,7 @@
 //! Container image sources: OCI and Docker image manifests, their layers applied in order with
 //! whiteouts and opaque directories. Two places hold the manifests and blobs, behind
 //! `ImageBlobs`: an OCI image layout (`oci:DIR[:TAG]`, as skopeo and umoci write it; here) and a
-//! registry (`docker://`, [`crate::registry`]). Both go through `build_from_manifest`.
+//! registry (`docker://`, [`crate::convert::registry`]). Both go through `build_from_manifest`.
 //!
 //! ```text
 //!  oci:   index.json ─(ref.name = TAG)─► descriptor ─┐
@@ -30,10 +30,12 @@ use std::rc::Rc;
 use bootseer_common::digest::Digest;
 use serde::Deserialize;
 
-use crate::convert::{BlobWriter, ConvertConfig};
-use crate::error::{ImageError, Result};
-use crate::format::{Entry, Inode, Kind, Metadata, Xattr, media as bootseer_media};
-use crate::progress::Progress;
+use bootseer_common::layer::build::{BlobWriter, ConvertConfig};
+use bootseer_common::layer::error::{LayerError, Result};
+use bootseer_common::layer::format::{
+    Entry, Inode, Kind, Metadata, Xattr, media as bootseer_media,
+};
+use bootseer_common::layer::progress::Progress;
 
 /// The OCI annotation naming a manifest's tag in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -115,8 +117,8 @@ impl OciDescriptor {
     /// The digest and size, checked to be a sha256 and present.
     fn target(&self, what: &str) -> Result<(Digest, u64)> {
         let digest =
-            self.digest.parse::<Digest>().map_err(|e| ImageError::convert(what, e.to_string()))?;
-        let size = self.size.ok_or_else(|| ImageError::convert(what, "descriptor has no size"))?;
+            self.digest.parse::<Digest>().map_err(|e| LayerError::convert(what, e.to_string()))?;
+        let size = self.size.ok_or_else(|| LayerError::convert(what, "descriptor has no size"))?;
         Ok((digest, size))
     }
 }
@@ -150,7 +152,7 @@ enum Manifest {
 }
 
 fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
-    let bad = |reason: String| ImageError::convert(what, reason);
+    let bad = |reason: String| LayerError::convert(what, reason);
     let m: AnyManifest = serde_json::from_slice(bytes)
         .map_err(|e| bad(format!("not an image manifest or index (bad JSON: {e})")))?;
     if m.schema_version == Some(1) {
@@ -215,7 +217,7 @@ fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a Oci
             None => "(no platform)".into(),
         })
         .collect();
-    Err(ImageError::convert(
+    Err(LayerError::convert(
         what,
         format!(
             "no {PLATFORM_OS}/{PLATFORM_ARCH} image in the index (it has: {})",
@@ -228,7 +230,7 @@ fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a Oci
 fn check_content(what: &str, digest: &Digest, size: u64, data: &[u8]) -> Result<()> {
     let actual = Digest::of(data);
     if actual != *digest || data.len() as u64 != size {
-        return Err(ImageError::convert(
+        return Err(LayerError::convert(
             what,
             format!(
                 "content does not match its descriptor: got {} bytes hashing to {actual}, \
@@ -286,14 +288,14 @@ pub(crate) fn build_from_manifest(
         }
     }
     let layers = layers.ok_or_else(|| {
-        ImageError::convert(&what, format!("indexes nested more than {MAX_INDEX_DEPTH} deep"))
+        LayerError::convert(&what, format!("indexes nested more than {MAX_INDEX_DEPTH} deep"))
     })?;
     let total = layers.len();
     let mut plan = Vec::with_capacity(total);
     for (i, layer) in layers.iter().enumerate() {
         let name = format!("layer {}/{total} ({})", i + 1, layer.digest);
         let compression = layer_compression(&layer.media_type).ok_or_else(|| {
-            ImageError::convert(
+            LayerError::convert(
                 &name,
                 format!(
                     "unsupported layer media type {:?} (supported: OCI and Docker tar, tar+gzip, \
@@ -323,7 +325,7 @@ pub(crate) fn build_from_manifest(
             }
             Compression::Zstd => {
                 let reader = zstd::stream::Decoder::new(&data[..])
-                    .map_err(|e| ImageError::convert(&name, format!("zstd: {e}")))?;
+                    .map_err(|e| LayerError::convert(&name, format!("zstd: {e}")))?;
                 apply_layer(&mut tree, i, &name, reader, &mut writer, progress)?;
             }
         }
@@ -381,13 +383,13 @@ fn dir_inode(mode: u32) -> Inode {
 /// Splits a tar path into checked components.
 fn components(entry: &str) -> Result<Vec<String>> {
     if entry.starts_with('/') {
-        return Err(ImageError::convert(entry, "absolute path in layer"));
+        return Err(LayerError::convert(entry, "absolute path in layer"));
     }
     let mut out = Vec::new();
     for c in entry.split('/') {
         match c {
             "" | "." => {}
-            ".." => return Err(ImageError::convert(entry, "path escapes the root (..)")),
+            ".." => return Err(LayerError::convert(entry, "path escapes the root (..)")),
             c => out.push(c.to_string()),
         }
     }
@@ -407,9 +409,9 @@ impl Tree {
                 Some(&id) => match self.nodes[id].inode.kind {
                     Kind::Dir { .. } => id,
                     Kind::Symlink { .. } => {
-                        return Err(ImageError::convert(entry, "writes through a symlink"));
+                        return Err(LayerError::convert(entry, "writes through a symlink"));
                     }
-                    _ => return Err(ImageError::convert(entry, "a parent is not a directory")),
+                    _ => return Err(LayerError::convert(entry, "a parent is not a directory")),
                 },
                 None => {
                     let id = self.nodes.len();
@@ -445,7 +447,7 @@ impl Tree {
     fn into_metadata(
         self,
         block_size: u32,
-        blobs: Vec<crate::format::BlobInfo>,
+        blobs: Vec<bootseer_common::layer::format::BlobInfo>,
     ) -> Result<Metadata> {
         let mut index: HashMap<usize, u32> = HashMap::new();
         let mut order = Vec::new();
@@ -457,7 +459,7 @@ impl Tree {
                 if let std::collections::hash_map::Entry::Vacant(v) = index.entry(child) {
                     v.insert(
                         u32::try_from(order.len())
-                            .map_err(|_| ImageError::convert("layers", "too many inodes"))?,
+                            .map_err(|_| LayerError::convert("layers", "too many inodes"))?,
                     );
                     order.push(child);
                     if matches!(self.nodes[child].inode.kind, Kind::Dir { .. }) {
@@ -490,10 +492,10 @@ impl Tree {
 fn pax_map(entry: &mut tar::Entry<'_, impl Read>) -> Result<HashMap<String, Vec<u8>>> {
     let mut out = HashMap::new();
     if let Some(ext) =
-        entry.pax_extensions().map_err(|e| ImageError::convert("layer", format!("pax: {e}")))?
+        entry.pax_extensions().map_err(|e| LayerError::convert("layer", format!("pax: {e}")))?
     {
         for kv in ext {
-            let kv = kv.map_err(|e| ImageError::convert("layer", format!("pax: {e}")))?;
+            let kv = kv.map_err(|e| LayerError::convert("layer", format!("pax: {e}")))?;
             if let Ok(k) = kv.key() {
                 out.insert(k.to_string(), kv.value_bytes().to_vec());
             }
@@ -536,8 +538,8 @@ fn apply_layer(
     progress: &Progress,
 ) -> Result<()> {
     apply_entries(tree, layer, reader, writer, progress).map_err(|e| match e {
-        ImageError::Convert { path, reason } => {
-            ImageError::Convert { path: format!("{name}: {path}"), reason }
+        LayerError::Convert { path, reason } => {
+            LayerError::Convert { path: format!("{name}: {path}"), reason }
         }
         other => other,
     })
@@ -550,7 +552,7 @@ fn apply_entries(
     writer: &mut BlobWriter,
     progress: &Progress,
 ) -> Result<()> {
-    let at = |e: std::io::Error| ImageError::convert("tar stream", e.to_string());
+    let at = |e: std::io::Error| LayerError::convert("tar stream", e.to_string());
     let end = Rc::new(Cell::new(None));
     let mut archive = tar::Archive::new(EndAt { inner: reader, pos: 0, end: end.clone() });
     let mut entries = archive.entries().map_err(at)?;
@@ -571,7 +573,7 @@ fn apply_entries(
         let sparse = entry.header().entry_type() == tar::EntryType::GNUSparse;
         data_end = (!sparse).then(|| entry.raw_file_position() + entry.size());
         let raw = String::from_utf8(entry.path_bytes().into_owned())
-            .map_err(|_| ImageError::convert("tar stream", "entry name is not UTF-8"))?;
+            .map_err(|_| LayerError::convert("tar stream", "entry name is not UTF-8"))?;
         let parts = components(&raw)?;
         let pax = pax_map(&mut entry)?;
         let is_root = parts.is_empty();
@@ -580,7 +582,7 @@ fn apply_entries(
         if is_root && header_is_dir(&entry) {
             // handled below with the other directories
         } else if is_root {
-            return Err(ImageError::convert(&raw, "the root is not a directory"));
+            return Err(LayerError::convert(&raw, "the root is not a directory"));
         }
         if name == ".wh..wh..opq" {
             tree.hide_lower(parent, &edits);
@@ -646,7 +648,7 @@ fn apply_entries(
                 loop {
                     let n = entry
                         .read(&mut buf)
-                        .map_err(|e| ImageError::convert(&raw, e.to_string()))?;
+                        .map_err(|e| LayerError::convert(&raw, e.to_string()))?;
                     if n == 0 {
                         break;
                     }
@@ -654,7 +656,7 @@ fn apply_entries(
                     size += n as u64;
                 }
                 if size != entry.size() {
-                    return Err(ImageError::convert(
+                    return Err(LayerError::convert(
                         &raw,
                         format!(
                             "the layer ends inside this file ({size} of {} bytes)",
@@ -670,21 +672,21 @@ fn apply_entries(
                     .link_name_bytes()
                     .map(|b| String::from_utf8(b.into_owned()))
                     .transpose()
-                    .map_err(|_| ImageError::convert(&raw, "symlink target is not UTF-8"))?
-                    .ok_or_else(|| ImageError::convert(&raw, "symlink without target"))?;
+                    .map_err(|_| LayerError::convert(&raw, "symlink target is not UTF-8"))?
+                    .ok_or_else(|| LayerError::convert(&raw, "symlink without target"))?;
                 attrs(libc::S_IFLNK, Kind::Symlink { target })
             }
             T::Link => {
                 let target = entry
                     .link_name_bytes()
                     .and_then(|b| String::from_utf8(b.into_owned()).ok())
-                    .ok_or_else(|| ImageError::convert(&raw, "hardlink without a UTF-8 target"))?;
+                    .ok_or_else(|| LayerError::convert(&raw, "hardlink without a UTF-8 target"))?;
                 let tparts = components(&target)?;
                 let id = tree.lookup(&tparts).ok_or_else(|| {
-                    ImageError::convert(&raw, format!("hardlink target {target:?} does not exist"))
+                    LayerError::convert(&raw, format!("hardlink target {target:?} does not exist"))
                 })?;
                 if matches!(tree.nodes[id].inode.kind, Kind::Dir { .. }) {
-                    return Err(ImageError::convert(&raw, "hardlink to a directory"));
+                    return Err(LayerError::convert(&raw, "hardlink to a directory"));
                 }
                 edits.add(parent, &name);
                 tree.nodes[parent].children.insert(name, id);
@@ -725,7 +727,7 @@ impl LayoutBlobs<'_> {
     fn read(&self, digest: &Digest, what: &str) -> Result<Vec<u8>> {
         let path = self.dir.join("blobs/sha256").join(digest.hex());
         std::fs::read(&path)
-            .map_err(|e| ImageError::convert(what, format!("{}: {e}", path.display())))
+            .map_err(|e| LayerError::convert(what, format!("{}: {e}", path.display())))
     }
 }
 
@@ -757,9 +759,9 @@ pub fn build_from_layout(
     let dir = Path::new(dir);
     let index_path = dir.join("index.json");
     let index: OciIndex = serde_json::from_slice(
-        &std::fs::read(&index_path).map_err(|e| ImageError::io(&index_path, e))?,
+        &std::fs::read(&index_path).map_err(|e| LayerError::io(&index_path, e))?,
     )
-    .map_err(|e| ImageError::convert(index_path.display(), format!("not an OCI index: {e}")))?;
+    .map_err(|e| LayerError::convert(index_path.display(), format!("not an OCI index: {e}")))?;
     let chosen = match tag {
         Some(t) => {
             index.manifests.iter().find(|m| m.annotations.get(REF_NAME).is_some_and(|r| r == t))
@@ -768,7 +770,7 @@ pub fn build_from_layout(
         None => None,
     }
     .ok_or_else(|| {
-        ImageError::convert(spec, "no such tag in index.json (or several images and no tag)")
+        LayerError::convert(spec, "no such tag in index.json (or several images and no tag)")
     })?;
     let what = format!("manifest {}", chosen.digest);
     let (digest, size) = chosen.target(&what)?;

@@ -20,12 +20,12 @@
 use bootseer_common::digest::Digest;
 use bootseer_common::store::{self, DynStore, OpenOptions};
 
-use crate::convert::ConvertConfig;
-use crate::error::{ImageError, Result};
-use crate::format::Metadata;
-use crate::oci::{self, ImageBlobs};
-use crate::progress::Progress;
-use crate::reference::{ImageRef, valid_name};
+use crate::convert::oci::{self, ImageBlobs};
+use bootseer_common::layer::build::ConvertConfig;
+use bootseer_common::layer::error::{LayerError, Result};
+use bootseer_common::layer::format::Metadata;
+use bootseer_common::layer::progress::Progress;
+use bootseer_common::layer::reference::{LayerRef, valid_name};
 
 /// Bytes per layer read: one attempt finishes inside the store's 30 s attempt timeout down to
 /// about 300 KB/s, and a failed attempt is retried without fetching the layer again from its
@@ -53,7 +53,7 @@ pub struct RegistrySource {
 
 /// Parses `docker://HOST[:PORT]/REPO:TAG` or `docker://HOST[:PORT]/REPO@sha256:HEX`.
 pub fn parse_source(source: &str) -> Result<RegistrySource> {
-    let bad = |reason: &str| ImageError::Reference {
+    let bad = |reason: &str| LayerError::Reference {
         reference: source.to_string(),
         reason: reason.to_string(),
     };
@@ -72,7 +72,7 @@ pub fn parse_source(source: &str) -> Result<RegistrySource> {
             digest: Some(digest),
         });
     }
-    let image = ImageRef::parse(source)?;
+    let image = LayerRef::parse(source)?;
     Ok(RegistrySource {
         store_url: image.store_url,
         manifest_key: format!("manifests/{}", image.tag),
@@ -90,7 +90,7 @@ pub fn build_from_registry(
     let rt = runtime(source)?;
     let store = rt
         .block_on(store::open(&parsed.store_url, &OpenOptions::default()))
-        .map_err(|e| ImageError::store(&parsed.store_url, e))?;
+        .map_err(|e| LayerError::store(&parsed.store_url, e))?;
     build_from_store(&rt, store, &parsed, source, config, progress)
 }
 
@@ -98,7 +98,7 @@ pub fn build_from_registry(
 /// blocking on it would block a runtime thread (and panic).
 pub(crate) fn runtime(source: &str) -> Result<tokio::runtime::Runtime> {
     if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(ImageError::convert(
+        return Err(LayerError::convert(
             source,
             "a registry source cannot be converted on a tokio runtime thread (use spawn_blocking)",
         ));
@@ -106,7 +106,7 @@ pub(crate) fn runtime(source: &str) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ImageError::io("tokio runtime", e))
+        .map_err(|e| LayerError::io("tokio runtime", e))
 }
 
 /// [`build_from_registry`] over an open store; `what` names the source in errors.
@@ -123,7 +123,7 @@ pub(crate) fn build_from_store(
     if let Some(digest) = &source.digest {
         let actual = Digest::of(&top);
         if actual != *digest {
-            return Err(ImageError::convert(
+            return Err(LayerError::convert(
                 what,
                 format!("the registry sent a manifest hashing to {actual}"),
             ));
@@ -143,9 +143,9 @@ impl RegistryBlobs<'_> {
         let data = self
             .rt
             .block_on(self.store.read_range(key, 0..MAX_MANIFEST + 1))
-            .map_err(|e| ImageError::store(what, e))?;
+            .map_err(|e| LayerError::store(what, e))?;
         if data.len() as u64 > MAX_MANIFEST {
-            return Err(ImageError::convert(what, format!("manifest over {MAX_MANIFEST} bytes")));
+            return Err(LayerError::convert(what, format!("manifest over {MAX_MANIFEST} bytes")));
         }
         Ok(data.to_vec())
     }
@@ -171,7 +171,7 @@ impl ImageBlobs for RegistryBlobs<'_> {
             let chunk = self
                 .rt
                 .block_on(self.store.read_range(&key, start..end))
-                .map_err(|e| ImageError::store(what, e))?;
+                .map_err(|e| LayerError::store(what, e))?;
             progress.layer_bytes(chunk.len() as u64);
             data.extend_from_slice(&chunk);
             // Short: the blob ends before its descriptor says; the caller's check names it.
@@ -192,8 +192,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::format::Kind;
-    use crate::oci::media;
+    use crate::convert::oci::media;
+    use bootseer_common::layer::format::Kind;
 
     const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -270,7 +270,7 @@ mod tests {
             let parsed = parse_source(source)?;
             let rt = runtime(source)?;
             let store: DynStore = self.store.clone();
-            let config = ConvertConfig { block_size: 4096, level: 3 };
+            let config = ConvertConfig { block_size: 4096, level: 3, ..Default::default() };
             build_from_store(&rt, store, &parsed, source, &config, &Progress::default())
                 .map(|(meta, _)| meta)
         }
@@ -430,7 +430,7 @@ mod tests {
         );
 
         let bootseer = json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
-            "artifactType": crate::format::media::ARTIFACT,
+            "artifactType": bootseer_common::layer::format::media::ARTIFACT,
             "config": {"mediaType": "application/vnd.oci.empty.v1+json",
                        "digest": Digest::of(b"{}").to_string(), "size": 2},
             "layers": []});

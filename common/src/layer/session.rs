@@ -1,8 +1,8 @@
-//! [`ImageSession`]: one mount's life outside FUSE — load, replay, record, store the trace, and
+//! [`LayerSession`]: one mount's life outside FUSE — load, replay, record, store the trace, and
 //! summarize.
 //!
 //! ```text
-//!  open:   store::open ─► index ─► metadata blob (digest + frame checked) ─► ImageFs
+//!  open:   store::open ─► index ─► metadata blob (digest + frame checked) ─► LayerFs
 //!          trace mode auto|replay and a stored trace ─► ReplayPlan ─► tokio task: replay(plan,
 //!          CachePrefetcher) at Priority::Replay, stoppable
 //!  window: (optional) after `trace_window`, Recorder::finish ─► merge ─► put, early
@@ -19,24 +19,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use bootseer_common::cache::{BlockCache, CacheConfig, CacheStats, DynSource, Priority};
-use bootseer_common::digest::Digest;
-use bootseer_common::store::{self, DynStore, OpenOptions, StoreError};
-use bootseer_common::trace::{
+use crate::cache::{BlockCache, CacheConfig, CacheStats, DynSource, Priority};
+use crate::digest::Digest;
+use crate::store::{self, DynStore, OpenOptions, StoreError};
+use crate::trace::{
     self, DEFAULT_MAX_RECORDS, PlanOptions, PrefetchError, Prefetcher, Recorder, ReplayOptions,
     ReplayPlan, ReplayStats, Trace,
 };
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::convert::put_index;
-use crate::error::{ImageError, Result};
-use crate::format::{Descriptor, Index, Metadata, media};
-use crate::fs::ImageFs;
-use crate::reference::ImageRef;
+use crate::layer::build::put_index;
+use crate::layer::error::{LayerError, Result};
+use crate::layer::format::{Descriptor, Index, Metadata, media};
+use crate::layer::fs::LayerFs;
+use crate::layer::reference::LayerRef;
 
 /// Largest image index accepted (an index names a few blobs; this is generous).
 const MAX_INDEX_BYTES: u64 = 4 << 20;
@@ -47,7 +47,7 @@ const MAX_METADATA_BYTES: u64 = 1 << 30;
 const RECORDER_CAPACITY: usize = 1 << 16;
 
 /// What a mount does with traces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TraceMode {
     /// Replay a stored trace if there is one; record and store (merged) at unmount.
@@ -121,16 +121,16 @@ impl Prefetcher for CachePrefetcher {
 
 /// Reads a whole small object, refusing ones over `max` bytes.
 async fn read_all(store: &DynStore, key: &str, max: u64) -> Result<Bytes> {
-    let meta = store.stat(key).await.map_err(|e| ImageError::store(key, e))?;
+    let meta = store.stat(key).await.map_err(|e| LayerError::store(key, e))?;
     if meta.len > max {
-        return Err(ImageError::malformed(
+        return Err(LayerError::malformed(
             "index",
             format!("{key} is {} bytes (max {max})", meta.len),
         ));
     }
-    let data = store.read_range(key, 0..meta.len).await.map_err(|e| ImageError::store(key, e))?;
+    let data = store.read_range(key, 0..meta.len).await.map_err(|e| LayerError::store(key, e))?;
     if data.len() as u64 != meta.len {
-        return Err(ImageError::malformed("index", format!("{key}: short read")));
+        return Err(LayerError::malformed("index", format!("{key}: short read")));
     }
     Ok(data)
 }
@@ -139,16 +139,16 @@ async fn read_all(store: &DynStore, key: &str, max: u64) -> Result<Bytes> {
 async fn read_blob(store: &DynStore, desc: &Descriptor, max: u64) -> Result<Bytes> {
     let key = format!("blobs/{}", desc.digest);
     if desc.size > max {
-        return Err(ImageError::malformed(
+        return Err(LayerError::malformed(
             "index",
             format!("{key} is {} bytes (max {max})", desc.size),
         ));
     }
     let data =
-        store.read_range(&key, 0..desc.size).await.map_err(|e| ImageError::store(&key, e))?;
+        store.read_range(&key, 0..desc.size).await.map_err(|e| LayerError::store(&key, e))?;
     let actual = Digest::of(&data).to_string();
     if actual != desc.digest || data.len() as u64 != desc.size {
-        return Err(ImageError::malformed(
+        return Err(LayerError::malformed(
             "blob",
             format!("{key}: content hashes to {actual} ({} bytes), not to its name", data.len()),
         ));
@@ -156,13 +156,18 @@ async fn read_blob(store: &DynStore, desc: &Descriptor, max: u64) -> Result<Byte
     Ok(data)
 }
 
-/// Loads the metadata of `image` from `store`.
-pub async fn load_metadata(store: &DynStore, image: &ImageRef) -> Result<Metadata> {
+/// Loads the index of `image` from `store` (checked to be a bootseer layer).
+pub async fn load_index(store: &DynStore, image: &LayerRef) -> Result<Index> {
     let key = image.index_key();
-    let index = Index::decode(&read_all(store, &key, MAX_INDEX_BYTES).await?, media::ARTIFACT)?;
+    Index::decode(&read_all(store, &key, MAX_INDEX_BYTES).await?, media::ARTIFACT)
+}
+
+/// Loads the metadata of `image` from `store`.
+pub async fn load_metadata(store: &DynStore, image: &LayerRef) -> Result<Metadata> {
+    let index = load_index(store, image).await?;
     let meta_desc = &index.layers[0];
     if meta_desc.media_type != media::METADATA {
-        return Err(ImageError::malformed(
+        return Err(LayerError::malformed(
             "index",
             format!("first layer is {:?}, not metadata", meta_desc.media_type),
         ));
@@ -172,30 +177,30 @@ pub async fn load_metadata(store: &DynStore, image: &ImageRef) -> Result<Metadat
 }
 
 /// Loads the stored trace under `key`, if any.
-pub async fn load_trace(store: &DynStore, image: &ImageRef, key: &str) -> Result<Option<Trace>> {
+pub async fn load_trace(store: &DynStore, image: &LayerRef, key: &str) -> Result<Option<Trace>> {
     let data = if image.registry {
         let index = match read_all(store, key, MAX_INDEX_BYTES).await {
             Ok(d) => Index::decode(&d, media::TRACE_ARTIFACT)?,
-            Err(ImageError::Store { source: StoreError::NotFound { .. }, .. }) => return Ok(None),
+            Err(LayerError::Store { source: StoreError::NotFound { .. }, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         read_blob(store, &index.layers[0], MAX_METADATA_BYTES).await?
     } else {
         match read_all(store, key, MAX_METADATA_BYTES).await {
             Ok(d) => d,
-            Err(ImageError::Store { source: StoreError::NotFound { .. }, .. }) => return Ok(None),
+            Err(LayerError::Store { source: StoreError::NotFound { .. }, .. }) => return Ok(None),
             Err(e) => return Err(e),
         }
     };
     Trace::decode(&data)
         .map(Some)
-        .map_err(|source| ImageError::Trace { key: key.to_string(), source })
+        .map_err(|source| LayerError::Trace { key: key.to_string(), source })
 }
 
 /// Stores `trace` under `key`.
 pub async fn store_trace(
     store: &DynStore,
-    image: &ImageRef,
+    image: &LayerRef,
     key: &str,
     trace: &Trace,
 ) -> Result<()> {
@@ -207,17 +212,17 @@ pub async fn store_trace(
             size: data.len() as u64,
         };
         let blob_key = format!("blobs/{}", desc.digest);
-        store.put(&blob_key, data).await.map_err(|e| ImageError::store(&blob_key, e))?;
+        store.put(&blob_key, data).await.map_err(|e| LayerError::store(&blob_key, e))?;
         put_index(store, true, key, &Index::new(media::TRACE_ARTIFACT, vec![desc])).await
     } else {
-        store.put(key, data).await.map_err(|e| ImageError::store(key, e))
+        store.put(key, data).await.map_err(|e| LayerError::store(key, e))
     }
 }
 
 /// Merges `new` into `stored` (if any) and stores the result under `key`.
 async fn persist(
     store: &DynStore,
-    image: &ImageRef,
+    image: &LayerRef,
     key: &str,
     stored: Option<&Trace>,
     new: &Trace,
@@ -318,11 +323,11 @@ pub struct MountSummary {
 
 /// One mount's image, cache, recorder and replay.
 #[derive(Debug)]
-pub struct ImageSession {
-    image: ImageRef,
+pub struct LayerSession {
+    image: LayerRef,
     config: SessionConfig,
     store: DynStore,
-    fs: Arc<ImageFs>,
+    fs: Arc<LayerFs>,
     recorder: Option<Arc<Recorder>>,
     stored: Option<Trace>,
     trace_key: String,
@@ -334,19 +339,19 @@ pub struct ImageSession {
     started: Instant,
 }
 
-impl ImageSession {
+impl LayerSession {
     /// Opens the store, loads the image and starts replay. Runs on a tokio runtime.
     pub async fn open(reference: &str, config: SessionConfig) -> Result<Self> {
-        let image = ImageRef::parse(reference)?;
+        let image = LayerRef::parse(reference)?;
         let store = store::open(&image.store_url, &config.open)
             .await
-            .map_err(|e| ImageError::store(&image.store_url, e))?;
+            .map_err(|e| LayerError::store(&image.store_url, e))?;
         Self::open_with_store(image, store, config).await
     }
 
-    /// As [`ImageSession::open`], over a store the caller built (tests wrap stores).
+    /// As [`LayerSession::open`], over a store the caller built (tests wrap stores).
     pub async fn open_with_store(
-        image: ImageRef,
+        image: LayerRef,
         store: DynStore,
         config: SessionConfig,
     ) -> Result<Self> {
@@ -362,7 +367,7 @@ impl ImageSession {
         let cache = BlockCache::new(cache_config, tokio::runtime::Handle::current())?;
         let recorder = match config.trace {
             TraceMode::Auto | TraceMode::Record => Some(Arc::new(
-                Recorder::new(RECORDER_CAPACITY).map_err(|e| ImageError::io("trace writer", e))?,
+                Recorder::new(RECORDER_CAPACITY).map_err(|e| LayerError::io("trace writer", e))?,
             )),
             TraceMode::Replay | TraceMode::Off => None,
         };
@@ -379,7 +384,7 @@ impl ImageSession {
             }
             TraceMode::Off => None,
         };
-        let fs = Arc::new(ImageFs::new(meta, store.clone(), cache.clone(), recorder.clone())?);
+        let fs = Arc::new(LayerFs::new(meta, store.clone(), cache.clone(), recorder.clone())?);
         let replay = match (&stored, config.trace) {
             (Some(trace), TraceMode::Auto | TraceMode::Replay) => {
                 let plan = ReplayPlan::new(trace, &PlanOptions::default());
@@ -449,7 +454,7 @@ impl ImageSession {
     }
 
     /// The logic layer to hand to the FUSE adapter.
-    pub fn fs(&self) -> Arc<ImageFs> {
+    pub fn fs(&self) -> Arc<LayerFs> {
         self.fs.clone()
     }
 

@@ -1,13 +1,13 @@
-//! [`ImageError`]: everything that can go wrong in `bootseer-image`, and its one errno mapping.
+//! [`LayerError`]: everything that can go wrong in `bootseer-image`, and its one errno mapping.
 
-use bootseer_common::cache::CacheError;
-use bootseer_common::errno::ToErrno;
-use bootseer_common::store::StoreError;
-use bootseer_common::trace::TraceError;
+use crate::cache::CacheError;
+use crate::errno::ToErrno;
+use crate::store::StoreError;
+use crate::trace::TraceError;
 
 /// Why an image operation failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub enum LayerError {
     /// A reference or name that cannot be used (bad form, unsafe characters).
     #[error("reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },
@@ -61,7 +61,7 @@ pub enum ImageError {
     TooSmall,
 }
 
-impl ImageError {
+impl LayerError {
     /// A malformed-image error.
     pub fn malformed(what: &'static str, reason: impl Into<String>) -> Self {
         Self::Malformed { what, reason: reason.into() }
@@ -83,26 +83,26 @@ impl ImageError {
     }
 }
 
-impl ToErrno for ImageError {
+impl ToErrno for LayerError {
     fn errno(&self) -> i32 {
         match self {
-            ImageError::Reference { .. } => libc::EINVAL,
+            LayerError::Reference { .. } => libc::EINVAL,
             // A store failure under a mounted tree is an I/O error, whatever its kind.
-            ImageError::Store { .. } => libc::EIO,
-            ImageError::Cache(e) => e.errno(),
-            ImageError::Malformed { .. } => libc::EIO,
-            ImageError::Trace { .. } => libc::EIO,
-            ImageError::Convert { .. } => libc::EINVAL,
-            ImageError::Io { source, .. } => source.errno(),
-            ImageError::NotFound => libc::ENOENT,
-            ImageError::NotDir => libc::ENOTDIR,
-            ImageError::IsDir => libc::EISDIR,
-            ImageError::NotSymlink => libc::EINVAL,
-            ImageError::NoXattr => libc::ENODATA,
-            ImageError::TooSmall => libc::ERANGE,
+            LayerError::Store { .. } => libc::EIO,
+            LayerError::Cache(e) => e.errno(),
+            LayerError::Malformed { .. } => libc::EIO,
+            LayerError::Trace { .. } => libc::EIO,
+            LayerError::Convert { .. } => libc::EINVAL,
+            LayerError::Io { source, .. } => source.errno(),
+            LayerError::NotFound => libc::ENOENT,
+            LayerError::NotDir => libc::ENOTDIR,
+            LayerError::IsDir => libc::EISDIR,
+            LayerError::NotSymlink => libc::EINVAL,
+            LayerError::NoXattr => libc::ENODATA,
+            LayerError::TooSmall => libc::ERANGE,
         }
     }
 }
 
 /// Result alias.
-pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+pub type Result<T, E = LayerError> = std::result::Result<T, E>;

@@ -1,6 +1,6 @@
-//! [`ImageFuse`]: the fuser adapter over [`ImageFs`] — the only file that touches `Reply*`.
+//! [`LayerFuse`]: the fuser adapter over [`LayerFs`] — the only file that touches `Reply*`.
 //!
-//! Every callback: a `tracing` span, one call into [`ImageFs`], one reply; errors go through
+//! Every callback: a `tracing` span, one call into [`LayerFs`], one reply; errors go through
 //! [`fuse_error`]. Reads `block_on` the session's tokio handle from fuser's worker threads
 //! (never a runtime thread). The tree is immutable, so entries and attributes get long TTLs and
 //! opened files keep the page cache across opens.
@@ -9,8 +9,8 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use bootseer_common::errno::fuse_error;
-use bootseer_common::mount::MountConfig;
+use crate::errno::fuse_error;
+use crate::mount::MountConfig;
 use fuser::{
     FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
     LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr,
@@ -18,8 +18,8 @@ use fuser::{
 };
 use tracing::debug_span;
 
-use crate::error::ImageError;
-use crate::fs::{Attr, ImageFs};
+use crate::layer::error::LayerError;
+use crate::layer::fs::{Attr, LayerFs};
 
 /// Entry and attribute TTL: an image never changes under a mount, so a day is as good as forever
 /// and still lets the kernel drop entries it does not use.
@@ -27,15 +27,15 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The FUSE face of a mounted image.
 #[derive(Debug)]
-pub struct ImageFuse {
-    fs: Arc<ImageFs>,
+pub struct LayerFuse {
+    fs: Arc<LayerFs>,
     runtime: tokio::runtime::Handle,
     mount: MountConfig,
 }
 
-impl ImageFuse {
+impl LayerFuse {
     /// An adapter over `fs`, reading through `runtime`.
-    pub fn new(fs: Arc<ImageFs>, runtime: tokio::runtime::Handle, mount: MountConfig) -> Self {
+    pub fn new(fs: Arc<LayerFs>, runtime: tokio::runtime::Handle, mount: MountConfig) -> Self {
         Self { fs, runtime, mount }
     }
 }
@@ -80,22 +80,22 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn name_str(name: &OsStr) -> Result<&str, ImageError> {
+fn name_str(name: &OsStr) -> Result<&str, LayerError> {
     // Every name in an image is UTF-8; anything else cannot be in it.
-    name.to_str().ok_or(ImageError::NotFound)
+    name.to_str().ok_or(LayerError::NotFound)
 }
 
 fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr, op: &'static str) {
     if size == 0 {
         reply.size(value.len() as u32);
     } else if value.len() > size as usize {
-        reply.error(fuse_error(op, &ImageError::TooSmall));
+        reply.error(fuse_error(op, &LayerError::TooSmall));
     } else {
         reply.data(value);
     }
 }
 
-impl Filesystem for ImageFuse {
+impl Filesystem for LayerFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         self.mount.kernel_init(config);
         Ok(())
@@ -180,7 +180,7 @@ impl Filesystem for ImageFuse {
         let _span = debug_span!("getxattr", ino = ino.0, ?name).entered();
         let name = match name.to_str() {
             Some(n) => n,
-            None => return reply.error(fuse_error("getxattr", &ImageError::NoXattr)),
+            None => return reply.error(fuse_error("getxattr", &LayerError::NoXattr)),
         };
         match self.fs.getxattr(ino.0, name) {
             Ok(v) => xattr_reply(v, size, reply, "getxattr"),

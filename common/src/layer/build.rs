@@ -1,18 +1,21 @@
-//! `convert`: a source tree → a bootseer image in a store.
+//! Building a layer: a directory tree → metadata + data blobs → a store.
 //!
 //! ```text
-//!  dir:PATH ──walk (lstat, xattrs, readlink)──► inodes (hardlinks by (dev, ino))
+//!  dir:PATH ──DirWalker (lstat, xattrs, readlink)──► inodes (hardlinks by (dev, ino))
 //!                 └─ regular file bytes ──► BlobWriter: 1 block buffer → zstd → sha256 → blob bytes
-//!  oci:DIR[:TAG], docker://REF ──► oci::build_from_manifest (layers in order, one BlobWriter each)
-//!  Metadata::encode ─► blobs/<digest>;  data blobs ─► blobs/<digest>;  Index ─► index key
+//!  (fs-image's OCI converter drives one BlobWriter per image layer the same way)
+//!  push: Metadata::encode ─► blobs/<digest>;  data blobs ─► blobs/<digest>;  Index ─► index key
 //! ```
 //!
-//! `build_with` and `push_with` count their work in a [`Progress`]; `build` and `push` count
-//! into one nobody reads.
+//! [`build_from_dir_with`] and [`push_with`] count their work in a [`Progress`];
+//! [`build_from_dir`] and [`push`] count into one nobody reads.
 //!
 //! Entries are visited in name order, so the same tree always gives the same blobs and digests.
 //! File data is written in that order, back to back, so files read together in a directory share
 //! blocks. Sparse files are stored with their holes as zeros (zstd makes them almost free).
+//! Character devices 0/0 and `trusted.overlay.opaque` xattrs are kept as they are: that is how a
+//! kernel overlayfs upper records deletions and replaced directories, and how a served layer
+//! says the same to an overlayfs mounted over it (fs-deps snapshots rely on it).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -20,18 +23,18 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use bootseer_common::digest::Digest;
-use bootseer_common::store::DynStore;
+use crate::digest::Digest;
+use crate::store::DynStore;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::error::{ImageError, Result};
-use crate::format::{
+use crate::layer::error::{LayerError, Result};
+use crate::layer::format::{
     BlobInfo, BlockInfo, DEFAULT_BLOCK_SIZE, Descriptor, EMPTY_CONFIG, Entry, Index, Inode, Kind,
     MAX_BLOCK_SIZE, Metadata, Xattr, media,
 };
-use crate::progress::Progress;
-use crate::reference::ImageRef;
+use crate::layer::progress::Progress;
+use crate::layer::reference::LayerRef;
 
 /// How a conversion runs.
 #[derive(Debug, Clone)]
@@ -40,12 +43,16 @@ pub struct ConvertConfig {
     pub block_size: u32,
     /// zstd level for data blocks.
     pub level: i32,
+    /// The directory is a kernel overlayfs upper: drop the overlay's private xattrs
+    /// (`trusted.overlay.origin`, `impure`, …) and keep `trusted.overlay.opaque`, the one that
+    /// says what the layer means. Whiteouts (0/0 character devices) are kept either way.
+    pub overlay_upper: bool,
 }
 
 impl Default for ConvertConfig {
     fn default() -> Self {
         // Level 3 is zstd's default: most of the ratio at a fraction of the cost of higher ones.
-        Self { block_size: DEFAULT_BLOCK_SIZE, level: 3 }
+        Self { block_size: DEFAULT_BLOCK_SIZE, level: 3, overlay_upper: false }
     }
 }
 
@@ -80,17 +87,18 @@ pub struct BlobReport {
 }
 
 /// Packs file data into independently compressed blocks.
-pub(crate) struct BlobWriter {
+#[derive(Debug)]
+pub struct BlobWriter {
     block_size: usize,
     level: i32,
     pending: Vec<u8>,
-    pub(crate) data_len: u64,
+    pub data_len: u64,
     out: Vec<u8>,
     blocks: Vec<BlockInfo>,
 }
 
 impl BlobWriter {
-    pub(crate) fn new(block_size: u32, level: i32) -> Self {
+    pub fn new(block_size: u32, level: i32) -> Self {
         Self {
             block_size: block_size as usize,
             level,
@@ -101,7 +109,7 @@ impl BlobWriter {
         }
     }
 
-    pub(crate) fn write(&mut self, mut data: &[u8]) -> Result<()> {
+    pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             let take = (self.block_size - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
@@ -119,11 +127,11 @@ impl BlobWriter {
             return Ok(());
         }
         let compressed = zstd::bulk::compress(&self.pending, self.level)
-            .map_err(|e| ImageError::convert("data block", format!("zstd: {e}")))?;
+            .map_err(|e| LayerError::convert("data block", format!("zstd: {e}")))?;
         self.blocks.push(BlockInfo {
             offset: self.out.len() as u64,
             len: u32::try_from(compressed.len())
-                .map_err(|_| ImageError::convert("data block", "compressed block over 4 GiB"))?,
+                .map_err(|_| LayerError::convert("data block", "compressed block over 4 GiB"))?,
             digest: Digest::of(&self.pending).to_string(),
         });
         self.out.extend_from_slice(&compressed);
@@ -131,7 +139,7 @@ impl BlobWriter {
         Ok(())
     }
 
-    pub(crate) fn finish(mut self) -> Result<(BlobInfo, Vec<u8>)> {
+    pub fn finish(mut self) -> Result<(BlobInfo, Vec<u8>)> {
         self.flush()?;
         let digest = Digest::of(&self.out).to_string();
         Ok((
@@ -152,22 +160,29 @@ struct DirWalker<'a> {
     links: HashMap<(u64, u64), u32>,
     writer: BlobWriter,
     progress: &'a Progress,
+    overlay_upper: bool,
 }
 
-fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
+/// The overlayfs xattr that marks a replaced (opaque) directory.
+pub const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
+
+fn read_xattrs(path: &Path, overlay_upper: bool) -> Result<Vec<Xattr>> {
     let mut out = Vec::new();
     let names = match xattr::list(path) {
         Ok(n) => n,
         // Filesystems without xattr support have none to copy.
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
-        Err(e) => return Err(ImageError::io(path, e)),
+        Err(e) => return Err(LayerError::io(path, e)),
     };
     for name in names {
         let name_str = name
             .to_str()
-            .ok_or_else(|| ImageError::convert(path.display(), "xattr name is not UTF-8"))?
+            .ok_or_else(|| LayerError::convert(path.display(), "xattr name is not UTF-8"))?
             .to_string();
-        if let Some(value) = xattr::get(path, &name).map_err(|e| ImageError::io(path, e))? {
+        if overlay_upper && name_str.starts_with("trusted.overlay.") && name_str != OVERLAY_OPAQUE {
+            continue;
+        }
+        if let Some(value) = xattr::get(path, &name).map_err(|e| LayerError::io(path, e))? {
             out.push(Xattr { name: name_str, value });
         }
     }
@@ -177,7 +192,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
 
 impl DirWalker<'_> {
     fn add(&mut self, path: &Path) -> Result<u32> {
-        let md = std::fs::symlink_metadata(path).map_err(|e| ImageError::io(path, e))?;
+        let md = std::fs::symlink_metadata(path).map_err(|e| LayerError::io(path, e))?;
         let ft = md.file_type();
         let key = (md.dev(), md.ino());
         if !ft.is_dir()
@@ -187,14 +202,14 @@ impl DirWalker<'_> {
             return Ok(existing);
         }
         let index = u32::try_from(self.inodes.len())
-            .map_err(|_| ImageError::convert(path.display(), "more than 2^32 inodes"))?;
+            .map_err(|_| LayerError::convert(path.display(), "more than 2^32 inodes"))?;
         let mut inode = Inode {
             mode: md.mode(),
             uid: md.uid(),
             gid: md.gid(),
             mtime: md.mtime(),
             mtime_ns: u32::try_from(md.mtime_nsec()).unwrap_or(0),
-            xattrs: read_xattrs(path)?,
+            xattrs: read_xattrs(path, self.overlay_upper)?,
             kind: Kind::Fifo,
         };
         // Reserve the slot first so directory children get larger indexes than the directory.
@@ -204,8 +219,8 @@ impl DirWalker<'_> {
         }
         inode.kind = if ft.is_dir() {
             let mut names = Vec::new();
-            for e in std::fs::read_dir(path).map_err(|e| ImageError::io(path, e))? {
-                let e = e.map_err(|e| ImageError::io(path, e))?;
+            for e in std::fs::read_dir(path).map_err(|e| LayerError::io(path, e))? {
+                let e = e.map_err(|e| LayerError::io(path, e))?;
                 names.push(e.file_name());
             }
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
@@ -213,7 +228,7 @@ impl DirWalker<'_> {
             for name in names {
                 let child = path.join(&name);
                 let name = name.into_string().map_err(|n| {
-                    ImageError::convert(
+                    LayerError::convert(
                         child.display(),
                         format!("name {n:?} is not UTF-8 (not supported by this format version)"),
                     )
@@ -224,12 +239,12 @@ impl DirWalker<'_> {
             Kind::Dir { entries }
         } else if ft.is_file() {
             let offset = self.writer.data_len;
-            let mut f = std::fs::File::open(path).map_err(|e| ImageError::io(path, e))?;
+            let mut f = std::fs::File::open(path).map_err(|e| LayerError::io(path, e))?;
             // 256 KiB reads: few syscalls, small buffer.
             let mut buf = vec![0u8; 256 << 10];
             let mut size = 0u64;
             loop {
-                let n = f.read(&mut buf).map_err(|e| ImageError::io(path, e))?;
+                let n = f.read(&mut buf).map_err(|e| LayerError::io(path, e))?;
                 if n == 0 {
                     break;
                 }
@@ -237,16 +252,16 @@ impl DirWalker<'_> {
                 size += n as u64;
             }
             if size != md.len() {
-                return Err(ImageError::convert(path.display(), "file changed while being read"));
+                return Err(LayerError::convert(path.display(), "file changed while being read"));
             }
             self.progress.file(size);
             Kind::File { size, blob: 0, offset }
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(|e| ImageError::io(path, e))?;
+            let target = std::fs::read_link(path).map_err(|e| LayerError::io(path, e))?;
             let target = target
                 .into_os_string()
                 .into_string()
-                .map_err(|_| ImageError::convert(path.display(), "symlink target is not UTF-8"))?;
+                .map_err(|_| LayerError::convert(path.display(), "symlink target is not UTF-8"))?;
             Kind::Symlink { target }
         } else {
             use std::os::unix::fs::FileTypeExt;
@@ -257,7 +272,7 @@ impl DirWalker<'_> {
             } else if ft.is_socket() {
                 Kind::Socket
             } else {
-                return Err(ImageError::convert(path.display(), "unknown file type"));
+                return Err(LayerError::convert(path.display(), "unknown file type"));
             }
         };
         self.inodes[index as usize] = inode;
@@ -270,23 +285,24 @@ pub fn build_from_dir(root: &Path, config: &ConvertConfig) -> Result<(Metadata, 
     build_from_dir_with(root, config, &Progress::default())
 }
 
-fn build_from_dir_with(
+pub fn build_from_dir_with(
     root: &Path,
     config: &ConvertConfig,
     progress: &Progress,
 ) -> Result<(Metadata, Vec<Vec<u8>>)> {
     if config.block_size == 0 || config.block_size > MAX_BLOCK_SIZE {
-        return Err(ImageError::convert(root.display(), "block size out of range"));
+        return Err(LayerError::convert(root.display(), "block size out of range"));
     }
-    let md = std::fs::symlink_metadata(root).map_err(|e| ImageError::io(root, e))?;
+    let md = std::fs::symlink_metadata(root).map_err(|e| LayerError::io(root, e))?;
     if !md.is_dir() {
-        return Err(ImageError::convert(root.display(), "not a directory"));
+        return Err(LayerError::convert(root.display(), "not a directory"));
     }
     let mut walker = DirWalker {
         inodes: Vec::new(),
         links: HashMap::new(),
         writer: BlobWriter::new(config.block_size, config.level),
         progress,
+        overlay_upper: config.overlay_upper,
     };
     walker.add(root)?;
     let (blob, bytes) = walker.writer.finish()?;
@@ -295,43 +311,10 @@ fn build_from_dir_with(
     Ok((meta, vec![bytes]))
 }
 
-/// Parses a convert source and builds its image: `dir:PATH` (or a bare absolute path),
-/// `oci:DIR[:TAG]` or `docker://HOST[:PORT]/REPO:TAG` (also `@sha256:HEX`). Not on a tokio
-/// runtime thread: a registry source blocks on its own runtime.
-pub fn build(source: &str, config: &ConvertConfig) -> Result<(Metadata, Vec<Vec<u8>>)> {
-    build_with(source, config, &Progress::default())
-}
-
-/// [`build`], counting what it does in `progress`.
-pub fn build_with(
-    source: &str,
-    config: &ConvertConfig,
-    progress: &Progress,
-) -> Result<(Metadata, Vec<Vec<u8>>)> {
-    if let Some(path) = source.strip_prefix("dir:") {
-        return build_from_dir_with(Path::new(path), config, progress);
-    }
-    if source.starts_with('/') {
-        return build_from_dir_with(Path::new(source), config, progress);
-    }
-    if let Some(spec) = source.strip_prefix("oci:") {
-        return crate::oci::build_from_layout(spec, config, progress);
-    }
-    if source.starts_with("docker://") {
-        return crate::registry::build_from_registry(source, config, progress);
-    }
-    Err(ImageError::Reference {
-        reference: source.to_string(),
-        reason: "unsupported source: expected dir:PATH, oci:DIR[:TAG] or \
-                 docker://HOST[:PORT]/REPO:TAG"
-            .into(),
-    })
-}
-
 /// Writes `meta` and `blobs` to `store` as the image `dest`.
 pub async fn push(
     store: &DynStore,
-    dest: &ImageRef,
+    dest: &LayerRef,
     meta: &Metadata,
     blobs: Vec<Vec<u8>>,
 ) -> Result<ConvertReport> {
@@ -341,10 +324,23 @@ pub async fn push(
 /// [`push`], counting the blobs it stored in `progress`.
 pub async fn push_with(
     store: &DynStore,
-    dest: &ImageRef,
+    dest: &LayerRef,
     meta: &Metadata,
     blobs: Vec<Vec<u8>>,
     progress: &Progress,
+) -> Result<ConvertReport> {
+    push_annotated(store, dest, meta, blobs, progress, Default::default()).await
+}
+
+/// [`push_with`], with `annotations` in the index. The index goes last, in one put: readers
+/// see the whole layer (blobs, metadata, annotations) or nothing.
+pub async fn push_annotated(
+    store: &DynStore,
+    dest: &LayerRef,
+    meta: &Metadata,
+    blobs: Vec<Vec<u8>>,
+    progress: &Progress,
+    annotations: std::collections::BTreeMap<String, String>,
 ) -> Result<ConvertReport> {
     progress.set_blobs(meta.blobs.len() as u64 + 1);
     let encoded = meta.encode()?;
@@ -357,7 +353,7 @@ pub async fn push_with(
     let mut reports = Vec::new();
     for (info, bytes) in meta.blobs.iter().zip(blobs) {
         let key = format!("blobs/{}", info.digest);
-        store.put(&key, Bytes::from(bytes)).await.map_err(|e| ImageError::store(&key, e))?;
+        store.put(&key, Bytes::from(bytes)).await.map_err(|e| LayerError::store(&key, e))?;
         progress.blob_pushed(info.size);
         layers.push(Descriptor {
             media_type: media::BLOB.into(),
@@ -373,9 +369,10 @@ pub async fn push_with(
     }
     let key = format!("blobs/{meta_digest}");
     let metadata_size = encoded.len() as u64;
-    store.put(&key, Bytes::from(encoded)).await.map_err(|e| ImageError::store(&key, e))?;
+    store.put(&key, Bytes::from(encoded)).await.map_err(|e| LayerError::store(&key, e))?;
     progress.blob_pushed(metadata_size);
-    let index = Index::new(media::ARTIFACT, layers);
+    let mut index = Index::new(media::ARTIFACT, layers);
+    index.annotations = annotations;
     put_index(store, dest.registry, &dest.index_key(), &index).await?;
     Ok(ConvertReport {
         reference: dest.original.clone(),
@@ -388,20 +385,15 @@ pub async fn push_with(
 }
 
 /// Stores an index; in a registry the empty config blob goes first.
-pub(crate) async fn put_index(
-    store: &DynStore,
-    registry: bool,
-    key: &str,
-    index: &Index,
-) -> Result<()> {
+pub async fn put_index(store: &DynStore, registry: bool, key: &str, index: &Index) -> Result<()> {
     if registry {
         let cfg = format!("blobs/{}", Digest::of(EMPTY_CONFIG));
         store
             .put(&cfg, Bytes::from_static(EMPTY_CONFIG))
             .await
-            .map_err(|e| ImageError::store(&cfg, e))?;
+            .map_err(|e| LayerError::store(&cfg, e))?;
     }
     let json = serde_json::to_vec(index)
-        .map_err(|e| ImageError::malformed("index", format!("cannot serialize: {e}")))?;
-    store.put(key, Bytes::from(json)).await.map_err(|e| ImageError::store(key, e))
+        .map_err(|e| LayerError::malformed("index", format!("cannot serialize: {e}")))?;
+    store.put(key, Bytes::from(json)).await.map_err(|e| LayerError::store(key, e))
 }
