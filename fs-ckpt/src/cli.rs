@@ -252,6 +252,7 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         foreground: options.foreground,
         log: options.log.clone(),
         log_filter: "info",
+        pidfile: None,
     };
     mount::run_daemon(&run, |ready, signals| serve_mount(&options, ready, signals))
 }

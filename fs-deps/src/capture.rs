@@ -44,6 +44,9 @@ pub fn run_captured(
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    // The upper's root starts as the merged root is now; the kernel moves its mtime when the
+    // command changes DIR's top level, and the capture records exactly that.
+    crate::stack::copy_dir_attrs(&lowers[0], &upper)?;
     mount_overlay(target, lowers, &upper, &work)?;
     let mut binds: Vec<PathBuf> = Vec::new();
     let result = (|| -> anyhow::Result<ExitStatus> {

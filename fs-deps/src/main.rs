@@ -251,6 +251,7 @@ fn serve_helper(args: &MountArgs) -> anyhow::Result<()> {
         foreground: parsed.daemon.foreground,
         log: parsed.daemon.log.clone(),
         log_filter: "bootseer_deps=info,bootseer_common=info",
+        pidfile: parsed.daemon.pidfile.clone(),
     };
     mount::run_daemon(&run, |ready, signals| serve::serve_layer(&layer, ready, signals))
 }

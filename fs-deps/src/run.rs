@@ -177,8 +177,11 @@ pub fn manifests(o: &KeyOptions) -> anyhow::Result<Vec<Manifest>> {
     Ok(out)
 }
 
-fn layer_options(s: &StoreOptions, step: usize) -> Vec<(String, String)> {
-    let mut o = vec![("workload".to_string(), s.workload.clone())];
+fn layer_options(s: &StoreOptions, state: &Path, step: usize) -> Vec<(String, String)> {
+    let mut o = vec![
+        ("workload".to_string(), s.workload.clone()),
+        ("pidfile".to_string(), pidfile(state, step).display().to_string()),
+    ];
     if let Some(c) = &s.cache_dir {
         o.push(("cache_dir".into(), c.display().to_string()));
     }
@@ -187,6 +190,10 @@ fn layer_options(s: &StoreOptions, step: usize) -> Vec<(String, String)> {
     }
     o.extend(s.layer_options.iter().cloned());
     o
+}
+
+fn pidfile(state: &Path, step: usize) -> PathBuf {
+    state.join(format!("layer-{step}.pid"))
 }
 
 /// Where step `step`'s layer daemon writes its summary, beside the run's.
@@ -263,13 +270,15 @@ fn stack_step(
     let reference = catalog.reference(&key);
     let layer_dir = stack.state.join(format!("layer-{step}"));
     let mount_it = |stack: &mut Stack| -> anyhow::Result<()> {
-        stack::mount_layer(&reference, &layer_dir, &layer_options(s, step), s.store_timeout * 2)?;
+        let options = layer_options(s, &stack.state, step);
+        stack::mount_layer(&reference, &layer_dir, &options, s.store_timeout * 2)?;
         stack.layers.push(Layer {
             step,
             key: key.clone(),
             reference: Some(reference.clone()),
             path: layer_dir.clone(),
             summary: s.summary.as_deref().map(|p| layer_summary(p, step)),
+            pidfile: Some(pidfile(&stack.state, step)),
         });
         stack.save()
     };
@@ -367,6 +376,7 @@ fn push_local(stack: &mut Stack, step: usize, key: &str, upper: PathBuf) -> anyh
         reference: None,
         path: upper,
         summary: None,
+        pidfile: None,
     });
     stack.save()
 }
@@ -390,13 +400,15 @@ pub fn mount(target: &Path, name: &str, keys: &[String], s: &StoreOptions) -> an
             let step = i + 1;
             let reference = catalog.reference(key);
             let dir = stack.state.join(format!("layer-{step}"));
-            stack::mount_layer(&reference, &dir, &layer_options(s, step), s.store_timeout * 2)?;
+            let options = layer_options(s, &stack.state, step);
+            stack::mount_layer(&reference, &dir, &options, s.store_timeout * 2)?;
             stack.layers.push(Layer {
                 step,
                 key: key.clone(),
                 reference: Some(reference),
                 path: dir,
                 summary: s.summary.as_deref().map(|p| layer_summary(p, step)),
+                pidfile: Some(pidfile(&stack.state, step)),
             });
             stack.save()?;
         }

@@ -46,6 +46,10 @@ pub struct Layer {
     pub path: PathBuf,
     /// Where its daemon writes its JSON summary.
     pub summary: Option<PathBuf>,
+    /// Its daemon's pidfile (teardown waits for the daemon to exit: its summary and trace are
+    /// written by then).
+    #[serde(default)]
+    pub pidfile: Option<PathBuf>,
 }
 
 /// Everything stacked on one target.
@@ -129,7 +133,11 @@ impl Stack {
         for d in [&upper, &work] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        mount_overlay(&self.target, &self.lowers(), &upper, &work)?;
+        // The merged root takes its attributes from the upper: make them the top layer's, or
+        // DIR would show our mkdir's mode and time instead of what the command left.
+        let lowers = self.lowers();
+        copy_dir_attrs(&lowers[0], &upper)?;
+        mount_overlay(&self.target, &lowers, &upper, &work)?;
         self.overlay = true;
         self.save()
     }
@@ -157,6 +165,9 @@ impl Stack {
                 }
                 wait_unmounted(&layer.path);
             }
+            if let Some(p) = &layer.pidfile {
+                wait_daemon_exit(p);
+            }
             if let Err(e) = remove_tree(&layer.path) {
                 errors.push(format!("removing {}: {e}", layer.path.display()));
             }
@@ -182,6 +193,26 @@ impl Stack {
     }
 }
 
+/// Gives directory `to` the mode, owner and times of directory `from`.
+pub fn copy_dir_attrs(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(from).with_context(|| format!("stat {}", from.display()))?;
+    std::os::unix::fs::chown(to, Some(md.uid()), Some(md.gid()))
+        .with_context(|| format!("chown {}", to.display()))?;
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777))
+        .with_context(|| format!("chmod {}", to.display()))?;
+    let ts = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        to,
+        &ts(md.atime(), md.atime_nsec()),
+        &ts(md.mtime(), md.mtime_nsec()),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .with_context(|| format!("utimensat {}", to.display()))?;
+    Ok(())
+}
+
 /// Removes a directory tree that holds no mounts (refuses one that does).
 fn remove_tree(path: &Path) -> std::io::Result<()> {
     if !path.exists() {
@@ -202,6 +233,24 @@ fn wait_unmounted(path: &Path) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits (up to a minute: storing a trace is a few store puts) for the daemon whose pid is in
+/// `pidfile` to exit.
+fn wait_daemon_exit(pidfile: &Path) {
+    let Some(pid) =
+        std::fs::read_to_string(pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    for _ in 0..3000 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!(pid = %pid, "layer daemon still running a minute after unmount");
 }
 
 /// Mounts a kernel overlay on `target`: `lowers` top first, `upper` and `work` on one local

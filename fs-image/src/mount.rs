@@ -42,6 +42,7 @@ pub fn apply_options(o: &mut MountOptions, options: &[(String, String)]) -> anyh
     daemon.summary = parsed.daemon.summary.clone().or(daemon.summary.take());
     daemon.threads = parsed.daemon.threads.or(daemon.threads);
     daemon.read_ahead_kb = parsed.daemon.read_ahead_kb.or(daemon.read_ahead_kb);
+    daemon.pidfile = parsed.daemon.pidfile.clone().or(daemon.pidfile.take());
     o.parsed.flags = parsed.flags;
     Ok(())
 }
@@ -93,6 +94,7 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         foreground: daemon.foreground,
         log: daemon.log.clone(),
         log_filter: "bootseer_image=info,bootseer_common=info",
+        pidfile: daemon.pidfile.clone(),
     };
     mount::run_daemon(&run, |ready, signals| serve::serve_layer(&layer, ready, signals))
 }

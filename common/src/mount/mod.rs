@@ -448,6 +448,9 @@ pub struct DaemonOptions {
     pub log: Option<PathBuf>,
     /// Default log filter when `BOOTSEER_LOG` is unset (e.g. `bootseer_image=info,…`).
     pub log_filter: &'static str,
+    /// Write the daemon's pid here (removed when `body` returns): what `umount` helpers and
+    /// init systems wait on to know the summary and trace are written.
+    pub pidfile: Option<PathBuf>,
 }
 
 /// The one mount lifecycle of every bootseer binary: daemonizes unless `foreground` (before any
@@ -466,7 +469,18 @@ pub fn run_daemon(
     };
     let signals = ServeSignals::block().context("blocking signals")?;
     crate::telemetry::init(options.log_filter);
-    match body(&mut ready, signals) {
+    if let Some(p) = &options.pidfile
+        && let Err(e) = write_atomic(p, format!("{}\n", std::process::id()).as_bytes())
+    {
+        let e = anyhow::anyhow!("writing the pidfile {}: {e}", p.display());
+        ready.failed(&format!("{e:#}"));
+        return Err(e);
+    }
+    let result = body(&mut ready, signals);
+    if let Some(p) = &options.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    match result {
         Ok(()) => Ok(()),
         Err(e) => {
             ready.failed(&format!("{e:#}"));

@@ -50,6 +50,8 @@ pub struct DaemonKeys {
     pub threads: Option<usize>,
     /// `read_ahead=SIZE`: kernel read-ahead of the mount, in KiB.
     pub read_ahead_kb: Option<u32>,
+    /// `pidfile=FILE`: the daemon writes its pid here once mounted, removes it on exit.
+    pub pidfile: Option<PathBuf>,
 }
 
 /// Everything parsed from a list of `-o` options.
@@ -106,7 +108,7 @@ const IGNORED_KEYS: &[&str] = &[
     "nosymfollow",
 ];
 /// Daemon keys (see [`DaemonKeys`]).
-const DAEMON_KEYS: &[&str] = &["foreground", "log", "summary", "threads", "read_ahead"];
+const DAEMON_KEYS: &[&str] = &["foreground", "log", "summary", "threads", "read_ahead", "pidfile"];
 
 fn ignored(key: &str) -> bool {
     IGNORED_KEYS.contains(&key) || key.starts_with("x-systemd.") || key.starts_with("x-")
@@ -142,6 +144,7 @@ pub fn parse(
             "foreground" => out.daemon.foreground = true,
             "log" => out.daemon.log = Some(nonempty(value).map_err(bad)?.into()),
             "summary" => out.daemon.summary = Some(nonempty(value).map_err(bad)?.into()),
+            "pidfile" => out.daemon.pidfile = Some(nonempty(value).map_err(bad)?.into()),
             "threads" => {
                 let n: usize = value.parse().map_err(|e| bad(format!("{e}")))?;
                 if n == 0 || n > 1024 {

@@ -202,7 +202,7 @@ impl HdfsStore {
 
     fn path(&self, key: &str) -> StoreResult<String> {
         check_key(key)?;
-        Ok(self.join(key))
+        Ok(self.join(&encode_key(key)))
     }
 
     fn join(&self, rel: &str) -> String {
@@ -244,6 +244,17 @@ impl HdfsStore {
             inner: Arc::new(inner),
         })
     }
+}
+
+/// HDFS refuses `:` in path names, and every blob key holds one (`blobs/sha256:…`): keys are
+/// stored with `:` as `%3A` (and `%` as `%25`, so that the mapping is one to one).
+fn encode_key(key: &str) -> String {
+    key.replace('%', "%25").replace(':', "%3A")
+}
+
+/// The inverse of [`encode_key`].
+fn decode_key(name: &str) -> String {
+    name.replace("%3A", ":").replace("%25", "%")
 }
 
 fn mtime(millis: u64) -> SystemTime {
@@ -432,6 +443,8 @@ impl Store for HdfsStore {
             let Some(rel) = status.path.strip_prefix(&root_slash) else {
                 continue;
             };
+            let rel = decode_key(rel);
+            let rel = rel.as_str();
             // Dot-names are temporary files of puts in progress.
             if !rel.starts_with(prefix) || rel.split('/').any(|c| c.starts_with('.')) {
                 continue;
