@@ -41,6 +41,7 @@ pub fn test_config() -> CkptConfig {
         attempt_timeout: Duration::from_secs(3),
         hedge_after: Duration::from_secs(1),
         metadata_ttl: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
     }
 }
 
