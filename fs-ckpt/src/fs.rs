@@ -128,6 +128,8 @@ struct Window {
 
 #[derive(Debug)]
 struct OpenFile {
+    /// The inode this handle was opened on.
+    ino: u64,
     source: Arc<StripeSource>,
     dyn_source: DynSource,
     window: Mutex<Window>,
@@ -414,9 +416,16 @@ impl CkptFs {
         Ok(self.attr_of(path, node))
     }
 
-    /// Attributes of `ino`.
-    pub async fn getattr(&self, ino: u64) -> Result<Attr, CkptError> {
+    /// Attributes of `ino`; with the handle `fh` the kernel read through, the length and mtime
+    /// that handle pinned (what its reads serve), whatever the listing says.
+    pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, CkptError> {
         let path = self.path_of(ino)?;
+        let pinned = fh.and_then(|fh| lock(&self.handles).get(&fh).cloned());
+        if let Some(file) = pinned.filter(|f| f.ino == ino) {
+            let v = file.source.version();
+            let node = Node { kind: Kind::File, size: v.len, mtime: v.mtime };
+            return Ok(self.attr_of(&path, &node));
+        }
         let tree = self.tree().await?;
         let node = tree.nodes.get(&path).ok_or_else(|| CkptError::NotFound(path.clone()))?;
         Ok(self.attr_of(&path, node))
@@ -486,7 +495,9 @@ impl CkptFs {
         let window = if large { self.window_share(1) } else { self.config.initial_window };
         source.handle_opened();
         let dyn_source: DynSource = source.clone();
+        self.note_opened_version(&path, version);
         let file = Arc::new(OpenFile {
+            ino,
             source,
             dyn_source,
             window: Mutex::new(Window { queued_end: 0, last: None, size: window }),
@@ -503,6 +514,25 @@ impl CkptFs {
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
         let keep_cache = lock(&self.last_open).insert(ino, version) == Some(version);
         Ok(Opened { fh, keep_cache })
+    }
+
+    /// An open saw `version` of `path`: where the listing says otherwise (the file was replaced
+    /// within the metadata TTL), the listing takes the open's word, so a `stat` after this open
+    /// shows the length its reads serve (the kernel cuts reads at the length it was told).
+    fn note_opened_version(&self, path: &str, version: Version) {
+        let mut current = lock(&self.tree);
+        let Some(tree) = current.as_ref() else { return };
+        let stale = tree.nodes.get(path).is_some_and(|n| {
+            n.kind == Kind::File && (n.size != version.len || n.mtime != version.mtime)
+        });
+        if stale {
+            let mut nodes = tree.nodes.clone();
+            let node = Node { kind: Kind::File, size: version.len, mtime: version.mtime };
+            nodes.insert(path.to_string(), node);
+            let fresh = Tree { fetched: tree.fetched, nodes, children: tree.children.clone() };
+            *current = Some(Arc::new(fresh));
+            tracing::debug!(key = %path, len = version.len, "listing updated from an open");
+        }
     }
 
     /// A version of `path` that open handles still hold, for opens while the NameNode is away.
