@@ -5,8 +5,9 @@
 //!   as `mount -t fuse.bootseer-ckpt` and systemd call it).
 //!
 //! Both go through [`MountOptions`] → [`mount`]: daemonize (unless foreground) before any
-//! thread exists → logging → one tokio runtime → HDFS store on it → [`CkptFs`] → a first listing
-//! (so a bad URL fails the mount, not the first `ls`) → fuser session → `Ready` → [`serve`]
+//! thread exists → logging → one tokio runtime → HDFS store on it → [`CkptFs`] → the source is
+//! checked to be a directory and listed within `--connect-timeout` (so a bad URL or a dead
+//! NameNode fails the mount, not the first `ls`) → fuser session → `Ready` → [`serve`]
 //! until SIGTERM or unmount → JSON summary to the log and `--summary FILE`.
 
 use std::ffi::OsString;
@@ -73,6 +74,9 @@ struct MountCmd {
     /// How long listings are trusted.
     #[arg(long, value_parser = parse_duration)]
     metadata_ttl: Option<Duration>,
+    /// How long the mount waits for the NameNode, and the bound of each later NameNode call.
+    #[arg(long, value_parser = parse_duration)]
+    connect_timeout: Option<Duration>,
     /// Directory with core-site.xml/hdfs-site.xml (default: $HADOOP_CONF_DIR).
     #[arg(long)]
     conf_dir: Option<PathBuf>,
@@ -128,6 +132,7 @@ impl MountCmd {
                 attempt_timeout: self.attempt_timeout.unwrap_or(d.attempt_timeout),
                 hedge_after: self.hedge_after.unwrap_or(d.hedge_after),
                 metadata_ttl: self.metadata_ttl.unwrap_or(d.metadata_ttl),
+                connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 ..d
             },
             source: self.source,
@@ -154,6 +159,7 @@ pub const CKPT_KEYS: &[&str] = &[
     "attempt_timeout",
     "hedge_after",
     "metadata_ttl",
+    "connect_timeout",
     "conf_dir",
 ];
 
@@ -193,6 +199,7 @@ impl MountOptions {
                 "attempt_timeout" => c.attempt_timeout = dur(k, v)?,
                 "hedge_after" => c.hedge_after = dur(k, v)?,
                 "metadata_ttl" => c.metadata_ttl = dur(k, v)?,
+                "connect_timeout" => c.connect_timeout = dur(k, v)?,
                 "conf_dir" => self.conf_dir = Some(v.into()),
                 other => anyhow::bail!("mount option {other:?} is listed but not handled"),
             }
@@ -273,9 +280,9 @@ fn serve_mount(
         .block_on(HdfsStore::open_with(&options.source, &hdfs_options))
         .with_context(|| format!("opening {}", options.source))?;
     let fs = Arc::new(CkptFs::new(store, options.config.clone(), runtime.handle().clone())?);
-    runtime
-        .block_on(fs.readdir(crate::fs::ROOT_INO))
-        .with_context(|| format!("listing {}", options.source))?;
+    // The source must be a directory the NameNode answers for within the connect timeout: a
+    // typo, a file or a dead NameNode fails the mount, never mounts an empty directory or hangs.
+    runtime.block_on(fs.check_source()).with_context(|| format!("mounting {}", options.source))?;
     let mut config = MountConfig {
         fsname: options.source.clone(),
         subtype: "bootseer-ckpt".into(),
@@ -312,11 +319,13 @@ mod tests {
                 ("stripe_size".into(), "4M".into()),
                 ("readers".into(), "8".into()),
                 ("stripe_deadline".into(), "10s".into()),
+                ("connect_timeout".into(), "3s".into()),
             ],
         };
         let o = helper_options(&args).expect("valid options");
         assert_eq!((o.config.stripe_size, o.config.readers), (4 << 20, 8));
         assert_eq!(o.config.stripe_deadline, Duration::from_secs(10));
+        assert_eq!(o.config.connect_timeout, Duration::from_secs(3));
         let bad = MountArgs { options: vec![("bogus".into(), "1".into())], ..args };
         assert!(helper_options(&bad).is_err());
     }

@@ -26,8 +26,11 @@ pub struct CkptConfig {
     /// The least time an attempt waits for a reply before a hedge read on a fresh reader
     /// (another replica) joins it; the mount uses 4 × its average stripe time when longer.
     pub hedge_after: Duration,
-    /// How long listings and a handle's version check are trusted (also the kernel's TTLs).
+    /// How long listings and a handle's version check are trusted (also the kernel's entry TTL).
     pub metadata_ttl: Duration,
+    /// How long the mount waits for the NameNode when it starts, and the bound of every later
+    /// NameNode call (listing, stat, reader open, version check).
+    pub connect_timeout: Duration,
 }
 
 impl Default for CkptConfig {
@@ -46,14 +49,18 @@ impl Default for CkptConfig {
             prefetch_threshold: 64 << 20,
             // Two stripes ahead costs little for a reader that stops early.
             initial_window: 2,
-            // A minute rides out a DataNode restart; a FUSE reader must not wait longer.
-            stripe_deadline: Duration::from_secs(60),
-            // 8 MiB at even 10 MB/s takes under a second; 15 s means a stalled DataNode.
-            attempt_timeout: Duration::from_secs(15),
+            // Half a minute rides out a DataNode restart; a FUSE reader must not wait longer.
+            stripe_deadline: Duration::from_secs(30),
+            // 8 MiB at even 10 MB/s takes under a second; 10 s means a stalled DataNode, and
+            // leaves the deadline room for two more attempts.
+            attempt_timeout: Duration::from_secs(10),
             // HDFS's own hedged reads default to 500 ms; a stripe is 8 MiB, not one packet.
             hedge_after: Duration::from_secs(1),
             // Checkpoint directories change when a new checkpoint lands, not second by second.
             metadata_ttl: Duration::from_secs(5),
+            // A NameNode answers an RPC in milliseconds; 10 s is one failing over or gone, and
+            // a mount or `ls` should say so rather than hang.
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }

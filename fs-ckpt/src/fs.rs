@@ -33,7 +33,7 @@ use tokio::runtime::Handle;
 
 use crate::config::CkptConfig;
 use crate::error::CkptError;
-use crate::stripe::{StripeCounters, StripePlan, StripeSource, Version};
+use crate::stripe::{StripeCounters, StripePlan, StripeSource, Version, bounded};
 
 /// Inode number of the mount's root.
 pub const ROOT_INO: u64 = 1;
@@ -128,6 +128,8 @@ struct Window {
 
 #[derive(Debug)]
 struct OpenFile {
+    /// The inode this handle was opened on.
+    ino: u64,
     source: Arc<StripeSource>,
     dyn_source: DynSource,
     window: Mutex<Window>,
@@ -278,7 +280,9 @@ impl CkptFs {
     }
 
     /// The current tree: the cached listing while it is younger than the metadata TTL, else a
-    /// fresh one. When HDFS cannot be listed, a stale tree is served (logged) rather than none.
+    /// fresh one. When HDFS cannot be listed within the connect timeout, the previous tree is
+    /// served (logged) and trusted for another TTL, so while the NameNode is away an `ls` pays
+    /// that timeout at most once per TTL, not on every call.
     async fn tree(&self) -> Result<Arc<Tree>, CkptError> {
         let fresh = |t: &Option<Arc<Tree>>| {
             t.as_ref().filter(|t| t.fetched.elapsed() < self.config.metadata_ttl).cloned()
@@ -290,19 +294,57 @@ impl CkptFs {
         if let Some(tree) = fresh(&lock(&self.tree)) {
             return Ok(tree);
         }
-        match self.store.list("").await {
+        let listing = bounded(self.config.connect_timeout, "list", "", self.store.list("")).await;
+        match listing {
             Ok(listing) => {
                 let tree = Arc::new(self.build_tree(listing));
                 *lock(&self.tree) = Some(tree.clone());
                 Ok(tree)
             }
-            Err(err) => match lock(&self.tree).clone() {
-                Some(stale) => {
-                    tracing::warn!(error = %err, "listing failed; serving the previous listing");
-                    Ok(stale)
+            Err(err) => {
+                let mut current = lock(&self.tree);
+                match current.clone() {
+                    Some(stale) => {
+                        tracing::warn!(error = %err, "listing failed; serving the previous listing");
+                        let kept = Arc::new(Tree {
+                            fetched: Instant::now(),
+                            nodes: stale.nodes.clone(),
+                            children: stale.children.clone(),
+                        });
+                        *current = Some(kept.clone());
+                        Ok(kept)
+                    }
+                    None => Err(err.into()),
                 }
-                None => Err(err.into()),
-            },
+            }
+        }
+    }
+
+    /// Checks that the mounted source is a directory the NameNode answers for, and lists it,
+    /// all within the connect timeout: what a mount does before it tells the kernel it is ready.
+    pub async fn check_source(&self) -> Result<(), CkptError> {
+        let url = self.store.url();
+        let limit = self.config.connect_timeout;
+        let check = async {
+            match self.store.check_root().await {
+                Ok(()) => {}
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(CkptError::NotFound(format!("{url} (the HDFS directory)")));
+                }
+                Err(StoreError::Other { message, .. }) if message.contains("not a directory") => {
+                    return Err(CkptError::NotADirectory(url.clone()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.tree().await.map(|_| ())
+        };
+        match tokio::time::timeout(limit, check).await {
+            Ok(result) => result,
+            Err(_) => Err(CkptError::Store(StoreError::Timeout {
+                op: "reaching the NameNode for",
+                key: url.clone(),
+                after: limit,
+            })),
         }
     }
 
@@ -374,9 +416,16 @@ impl CkptFs {
         Ok(self.attr_of(path, node))
     }
 
-    /// Attributes of `ino`.
-    pub async fn getattr(&self, ino: u64) -> Result<Attr, CkptError> {
+    /// Attributes of `ino`; with the handle `fh` the kernel read through, the length and mtime
+    /// that handle pinned (what its reads serve), whatever the listing says.
+    pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, CkptError> {
         let path = self.path_of(ino)?;
+        let pinned = fh.and_then(|fh| lock(&self.handles).get(&fh).cloned());
+        if let Some(file) = pinned.filter(|f| f.ino == ino) {
+            let v = file.source.version();
+            let node = Node { kind: Kind::File, size: v.len, mtime: v.mtime };
+            return Ok(self.attr_of(&path, &node));
+        }
         let tree = self.tree().await?;
         let node = tree.nodes.get(&path).ok_or_else(|| CkptError::NotFound(path.clone()))?;
         Ok(self.attr_of(&path, node))
@@ -401,14 +450,29 @@ impl CkptFs {
             .collect())
     }
 
-    /// Opens file `ino`: pins its current version and plans its stripes.
+    /// Opens file `ino`: pins its current version and plans its stripes. The NameNode calls
+    /// share one connect timeout; when the NameNode does not answer, a version of this file that
+    /// handles still hold open is opened again (its readers need no NameNode), else the open
+    /// fails within that timeout.
     pub async fn open(&self, ino: u64) -> Result<Opened, CkptError> {
         let path = self.path_of(ino)?;
         if path.is_empty() {
             return Err(CkptError::IsADirectory("/".into()));
         }
-        let info = match self.store.file_info(&path).await {
-            Ok(info) => info,
+        let deadline = Instant::now() + self.config.connect_timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let source = match bounded(left(), "stat", &path, self.store.file_info(&path)).await {
+            Ok(info) => {
+                let version = Version { len: info.len, mtime: info.mtime };
+                let opening = self.source_for(&path, version, info.block_size);
+                match tokio::time::timeout(left(), opening).await {
+                    Ok(source) => source?,
+                    Err(_) => {
+                        let after = self.config.connect_timeout;
+                        return Err(StoreError::Timeout { op: "open", key: path, after }.into());
+                    }
+                }
+            }
             Err(StoreError::NotFound { .. }) => {
                 let tree = self.tree().await?;
                 return Err(match tree.children.contains_key(&path) {
@@ -416,16 +480,24 @@ impl CkptFs {
                     false => CkptError::NotFound(path),
                 });
             }
+            Err(e) if e.is_retryable() => match self.live_source(&path) {
+                Some(source) => {
+                    tracing::warn!(key = %path, error = %e, "NameNode unavailable; opening the version already open");
+                    source
+                }
+                None => return Err(e.into()),
+            },
             Err(e) => return Err(e.into()),
         };
-        let version = Version { len: info.len, mtime: info.mtime };
-        let source = self.source_for(&path, version, info.block_size).await?;
+        let version = source.version();
         let plan = *source.plan();
         let large = version.len >= self.config.prefetch_threshold;
         let window = if large { self.window_share(1) } else { self.config.initial_window };
         source.handle_opened();
         let dyn_source: DynSource = source.clone();
+        self.note_opened_version(&path, version);
         let file = Arc::new(OpenFile {
+            ino,
             source,
             dyn_source,
             window: Mutex::new(Window { queued_end: 0, last: None, size: window }),
@@ -442,6 +514,34 @@ impl CkptFs {
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
         let keep_cache = lock(&self.last_open).insert(ino, version) == Some(version);
         Ok(Opened { fh, keep_cache })
+    }
+
+    /// An open saw `version` of `path`: where the listing says otherwise (the file was replaced
+    /// within the metadata TTL), the listing takes the open's word, so a `stat` after this open
+    /// shows the length its reads serve (the kernel cuts reads at the length it was told).
+    fn note_opened_version(&self, path: &str, version: Version) {
+        let mut current = lock(&self.tree);
+        let Some(tree) = current.as_ref() else { return };
+        let stale = tree.nodes.get(path).is_some_and(|n| {
+            n.kind == Kind::File && (n.size != version.len || n.mtime != version.mtime)
+        });
+        if stale {
+            let mut nodes = tree.nodes.clone();
+            let node = Node { kind: Kind::File, size: version.len, mtime: version.mtime };
+            nodes.insert(path.to_string(), node);
+            let fresh = Tree { fetched: tree.fetched, nodes, children: tree.children.clone() };
+            *current = Some(Arc::new(fresh));
+            tracing::debug!(key = %path, len = version.len, "listing updated from an open");
+        }
+    }
+
+    /// A version of `path` that open handles still hold, for opens while the NameNode is away.
+    fn live_source(&self, path: &str) -> Option<Arc<StripeSource>> {
+        let prefix = format!("{path}\0");
+        lock(&self.sources)
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .find_map(|(_, source)| source.upgrade())
     }
 
     async fn source_for(

@@ -2,10 +2,13 @@
 //! into [`CkptFs`] (run with `block_on` on the runtime handle, since fuser threads are not
 //! runtime threads), and one reply; errors go through [`fuse_error`].
 //!
-//! Kernel caching: entry and attribute TTLs equal the metadata TTL (a replaced file shows its
-//! new size after it); no `direct_io`, so the page cache serves `mmap`; keep-cache only when a
-//! file is opened at the same version as its previous open, so a new version's open drops the
-//! old pages.
+//! Kernel caching: entry TTLs and directory attribute TTLs equal the metadata TTL. A file's
+//! attributes have TTL 0: the kernel cuts reads at the size it holds and asks again only when
+//! that has expired, so a file replaced by a longer one and opened within a TTL would read as
+//! the new bytes cut at the old length. With TTL 0 the kernel asks (at EOF, on `stat`) and gets
+//! the length the handle pinned, from memory, never a NameNode call. No `direct_io`, so the
+//! page cache serves `mmap`; keep-cache only when a file is opened at the same version as its
+//! previous open, so a new version's open drops the old pages.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -76,6 +79,16 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
+impl CkptFuse {
+    /// How long the kernel may keep `a`'s attributes: see the module doc.
+    fn attr_ttl(&self, a: &Attr) -> Duration {
+        match a.kind {
+            Kind::Directory => self.ttl,
+            Kind::File => Duration::ZERO,
+        }
+    }
+}
+
 impl Filesystem for CkptFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         self.mount.kernel_init(config);
@@ -88,15 +101,18 @@ impl Filesystem for CkptFuse {
             return reply.error(Errno::ENOENT); // HDFS names are UTF-8
         };
         match self.runtime.block_on(self.fs.lookup(parent.0, name)) {
-            Ok(attr) => reply.entry(&self.ttl, &file_attr(&attr), Generation(0)),
+            Ok(attr) => {
+                let attr_ttl = self.attr_ttl(&attr);
+                reply.entry_with_ttls(&attr_ttl, &self.ttl, &file_attr(&attr), Generation(0))
+            }
             Err(e) => reply.error(fuse_error("lookup", &e)),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = tracing::debug_span!("getattr", ino = ino.0).entered();
-        match self.runtime.block_on(self.fs.getattr(ino.0)) {
-            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+        match self.runtime.block_on(self.fs.getattr(ino.0, fh.map(|fh| fh.0))) {
+            Ok(attr) => reply.attr(&self.attr_ttl(&attr), &file_attr(&attr)),
             Err(e) => reply.error(fuse_error("getattr", &e)),
         }
     }

@@ -33,6 +33,7 @@
 //! and a fresh reader is opened *before* the stat that verifies it, so a reader opened on a later
 //! version can never pass. A stripe therefore only ever carries bytes of the pinned version.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,6 +209,10 @@ pub struct StripeSource {
     served: Vec<AtomicU64>,
     /// When the version was last confirmed against the NameNode.
     verified_at: Mutex<Instant>,
+    /// Stripes that failed for good: when, and why (see [`FAILED_MEMORY`]).
+    failed: Mutex<HashMap<u64, (Instant, String)>>,
+    /// Set once a check found the file changed or gone: no fetch of this version succeeds after.
+    changed: std::sync::atomic::AtomicBool,
     counters: Arc<StripeCounters>,
 }
 
@@ -258,6 +263,8 @@ impl StripeSource {
             opened: AtomicU64::new(0),
             served: (0..plan.count()).map(|_| AtomicU64::new(0)).collect(),
             verified_at: Mutex::new(Instant::now()),
+            failed: Mutex::new(HashMap::new()),
+            changed: std::sync::atomic::AtomicBool::new(false),
             counters,
         };
         // Opened before this stat: if the stat still shows the pinned version, so did they.
@@ -304,7 +311,8 @@ impl StripeSource {
 
     /// Confirms the file still has the pinned version.
     async fn verify(&self) -> Result<(), StoreError> {
-        let info = match self.store.file_info(&self.key).await {
+        let limit = self.config.connect_timeout;
+        let info = match bounded(limit, "stat", &self.key, self.store.file_info(&self.key)).await {
             Ok(info) => info,
             Err(StoreError::NotFound { .. }) => return Err(changed(&self.key)),
             Err(e) => return Err(e),
@@ -317,17 +325,32 @@ impl StripeSource {
     }
 
     /// [`Self::verify`], at most once per metadata TTL.
+    /// [`Self::verify`], at most once per metadata TTL: the first fetch after the TTL checks,
+    /// the fetches beside it go on (so a NameNode that does not answer holds up one fetch for
+    /// the connect timeout, not every one). Once the file was seen changed, every fetch fails.
     async fn verify_if_stale(&self) -> Result<(), StoreError> {
-        if lock(&self.verified_at).elapsed() < self.config.metadata_ttl {
-            return Ok(());
+        if self.changed.load(Ordering::Relaxed) {
+            return Err(changed(&self.key));
         }
-        self.verify().await
+        {
+            let mut at = lock(&self.verified_at);
+            if at.elapsed() < self.config.metadata_ttl {
+                return Ok(());
+            }
+            *at = Instant::now();
+        }
+        let result = self.verify().await;
+        if result.as_ref().is_err_and(is_changed) {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     /// A fresh reader, verified to see the pinned version.
     async fn fresh_reader(&self) -> Result<Arc<HdfsReader>, StoreError> {
         self.counters.reopened.fetch_add(1, Ordering::Relaxed);
-        let reader = self.store.open_reader(&self.key).await?;
+        let limit = self.config.connect_timeout;
+        let reader = bounded(limit, "open", &self.key, self.store.open_reader(&self.key)).await?;
         if reader.len() != self.version.len {
             return Err(changed(&self.key));
         }
@@ -514,12 +537,47 @@ impl StripeSource {
         }
     }
 
-    /// Fetches one stripe: full length or an error, within the stripe deadline.
-    async fn fetch_stripe(&self, index: u64) -> Result<Bytes, StoreError> {
+    /// Fetches one stripe: full length or an error, by `deadline`. A stripe that failed for good
+    /// moments ago fails again at once (see [`FAILED_MEMORY`]).
+    async fn fetch_stripe(&self, index: u64, deadline: Instant) -> Result<Bytes, StoreError> {
         let range = self.plan.range(index);
         let want = range.end - range.start;
         let started = Instant::now();
-        let deadline = started + self.config.stripe_deadline;
+        if let Some(err) = self.failed_recently(index) {
+            return Err(err);
+        }
+        let result = self.fetch_stripe_until(index, range, deadline).await;
+        match &result {
+            Ok(_) => {
+                self.counters.fetched.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes.fetch_add(want, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %self.key, stripe = index, elapsed = ?started.elapsed(), error = %err, "stripe failed");
+                lock(&self.failed).insert(index, (Instant::now(), err.to_string()));
+            }
+        }
+        result
+    }
+
+    /// The error to answer at once for a stripe that failed within [`FAILED_MEMORY`].
+    fn failed_recently(&self, index: u64) -> Option<StoreError> {
+        let mut failed = lock(&self.failed);
+        failed.retain(|_, (at, _)| at.elapsed() < FAILED_MEMORY);
+        failed.get(&index).map(|(at, message)| StoreError::Transient {
+            op: "read_range",
+            key: self.key.clone(),
+            message: format!("failed {:.1} s ago: {message}", at.elapsed().as_secs_f64()),
+        })
+    }
+
+    async fn fetch_stripe_until(
+        &self,
+        index: u64,
+        range: Range<u64>,
+        deadline: Instant,
+    ) -> Result<Bytes, StoreError> {
         let backoff = RetryConfig {
             // 100 ms first, doubling to 2 s: a DataNode restart is seconds, a deadline a minute.
             base_backoff: Duration::from_millis(100),
@@ -546,17 +604,11 @@ impl StripeSource {
                     }
                 };
             let err = match result {
-                Ok(bytes) => {
-                    self.counters.fetched.fetch_add(1, Ordering::Relaxed);
-                    self.counters.bytes.fetch_add(want, Ordering::Relaxed);
-                    return Ok(bytes);
-                }
+                Ok(bytes) => return Ok(bytes),
                 Err(err) => err,
             };
             let pause = backoff.backoff(attempt);
             if !retryable(&err) || Instant::now() + pause >= deadline {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(key = %self.key, stripe = index, attempt, elapsed = ?started.elapsed(), error = %err, "stripe failed");
                 return Err(err);
             }
             self.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -565,10 +617,7 @@ impl StripeSource {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.fresh_reader()).await {
                 Ok(Ok(fresh)) => self.replace_reader(slot, fresh),
-                Ok(Err(e)) if !retryable(&e) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
-                }
+                Ok(Err(e)) if !retryable(&e) => return Err(e),
                 // The NameNode is unreachable for now: try again with the reader we have.
                 Ok(Err(_)) | Err(_) => {}
             }
@@ -601,16 +650,38 @@ fn best_slot(stats: &[(usize, u64, u64)]) -> Option<usize> {
 /// be sure of another replica; the attempt timeout bounds the rest.
 const MAX_HEDGES: u32 = 8;
 
+/// `call` within `limit`, else [`StoreError::Timeout`] for `op` on `key`: every NameNode call
+/// goes through this, so a NameNode that accepts and never answers costs a bounded wait.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    op: &'static str,
+    key: &str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Timeout { op, key: key.to_string(), after: limit }),
+    }
+}
+
+/// How long a stripe that failed for good fails again at once, without a new attempt. The
+/// kernel asks again for a range whose read-ahead failed (the page itself, synchronously) right
+/// after the EIO; without this, that second request would wait a whole stripe deadline again.
+/// Short, so a mount whose DataNodes come back serves within seconds.
+const FAILED_MEMORY: Duration = Duration::from_secs(5);
+
 fn retryable(err: &StoreError) -> bool {
     err.is_retryable()
 }
 
+const CHANGED: &str = "the file changed or vanished since it was opened";
+
 fn changed(key: &str) -> StoreError {
-    StoreError::Other {
-        op: "read",
-        key: key.to_string(),
-        message: "the file changed or vanished since it was opened".into(),
-    }
+    StoreError::Other { op: "read", key: key.to_string(), message: CHANGED.into() }
+}
+
+fn is_changed(err: &StoreError) -> bool {
+    matches!(err, StoreError::Other { message, .. } if message == CHANGED)
 }
 
 #[async_trait]
@@ -634,17 +705,30 @@ impl BlockSource for StripeSource {
             block,
             source: Arc::new(e),
         };
-        if let Err(e) = self.verify_if_stale().await {
-            if matches!(e, StoreError::Other { .. }) {
-                self.counters.version_changed.fetch_add(1, Ordering::Relaxed);
+        // One deadline for the whole call, version check included: a reader waiting on these
+        // stripes gets bytes or EIO within the stripe deadline.
+        let deadline = Instant::now() + self.config.stripe_deadline;
+        match self.verify_if_stale().await {
+            Ok(()) => {}
+            // The NameNode is away: the readers were verified at open and read blocks of the
+            // pinned version from the DataNodes, so they keep serving (a file replaced since
+            // fails on its deleted blocks, then on a fresh reader's check).
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(key = %self.key, error = %e, "version check skipped");
             }
-            return Err(fail(blocks.start, e));
+            Err(e) => {
+                if is_changed(&e) {
+                    self.counters.version_changed.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(fail(blocks.start, e));
+            }
         }
-        let results: Vec<(u64, Result<Bytes, StoreError>)> =
-            futures::stream::iter(blocks.map(|i| async move { (i, self.fetch_stripe(i).await) }))
-                .buffered(self.config.concurrency.max(1))
-                .collect()
-                .await;
+        let results: Vec<(u64, Result<Bytes, StoreError>)> = futures::stream::iter(
+            blocks.map(|i| async move { (i, self.fetch_stripe(i, deadline).await) }),
+        )
+        .buffered(self.config.concurrency.max(1))
+        .collect()
+        .await;
         let mut out = Vec::with_capacity(results.len());
         for (index, result) in results {
             out.push(result.map_err(|e| fail(index, e))?);

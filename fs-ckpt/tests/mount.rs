@@ -136,6 +136,7 @@ fn reads_through_the_mount_equal_the_source() {
     safetensors_loads_through_the_mount(&env);
     logic_layer_fetches_each_stripe_once(&env, &files[5].1);
     replaced_file(&env, &swap.1);
+    replaced_by_a_longer_file_within_the_ttl(&env);
     cli_mounts_in_daemon_form(&env, &files[5], Form::Helper);
     if Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists() {
         cli_mounts_in_daemon_form(&env, &files[5], Form::MountFuse3);
@@ -291,6 +292,41 @@ fn replaced_file(env: &Env, old: &[u8]) {
     assert!(eio > 0, "stripes fetched after the swap must fail, not serve another version");
     drop(handle);
     assert_eq!(sha(&read_all(&path)), sha(&new), "a new open must see the new version");
+}
+
+/// A file replaced in HDFS by a longer one and opened at once, while the listing (and, on the
+/// old code, the kernel's attributes) still hold the old length: the read is the new version
+/// whole, never its bytes cut at the old length; and `stat` then shows the new length. Many
+/// rounds, each replacing the file right after the kernel looked at it.
+fn replaced_by_a_longer_file_within_the_ttl(env: &Env) {
+    // A TTL far longer than the test: nothing here may depend on it running out.
+    let config = bootseer_ckpt::CkptConfig {
+        metadata_ttl: Duration::from_secs(120),
+        ..support::test_config()
+    };
+    let mut old = bytes(3000, 300_000);
+    env.runtime.block_on(env.store.put("grow.bin", Bytes::from(old.clone()))).expect("put");
+    let (_fs, mount) = support::mount_again(env, config);
+    let path = mount.path().join("grow.bin");
+    for round in 1..=8u64 {
+        let md = std::fs::metadata(&path).expect("stat");
+        assert_eq!(md.len(), old.len() as u64, "round {round}: the length the mount knows");
+        let new = bytes(3000 + round, old.len() + 150_000 + round as usize * 1_111);
+        env.runtime.block_on(env.store.put("grow.bin", Bytes::from(new.clone()))).expect("put");
+        let got = std::fs::read(&path).expect("read the replaced file");
+        assert!(
+            got == old || got == new,
+            "round {round}: read {} bytes that are neither version (old {}, new {}){}",
+            got.len(),
+            old.len(),
+            new.len(),
+            if got[..] == new[..got.len().min(new.len())] { ": the new one cut short" } else { "" }
+        );
+        let md = std::fs::metadata(&path).expect("stat after the open");
+        assert_eq!(md.len(), got.len() as u64, "round {round}: stat after reading");
+        old = got;
+    }
+    drop(mount);
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -234,6 +234,21 @@ impl HdfsStore {
         })
     }
 
+    /// Whether the store's root is a directory: one NameNode RPC. [`StoreError::NotFound`] when
+    /// nothing is there, [`StoreError::Other`] when it is a file. ([`Store::list`] of a missing
+    /// directory is empty, so a mount checks this first.)
+    pub async fn check_root(&self) -> StoreResult<()> {
+        let status = guarded("stat", &self.root, self.client.get_file_info(&self.root)).await?;
+        if !status.isdir {
+            return Err(StoreError::Other {
+                op: "stat",
+                key: self.root.clone(),
+                message: "is a file, not a directory".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Opens `key` for reading: one NameNode RPC that fetches all its block locations.
     pub async fn open_reader(&self, key: &str) -> StoreResult<HdfsReader> {
         let path = self.path(key)?;

@@ -6,6 +6,8 @@
 //!   ns.enter()?;                 // this thread (and what it spawns from now on) is inside:
 //!                                // a MiniDFS JVM, a tokio runtime, FUSE session threads
 //!   ns.limit_port(port, 8)?;     // what local port `port` sends is held to 8 kbit/s
+//!   ns.silence_port(port)?;      // … or dropped: a peer that accepts and never answers
+//!   ns.clear()?;                 // every limit and silence lifted
 //!   drop(ns);                    // ip netns del (the namespace lives on while used)
 //! ```
 //!
@@ -86,6 +88,28 @@ impl NetNs {
     /// matched on the source port); other traffic is not limited. A few kbit/s is a stalled
     /// peer: connections open, requests arrive, replies trickle.
     pub fn limit_port(&self, port: u16, kbit: u64) -> anyhow::Result<()> {
+        self.shape_port(port, kbit, false)
+    }
+
+    /// Drops everything local TCP port `port` sends on the loopback (its SYN-ACKs, ACKs and
+    /// replies): a server that is there and never answers. Other traffic is not touched.
+    /// (The class's leaf is a `pfifo` of length 0, which drops every packet it is given; this
+    /// needs no tc action modules.)
+    pub fn silence_port(&self, port: u16) -> anyhow::Result<()> {
+        self.shape_port(port, 8, true)
+    }
+
+    /// Lifts every limit and silence of this namespace.
+    pub fn clear(&self) -> anyhow::Result<()> {
+        let mut classes = self.classes.lock().unwrap_or_else(|p| p.into_inner());
+        if *classes > 0 {
+            self.exec(&["tc", "qdisc", "del", "dev", "lo", "root"])?;
+            *classes = 0;
+        }
+        Ok(())
+    }
+
+    fn shape_port(&self, port: u16, kbit: u64, drop_all: bool) -> anyhow::Result<()> {
         let mut classes = self.classes.lock().unwrap_or_else(|p| p.into_inner());
         if *classes == 0 {
             // No default class: traffic no filter matches passes unshaped.
@@ -98,6 +122,13 @@ impl NetNs {
             "tc", "class", "add", "dev", "lo", "parent", "1:", "classid", &classid, "htb", "rate",
             &rate, "ceil", &rate, "quantum", "1514",
         ])?;
+        if drop_all {
+            let handle = format!("{}:", 100 + *classes);
+            self.exec(&[
+                "tc", "qdisc", "add", "dev", "lo", "parent", &classid, "handle", &handle, "pfifo",
+                "limit", "0",
+            ])?;
+        }
         let port = port.to_string();
         self.exec(&[
             "tc", "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",

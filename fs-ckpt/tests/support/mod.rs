@@ -41,6 +41,7 @@ pub fn test_config() -> CkptConfig {
         attempt_timeout: Duration::from_secs(3),
         hedge_after: Duration::from_secs(1),
         metadata_ttl: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
     }
 }
 
@@ -85,4 +86,15 @@ pub fn assert_nothing_leaked(mountpoint: &std::path::Path) {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let mp = mountpoint.to_string_lossy();
     assert!(!mounts.lines().any(|l| l.contains(&*mp)), "mount {mp} leaked:\n{mounts}");
+}
+
+/// A second mount of the same HDFS directory with another `config`, on `env`'s runtime. Drop the
+/// guard before `env`.
+pub fn mount_again(env: &Env, config: CkptConfig) -> (Arc<CkptFs>, MountGuard) {
+    let fs =
+        Arc::new(CkptFs::new(env.store.clone(), config, env.runtime.handle().clone()).expect("fs"));
+    let mount_config = MountConfig { threads: 4, ..MountConfig::default() };
+    let adapter = CkptFuse::new(fs.clone(), env.runtime.handle().clone(), mount_config.clone());
+    let mount = MountGuard::mount(adapter, &mount_config).expect("a second mount");
+    (fs, mount)
 }

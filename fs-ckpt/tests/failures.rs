@@ -1,0 +1,212 @@
+//! Bounded failures, on a real MiniDFS (3 DataNodes, 1 MiB blocks) in a private network
+//! namespace, so `tc` silences only its ports:
+//!
+//! - mount time, through the built binary in daemon form: a path that does not exist, or a
+//!   file, fails the mount with a clear message and a non-zero exit, nothing mounted; a NameNode
+//!   port that refuses, and one that accepts and never answers, fail it within
+//!   `--connect-timeout`;
+//! - during a mount (CkptFs behind a real FUSE mount): the NameNode silenced → `ls` and `stat`
+//!   answer from what the mount knows within the connect timeout, an open handle keeps reading,
+//!   a new open fails within the connect timeout, and the mount serves again once the NameNode
+//!   answers; every DataNode silenced → a read gets EIO within the stripe deadline once (not
+//!   once more for the kernel's re-request), and reads again once they answer.
+
+mod support;
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bootseer_common::testing::netns::NetNs;
+use bootseer_common::testing::require_real;
+use support::{BLOCK, Env, bytes, sha};
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("a port")
+}
+
+#[test]
+fn failures_are_bounded_clear_and_recover() {
+    let Some(ns) = require_real("network namespace", NetNs::create()) else { return };
+    require_real("network namespace", ns.enter()).expect("entered");
+    let Some(dfs) = support::start_dfs() else { return };
+    let a = bytes(21, 6 * BLOCK as usize + 11);
+    let b = bytes(22, 3 * BLOCK as usize + 7);
+    let c = bytes(23, 4 * BLOCK as usize + 5);
+    let config = bootseer_ckpt::CkptConfig {
+        // No prefetch beyond the reader: what is read is what the test asks for.
+        prefetch_threshold: u64::MAX,
+        initial_window: 1,
+        connect_timeout: Duration::from_secs(2),
+        stripe_deadline: Duration::from_secs(6),
+        attempt_timeout: Duration::from_secs(3),
+        ..support::test_config()
+    };
+    let files = [("a.bin", a.as_slice()), ("b.bin", b.as_slice()), ("c.bin", c.as_slice())];
+    let Some(env) = support::setup(dfs, &files, config) else { return };
+
+    mount_time_failures(&env);
+    namenode_silent(&env, &ns, &a, &b);
+    datanodes_silent(&env, &ns, &c);
+
+    let mountpoint = env.mount.path().to_path_buf();
+    drop(env);
+    support::assert_nothing_leaked(&mountpoint);
+}
+
+/// `bootseer-ckpt mount URL DIR --connect-timeout 3s` (daemon form) for URLs that must not
+/// mount: each fails within the timeout (plus start-up slack) with a message that says why,
+/// nothing is mounted, and no daemon stays behind.
+fn mount_time_failures(env: &Env) {
+    let connect_timeout = Duration::from_secs(3);
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    // Accepts connections and never answers a byte.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            match conn {
+                Ok(conn) => held.push(conn),
+                Err(_) => break,
+            }
+        }
+    });
+    let cases = [
+        (format!("{}/no-such-dir", env.dfs.uri()), "no such file or directory"),
+        (format!("{}/a.bin", env.url), "not a directory"),
+        (format!("hdfs://127.0.0.1:{refused}/ckpt"), ""),
+        (format!("hdfs://127.0.0.1:{silent_port}/ckpt"), "timed out"),
+    ];
+    let binary = Path::new(env!("CARGO_BIN_EXE_bootseer-ckpt"));
+    for (url, why) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mkdir");
+        let started = Instant::now();
+        let out = Command::new(binary)
+            .arg("mount")
+            .arg(&url)
+            .arg(&mountpoint)
+            .args(["--connect-timeout", "3s", "--conf-dir"])
+            .arg(env.dfs.conf_dir())
+            .output()
+            .expect("run bootseer-ckpt");
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mounted = bootseer_common::mount::is_mounted(&mountpoint);
+        if mounted {
+            let _ = Command::new("umount").arg(&mountpoint).status();
+        }
+        eprintln!("mount {url}: {:?} after {took:?}: {}", out.status.code(), stderr.trim());
+        assert!(!mounted, "{url} was mounted");
+        assert!(!out.status.success(), "mounting {url} succeeded");
+        assert!(stderr.contains(why), "mounting {url}: the error does not say {why:?}: {stderr}");
+        assert!(took < connect_timeout + Duration::from_secs(5), "{url} failed after {took:?}");
+        // The daemon that reported the failure exits too.
+        let mp = mountpoint.to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("pgrep").args(["-f", &mp]).output().is_ok_and(|o| o.status.success()) {
+            assert!(Instant::now() < deadline, "a daemon for {url} is still running");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The NameNode's port silenced mid-mount, then answering again.
+fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
+    let root = env.mount.path();
+    let timeout = env.fs.config().connect_timeout;
+    let ttl = env.fs.config().metadata_ttl;
+    let mut handle = std::fs::File::open(root.join("a.bin")).expect("open a.bin");
+    let mut got = vec![0u8; BLOCK as usize];
+    handle.read_exact(&mut got).expect("first MiB of a.bin");
+    assert_eq!(std::fs::read_dir(root).expect("ls").count(), 3);
+
+    ns.silence_port(port_of(env.dfs.uri())).expect("silence the NameNode");
+    std::thread::sleep(ttl + Duration::from_millis(200));
+
+    // Listings and attributes: from what the mount knows, within the connect timeout.
+    for round in 0..2 {
+        let started = Instant::now();
+        let names = std::fs::read_dir(root).expect("ls with the NameNode silent").count();
+        let md = std::fs::metadata(root.join("b.bin")).expect("stat with the NameNode silent");
+        let took = started.elapsed();
+        eprintln!("NameNode silent: ls + stat #{round} in {took:?}");
+        assert_eq!((names, md.len()), (3, b.len() as u64));
+        assert!(took < timeout + Duration::from_secs(2), "ls + stat took {took:?}");
+    }
+
+    // The open handle keeps reading from the DataNodes.
+    let started = Instant::now();
+    handle.read_to_end(&mut got).expect("rest of a.bin with the NameNode silent");
+    let took = started.elapsed();
+    eprintln!("NameNode silent: rest of an open file in {took:?}");
+    assert_eq!(sha(&got), sha(a), "bytes of an open handle while the NameNode is silent");
+    assert!(took < timeout * 3 + Duration::from_secs(2), "reading on took {took:?}");
+    drop(handle);
+
+    // A new open fails within the connect timeout (nothing of b.bin is open).
+    let started = Instant::now();
+    let err = std::fs::File::open(root.join("b.bin")).expect_err("open needs the NameNode");
+    let took = started.elapsed();
+    eprintln!("NameNode silent: open failed after {took:?}: {err}");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(took < timeout * 2 + Duration::from_secs(2), "the open failed after {took:?}");
+
+    // Answering again: the same mount opens and reads (TCP retransmits may take a while).
+    ns.clear().expect("un-silence");
+    let started = Instant::now();
+    let read = loop {
+        match std::fs::read(root.join("b.bin")) {
+            Ok(read) => break read,
+            Err(e) if started.elapsed() < Duration::from_secs(40) => {
+                eprintln!("NameNode back, not yet served: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("the mount did not serve again after the NameNode came back: {e}"),
+        }
+    };
+    eprintln!("NameNode back: served again after {:?}", started.elapsed());
+    assert_eq!(sha(&read), sha(b));
+}
+
+/// Every DataNode's port silenced: one EIO within the stripe deadline; then served again.
+fn datanodes_silent(env: &Env, ns: &NetNs, c: &[u8]) {
+    let root = env.mount.path();
+    let deadline = env.fs.config().stripe_deadline;
+    let file = std::fs::File::open(root.join("c.bin")).expect("open c.bin (the NameNode is up)");
+    for addr in env.dfs.datanode_addrs() {
+        ns.silence_port(port_of(addr)).expect("silence a DataNode");
+    }
+    let started = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let err = file.read_exact_at(&mut buf, 0).expect_err("every DataNode is silent");
+    let took = started.elapsed();
+    eprintln!("DataNodes silent: EIO after {took:?}");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // One stripe deadline (the kernel's re-request of the page fails at once), not two.
+    assert!(took < deadline + deadline / 2, "EIO after {took:?}, deadline {deadline:?}");
+    assert!(took >= deadline / 2, "EIO after {took:?}: the stripe was not tried");
+    drop(file);
+
+    ns.clear().expect("un-silence");
+    let started = Instant::now();
+    let read = loop {
+        match std::fs::read(root.join("c.bin")) {
+            Ok(read) => break read,
+            Err(e) if started.elapsed() < Duration::from_secs(40) => {
+                eprintln!("DataNodes back, not yet served: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("the mount did not serve again after the DataNodes came back: {e}"),
+        }
+    };
+    eprintln!("DataNodes back: served again after {:?}", started.elapsed());
+    assert_eq!(sha(&read), sha(c));
+}
