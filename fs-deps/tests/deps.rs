@@ -408,3 +408,123 @@ fn an_hdfs_store_serves_misses_and_hits() {
     assert_eq!(std::fs::read(target.join("data.bin")).expect("read"), data);
     ok(&s.umount(&target), "umount");
 }
+
+#[test]
+fn a_chroot_step_sees_proc_and_dev_and_its_scratch_tmp_is_not_captured() {
+    let Some(()) = require_real("FUSE and overlayfs (root)", can_mount()) else { return };
+    let busybox = Path::new("/bin/busybox");
+    let Some(()) = require_real(
+        "busybox-static (a static shell for the chroot)",
+        if busybox.exists() { Ok(()) } else { Err(anyhow::anyhow!("/bin/busybox missing")) },
+    ) else {
+        return;
+    };
+    let s = Scratch::new();
+    let store = format!("file://{}", s.path("store").display());
+    let root = s.path("root");
+    for d in ["bin", "proc", "dev", "etc", "tmp", "opt/keep"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("busybox");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("sh");
+    std::fs::write(root.join("etc/resolv.conf"), "# image's own\n").expect("resolv");
+    std::fs::write(root.join("etc/old.conf"), "old\n").expect("old");
+    std::fs::write(root.join("opt/keep/k"), "k\n").expect("keep");
+    let script = "/bin/busybox mkdir -p /opt/app && echo app > /opt/app/a && /bin/busybox rm /etc/old.conf \
+        && /bin/busybox test -e /proc/self/status && /bin/busybox test -c /dev/null \
+        && echo procdev > /opt/app/checked && echo scratch > /tmp/scratch";
+    let cmd = ["/bin/sh", "-c", script];
+    let miss = ok(&s.run(&store, &root, &["--chroot"], &cmd), "chroot run (miss)");
+    assert_eq!(outcomes(&miss), ["miss"]);
+    let check = |what: &str| {
+        assert_eq!(
+            std::fs::read_to_string(root.join("opt/app/checked")).expect("checked"),
+            "procdev\n",
+            "{what}"
+        );
+        assert!(!root.join("etc/old.conf").exists(), "{what}: deleted file visible");
+        assert!(!root.join("tmp/scratch").exists(), "{what}: /tmp scratch captured");
+        assert_eq!(
+            std::fs::read_to_string(root.join("opt/keep/k")).expect("keep"),
+            "k\n",
+            "{what}"
+        );
+        assert!(
+            std::fs::read_dir(root.join("proc")).expect("proc").next().is_none(),
+            "{what}: /proc left mounted"
+        );
+    };
+    check("miss");
+    let after_miss = walk(&root);
+    ok(&s.umount(&root), "umount");
+    assert!(root.join("etc/old.conf").exists(), "umount did not restore the tree");
+    let hit = ok(&s.run(&store, &root, &["--chroot"], &cmd), "chroot run (hit)");
+    assert_eq!(outcomes(&hit), ["hit"]);
+    check("hit");
+    assert_eq!(diff(&after_miss, &walk(&root)), Vec::<String>::new());
+    ok(&s.umount(&root), "umount");
+}
+
+#[test]
+fn stored_snapshots_mount_by_key_and_through_mount_fuse3() {
+    let Some(()) = require_real("FUSE and overlayfs (root)", can_mount()) else { return };
+    let s = Scratch::new();
+    let store = format!("file://{}", s.path("store").display());
+    let target = s.path("t");
+    std::fs::create_dir_all(&target).expect("target");
+    std::fs::write(target.join("base"), "base\n").expect("base");
+    let ts = target.display().to_string();
+    let script = format!("echo one > {ts}/one && rm {ts}/base");
+    let run = ok(&s.run(&store, &target, &[], &["sh", "-c", &script]), "run");
+    let key = keys(&run)[0].clone();
+    ok(&s.umount(&target), "umount");
+
+    // `mount --target DIR KEY`: the same stack without running anything.
+    let state = s.state().display().to_string();
+    let out = s.deps(&["mount", "--store", &store, "--state-dir", &state, "--target", &ts, &key]);
+    ok(&out, "mount by key");
+    assert_eq!(std::fs::read_to_string(target.join("one")).expect("one"), "one\n");
+    assert!(!target.join("base").exists());
+    ok(&s.umount(&target), "umount");
+    let missing = "0".repeat(64);
+    let out =
+        s.deps(&["mount", "--store", &store, "--state-dir", &state, "--target", &ts, &missing]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not stored"), "{out:?}");
+    assert!(!is_mounted(&target));
+
+    // One snapshot layer, plain, the way `mount -t fuse.bootseer-deps` reaches the binary: the
+    // layer shows the overlay upper as captured (the whiteout is a 0/0 character device).
+    let Some(()) = require_real(
+        "mount.fuse3 (package fuse3)",
+        ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"]
+            .iter()
+            .any(|p| Path::new(p).exists())
+            .then_some(())
+            .ok_or_else(|| anyhow::anyhow!("mount.fuse3 missing")),
+    ) else {
+        return;
+    };
+    let layer = s.path("layer");
+    std::fs::create_dir_all(&layer).expect("layer dir");
+    let dir = Path::new(bin()).parent().expect("bin dir");
+    let out = Command::new("mount.fuse3")
+        .env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .arg(format!("{store}/deps:{key}"))
+        .arg(&layer)
+        .args(["-t", "bootseer-deps", "-o", "ro,nodev,_netdev"])
+        .output()
+        .expect("mount.fuse3");
+    ok(&out, "mount.fuse3 -t bootseer-deps");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&layer.display().to_string()))
+        .expect("the layer in /proc/mounts")
+        .to_string();
+    assert!(line.contains("fuse"), "{line}");
+    assert_eq!(std::fs::read_to_string(layer.join("one")).expect("one"), "one\n");
+    let wh = std::fs::symlink_metadata(layer.join("base")).expect("whiteout");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "{wh:?}");
+    bootseer_common::mount::unmount(&layer).expect("unmount");
+}
