@@ -16,6 +16,9 @@
 //!   the replay planner that turns a stored trace into coalesced prefetch requests.
 //! - [`layer`]: the block format images and dependency snapshots share, built from a directory
 //!   and mounted lazily (read-only tree, FUSE adapter, record/replay session).
+//! - [`report`]: where the time of a job start went, from many nodes' summaries.
+//! - [`timeline`]: the wall-clock phases of a start (mount called, ready, first read, replay done,
+//!   last stall, unmount) every summary carries, so that summaries from many nodes line up.
 //! - [`telemetry`], [`metrics`], [`errno`], [`mount`], [`units`]: logging, counter names, one
 //!   error-to-errno mapping, the fuser mount plumbing and the option parsers every binary shares.
 //! - [`testing`] (feature `test-support`): in-memory store doubles and the guards that start the
@@ -27,8 +30,10 @@ pub mod errno;
 pub mod layer;
 pub mod metrics;
 pub mod mount;
+pub mod report;
 pub mod store;
 pub mod telemetry;
+pub mod timeline;
 pub mod trace;
 pub mod units;
 

@@ -270,6 +270,7 @@ fn serve_mount(
     signals: ServeSignals,
 ) -> anyhow::Result<()> {
     mount::check_mountpoint(&options.mountpoint)?;
+    bootseer_common::timeline::describe("ckpt", &options.source);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bootseer-ckpt-rt")

@@ -185,6 +185,8 @@ pub struct Summary {
     pub version_changed: u64,
     /// The block cache's counters.
     pub cache: CacheStats,
+    /// Wall-clock phases of this mount (host, kind, events), for `report`.
+    pub timeline: bootseer_common::timeline::Timeline,
 }
 
 /// The filesystem logic of a checkpoint mount.
@@ -735,6 +737,7 @@ impl CkptFs {
             readers_reopened: get(&s.reopened),
             version_changed: get(&s.version_changed),
             cache: self.cache.stats(),
+            timeline: bootseer_common::timeline::global(),
         }
     }
 }

@@ -179,6 +179,7 @@ impl Filesystem for CkptFuse {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fuse_error("read", &e)),
         }
+        bootseer_common::timeline::read_done(started.elapsed());
         ::metrics::histogram!(bootseer_common::metrics::FUSE_READ_LATENCY)
             .record(started.elapsed().as_secs_f64());
     }

@@ -146,6 +146,19 @@ enum Command {
         #[arg(long, default_value = "deps")]
         name: String,
     },
+    /// Where a job start's time went, from the summaries of many nodes (files or directories):
+    /// phases p50/p90/max, each filesystem's share, stragglers.
+    Report {
+        /// Summary files or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also draw the timeline of every node as an SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Remove stored snapshots.
     Rm {
         /// Store URL.
@@ -323,6 +336,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ls { store, name } => {
             let all = run::list(&store, &name, Duration::from_secs(30))?;
             out(serde_json::to_string_pretty(&all)?);
+        }
+        Command::Report { paths, json, svg } => {
+            out(bootseer_common::report::run(&paths, json, svg.as_deref())?);
         }
         Command::Rm { store, name, keys } => {
             run::remove(&store, &name, &keys, Duration::from_secs(30))?;

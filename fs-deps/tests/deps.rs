@@ -407,6 +407,18 @@ fn an_hdfs_store_serves_misses_and_hits() {
     assert_eq!(outcomes(&ok(&s.run(&store, &target, &[], &cmd), "hit")), ["hit"]);
     assert_eq!(std::fs::read(target.join("data.bin")).expect("read"), data);
     ok(&s.umount(&target), "umount");
+
+    // The build lock: HDFS creates without overwrite atomically, so exactly one caller wins.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let hdfs = bootseer_common::store::open(&store, &Default::default()).await.expect("open");
+        let lock = "locks/deps/k";
+        let body = || bytes::Bytes::from_static(b"host 1 0\n");
+        assert!(hdfs.create_new(lock, body()).await.expect("first create"));
+        assert!(!hdfs.create_new(lock, body()).await.expect("second create"));
+        hdfs.delete(lock).await.expect("delete");
+        assert!(hdfs.create_new(lock, body()).await.expect("create after delete"));
+    });
 }
 
 #[test]

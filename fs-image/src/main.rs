@@ -80,6 +80,19 @@ enum Command {
         #[arg(short = 'o', value_name = "OPTS")]
         options: Vec<String>,
     },
+    /// Where a job start's time went, from the summaries of many nodes (files or directories):
+    /// phases p50/p90/max, each filesystem's share, stragglers.
+    Report {
+        /// Summary files or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Also draw the timeline of every node as an SVG.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Stored traces.
     Trace {
         #[command(subcommand)]
@@ -100,7 +113,7 @@ enum TraceCommand {
 }
 
 const SUBCOMMANDS: &[&str] =
-    &["convert", "mount", "trace", "help", "-h", "--help", "-V", "--version"];
+    &["convert", "mount", "trace", "report", "help", "-h", "--help", "-V", "--version"];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -171,6 +184,10 @@ fn main() -> anyhow::Result<()> {
                 .transpose()?;
             mount::apply_options(&mut o, &bootseer_common::mount::options::split_all(&options))?;
             mount::mount(o)
+        }
+        Command::Report { paths, json, svg } => {
+            println!("{}", bootseer_common::report::run(&paths, json, svg.as_deref())?);
+            Ok(())
         }
         Command::Trace { command: TraceCommand::Show { reference, workload } } => {
             println!("{}", mount::trace_show(&reference, &workload)?);

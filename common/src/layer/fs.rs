@@ -311,6 +311,13 @@ impl LayerFs {
 
     /// Up to `size` bytes of file `ino` from `offset`; shorter only at end of file.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let t0 = Instant::now();
+        let out = self.read_inner(ino, offset, size).await;
+        crate::timeline::read_done(t0.elapsed());
+        out
+    }
+
+    async fn read_inner(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         if self.first_read_us.load(Ordering::Relaxed) == 0 {
             let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
             let _ = self.first_read_us.compare_exchange(

@@ -84,6 +84,8 @@ pub fn runtime(what: &str) -> anyhow::Result<tokio::runtime::Runtime> {
 /// summary. Run inside [`mount::run_daemon`].
 pub fn serve_layer(m: &LayerMount, ready: &mut Ready, signals: ServeSignals) -> anyhow::Result<()> {
     mount::check_mountpoint(&m.mountpoint)?;
+    let kind = m.mount.subtype.strip_prefix("bootseer-").unwrap_or(&m.mount.subtype);
+    crate::timeline::describe(kind, &m.reference);
     let rt = runtime(&m.mount.subtype)?;
     let session = rt
         .block_on(LayerSession::open(&m.reference, m.session.clone()))

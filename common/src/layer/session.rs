@@ -319,6 +319,8 @@ pub struct MountSummary {
     /// False for a summary taken while mounted (SIGUSR1): the recording and replay are still
     /// running, so `blocks_accessed` counts so far and coverage is not known yet.
     pub at_unmount: bool,
+    /// Wall-clock phases of this mount (host, kind, events), for `report`.
+    pub timeline: crate::timeline::Timeline,
 }
 
 /// One mount's image, cache, recorder and replay.
@@ -400,6 +402,7 @@ impl LayerSession {
                         let _ = stop_rx.await;
                     };
                     let stats = trace::replay(&plan, &prefetcher, &options, stop).await;
+                    crate::timeline::mark(crate::timeline::REPLAY_DONE);
                     replaying.stop();
                     stats
                 });
@@ -553,6 +556,7 @@ impl LayerSession {
             trace_stored,
             cache: self.fs.cache().stats().into(),
             at_unmount,
+            timeline: crate::timeline::global(),
         }
     }
 }

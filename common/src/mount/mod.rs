@@ -462,6 +462,7 @@ pub fn run_daemon(
     body: impl FnOnce(&mut Ready, ServeSignals) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
+    crate::timeline::mark(crate::timeline::MOUNT_CALLED);
     let mut ready = if options.foreground {
         Ready::foreground()
     } else {
@@ -522,7 +523,10 @@ pub fn mount_and_serve<FS: fuser::Filesystem + Send + 'static>(
     }
     tracing::info!(source = %config.fsname, mountpoint = %mountpoint.display(), "mounted");
     ready.ready();
-    serve(bg, mountpoint, signals, report).context("serving")
+    crate::timeline::mark(crate::timeline::READY);
+    let served = serve(bg, mountpoint, signals, report).context("serving");
+    crate::timeline::mark(crate::timeline::UNMOUNT);
+    served
 }
 
 impl MountConfig {

@@ -436,6 +436,38 @@ impl Store for HdfsStore {
         result
     }
 
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        const OP: &str = "delete";
+        let path = self.path(key)?;
+        match guarded(OP, key, self.client.delete(&path, false)).await? {
+            true => Ok(()),
+            false => Err(StoreError::NotFound { key: key.to_string() }),
+        }
+    }
+
+    async fn create_new(&self, key: &str, data: Bytes) -> StoreResult<bool> {
+        const OP: &str = "create_new";
+        let path = self.path(key)?;
+        // The NameNode creates a file without overwrite atomically: one caller wins, the others
+        // get AlreadyExists (the build lock of fs-deps snapshots).
+        let write = async {
+            let options = WriteOptions::default().create_parent(true).overwrite(false);
+            let mut writer = self.client.create(&path, options).await?;
+            writer.write_bytes(data).await?;
+            writer.close().await
+        };
+        match AssertUnwindSafe(write).catch_unwind().await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(HdfsError::AlreadyExists(_))) => Ok(false),
+            Ok(Err(e)) => Err(classify(OP, key, e)),
+            Err(panic) => Err(StoreError::BadReply {
+                op: OP,
+                key: key.to_string(),
+                message: format!("hdfs-native panicked: {}", panic_message(&*panic)),
+            }),
+        }
+    }
+
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         const OP: &str = "list";
         // Walk only the directory that holds the prefix, not the whole store.
