@@ -78,6 +78,9 @@ impl Default for MountConfig {
     }
 }
 
+/// The PATH a daemon started without one uses (what mount(8) gives its helpers is nothing).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Whether `fusermount3` is on the PATH (required for `auto_unmount`).
 pub fn have_fusermount3() -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
@@ -455,7 +458,7 @@ pub struct DaemonOptions {
 
 /// The one mount lifecycle of every bootseer binary: daemonizes unless `foreground` (before any
 /// thread exists), blocks the serve signals (so every later thread inherits the mask), starts
-/// logging, then runs `body`. An error from `body` is handed to the waiting parent (which prints
+/// logging, then runs `body`. Call it first in `main`, before any thread exists. An error from `body` is handed to the waiting parent (which prints
 /// it and exits 1) and returned.
 pub fn run_daemon(
     options: &DaemonOptions,
@@ -463,6 +466,14 @@ pub fn run_daemon(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     crate::timeline::mark(crate::timeline::MOUNT_CALLED);
+    // mount(8) runs helpers (mount.fuse3 → us) with no PATH at all: fusermount3 would not be
+    // found, the mount would go through fuser's direct mount() — type `fuse` without our
+    // subtype, no auto_unmount. Give the daemon the standard one.
+    if std::env::var_os("PATH").is_none() {
+        // SAFETY: run_daemon runs first in main, before any thread exists (its documented
+        // precondition, the same as daemonize's), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var("PATH", DEFAULT_PATH) };
+    }
     let mut ready = if options.foreground {
         Ready::foreground()
     } else {
