@@ -107,7 +107,7 @@ fn the_init_recipe_starts_a_job_on_image_deps_and_checkpoint_and_unmounts_after(
         assert!(stdout.contains(&want), "round {round}: checkpoint bytes differ: {stdout}");
         assert!(stdout.contains("proc\n"), "{stdout}");
         assert_eq!(
-            mounted_under(&s.dir.path().to_path_buf()),
+            mounted_under(s.dir.path()),
             Vec::<String>::new(),
             "round {round}: left mounted"
         );
@@ -144,7 +144,7 @@ fn the_init_recipe_starts_a_job_on_image_deps_and_checkpoint_and_unmounts_after(
     // The job's status is the init's, and everything is unmounted after a failing job too.
     let out = init(&["/bin/sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(mounted_under(&s.dir.path().to_path_buf()), Vec::<String>::new());
+    assert_eq!(mounted_under(s.dir.path()), Vec::<String>::new());
 }
 
 #[test]
