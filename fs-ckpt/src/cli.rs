@@ -50,6 +50,12 @@ struct MountCmd {
     /// Bytes per striped read (capped at the HDFS block size).
     #[arg(long, value_parser = parse_size)]
     stripe_size: Option<u64>,
+    /// Bytes per cached chunk: the alignment of a read that misses.
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// Bytes a handle reads in order before the mount prefetches ahead of it.
+    #[arg(long, value_parser = parse_size)]
+    sequential_after: Option<u64>,
     /// Stripe reads in flight at once.
     #[arg(long)]
     concurrency: Option<usize>,
@@ -59,7 +65,7 @@ struct MountCmd {
     /// Memory budget for cached stripes.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
-    /// Files at least this large are prefetched whole on open.
+    /// No longer used (prefetch follows sequential readers); still accepted.
     #[arg(long, value_parser = parse_size)]
     prefetch_threshold: Option<u64>,
     /// How long one stripe may take, retries included, before EIO.
@@ -118,6 +124,8 @@ impl MountCmd {
         MountOptions {
             config: CkptConfig {
                 stripe_size: self.stripe_size.unwrap_or(d.stripe_size),
+                chunk_size: self.chunk_size.unwrap_or(d.chunk_size),
+                sequential_after: self.sequential_after.unwrap_or(d.sequential_after),
                 concurrency: self.concurrency.unwrap_or(d.concurrency),
                 readers: self.readers.unwrap_or(d.readers),
                 memory_bytes: self.memory.unwrap_or(d.memory_bytes),
@@ -160,6 +168,8 @@ pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
         let c = &mut o.config;
         match k.as_str() {
             "stripe_size" => c.stripe_size = size(k, v)?,
+            "chunk_size" => c.chunk_size = size(k, v)?,
+            "sequential_after" => c.sequential_after = size(k, v)?,
             "concurrency" => c.concurrency = num(k, v)?,
             "readers" => c.readers = num(k, v)?,
             "memory" => c.memory_bytes = size(k, v)?,

@@ -6,8 +6,11 @@ use std::time::Duration;
 /// How a checkpoint mount reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CkptConfig {
-    /// Bytes per stripe (one concurrent range read); stripes never cross an HDFS block.
+    /// Bytes per stripe: the most one prefetch range read asks for; never across an HDFS block.
     pub stripe_size: u64,
+    /// Bytes per chunk, the unit the mount caches and the alignment of a read that misses: it
+    /// fetches the chunks it touches, no more (at most `stripe_size`).
+    pub chunk_size: u64,
     /// Stripe fetches in flight at once, per fetch call and for the prefetch workers.
     pub concurrency: usize,
     /// Independently opened HDFS readers per file version (the NameNode shuffles replicas per
@@ -15,10 +18,15 @@ pub struct CkptConfig {
     pub readers: usize,
     /// The mount's one memory budget for cached stripes, in bytes.
     pub memory_bytes: u64,
-    /// Files at least this long are prefetched whole (within the memory budget) on open.
+    /// No longer used: prefetch follows each handle's sequential run (`sequential_after`), for
+    /// files of every size. Kept so existing `--prefetch-threshold` options still parse.
     pub prefetch_threshold: u64,
-    /// Stripes a partial reader prefetches ahead at first; the window doubles per sequential read.
+    /// Stripes a sequential reader prefetches ahead at first; the window then grows with the
+    /// run (as far ahead as the run is long), up to the handle's share of half the budget.
     pub initial_window: u64,
+    /// Bytes a handle must read in order before the mount prefetches ahead of it, so random
+    /// readers of smaller pieces (tensors picked from a shard) fetch only what they read.
+    pub sequential_after: u64,
     /// How long one stripe may take, retries included, before its read fails with EIO.
     pub stripe_deadline: Duration,
     /// How long one attempt of a stripe may take before it is re-issued on a fresh reader.
@@ -39,6 +47,9 @@ impl Default for CkptConfig {
             // DESIGN: 8 MiB stripes; large enough that per-request overhead is small, and 16 of
             // them divide a 128 MiB HDFS block.
             stripe_size: 8 << 20,
+            // 64 KiB: a random 1 MiB read at any offset fetches at most 1.125 MiB (1.06 on
+            // average), and one chunk is still a few thousand times one RPC's overhead in bytes.
+            chunk_size: 64 << 10,
             // 16 × 8 MiB in flight keeps several DataNodes busy at 10 Gbit/s each.
             concurrency: 16,
             // Four opens give four independent replica shuffles at the cost of four RPCs.
@@ -49,6 +60,8 @@ impl Default for CkptConfig {
             prefetch_threshold: 64 << 20,
             // Two stripes ahead costs little for a reader that stops early.
             initial_window: 2,
+            // Four 1 MiB tensors in a row: more than random readers read at one place.
+            sequential_after: 4 << 20,
             // Half a minute rides out a DataNode restart; a FUSE reader must not wait longer.
             stripe_deadline: Duration::from_secs(30),
             // 8 MiB at even 10 MB/s takes under a second; 10 s means a stalled DataNode, and
@@ -66,6 +79,11 @@ impl Default for CkptConfig {
 }
 
 impl CkptConfig {
+    /// The chunk size as used: at least 1, at most a stripe.
+    pub fn chunk(&self) -> u64 {
+        self.chunk_size.clamp(1, self.stripe_size.max(1))
+    }
+
     /// Stripes the prefetch window may reach ahead of a reader: half the memory budget, so
     /// prefetched stripes do not evict the ones being read.
     pub fn max_window(&self) -> u64 {
