@@ -208,6 +208,7 @@ pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
 
 /// The binary's entry point: parses either calling form and mounts.
 pub fn run() -> ExitCode {
+    return_freed_buffers();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let helper_form = args
         .first()
@@ -236,6 +237,19 @@ pub fn run() -> ExitCode {
             eprintln!("bootseer-ckpt: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Makes glibc's malloc give every buffer of 256 KiB or more its own mapping, returned to the
+/// kernel when freed. Its default raises that threshold as large blocks are freed, after which
+/// range-read buffers (up to a stripe) are carved from per-thread arenas that keep the memory:
+/// the daemon's RSS then grows past `--memory` although what it holds stays within it.
+fn return_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc tunable; called first thing in main, before any other
+    // thread exists, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }
 

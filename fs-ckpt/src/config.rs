@@ -16,7 +16,8 @@ pub struct CkptConfig {
     /// Independently opened HDFS readers per file version (the NameNode shuffles replicas per
     /// open, so more readers spread stripes over more DataNodes).
     pub readers: usize,
-    /// The mount's one memory budget for cached stripes, in bytes.
+    /// The mount's one memory budget for file data, in bytes: a quarter (at least a stripe)
+    /// for range reads in flight, hedges and chunk copies included; the rest for cached chunks.
     pub memory_bytes: u64,
     /// No longer used: prefetch follows each handle's sequential run (`sequential_after`), for
     /// files of every size. Kept so existing `--prefetch-threshold` options still parse.
@@ -79,15 +80,25 @@ impl Default for CkptConfig {
 }
 
 impl CkptConfig {
+    /// The part of the memory budget range reads in flight may hold (see `memory_bytes`).
+    pub fn inflight_bytes(&self) -> u64 {
+        (self.memory_bytes / 4).max(self.stripe_size).min(self.memory_bytes / 2).max(1 << 20)
+    }
+
+    /// The part of the memory budget cached chunks may hold.
+    pub fn cache_bytes(&self) -> u64 {
+        self.memory_bytes.saturating_sub(self.inflight_bytes())
+    }
+
     /// The chunk size as used: at least 1, at most a stripe.
     pub fn chunk(&self) -> u64 {
         self.chunk_size.clamp(1, self.stripe_size.max(1))
     }
 
-    /// Stripes the prefetch window may reach ahead of a reader: half the memory budget, so
+    /// Stripes the prefetch window may reach ahead of a reader: half the cache's budget, so
     /// prefetched stripes do not evict the ones being read.
     pub fn max_window(&self) -> u64 {
-        (self.memory_bytes / 2 / self.stripe_size.max(1)).max(1)
+        (self.cache_bytes() / 2 / self.stripe_size.max(1)).max(1)
     }
 }
 
@@ -99,6 +110,10 @@ mod tests {
 
     #[test]
     fn the_default_window_is_half_the_budget() {
-        assert_eq!(CkptConfig::default().max_window(), 64);
+        let c = CkptConfig::default();
+        assert_eq!((c.inflight_bytes(), c.cache_bytes()), (256 << 20, 768 << 20));
+        assert_eq!(c.max_window(), 48);
+        let small = CkptConfig { memory_bytes: 32 << 20, ..c };
+        assert_eq!((small.inflight_bytes(), small.cache_bytes()), (8 << 20, 24 << 20));
     }
 }

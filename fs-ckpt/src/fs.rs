@@ -36,7 +36,7 @@ use tokio::runtime::Handle;
 
 use crate::config::CkptConfig;
 use crate::error::CkptError;
-use crate::stripe::{StripeCounters, StripePlan, StripeSource, Version, bounded};
+use crate::stripe::{InflightBudget, StripeCounters, StripePlan, StripeSource, Version, bounded};
 
 /// Inode number of the mount's root.
 pub const ROOT_INO: u64 = 1;
@@ -219,6 +219,8 @@ pub struct CkptFs {
     /// The version each file inode was last opened at (decides keep-cache).
     last_open: Mutex<HashMap<u64, Version>>,
     stripes: Arc<StripeCounters>,
+    /// Range reads in flight, against their part of the memory budget.
+    inflight: Arc<InflightBudget>,
     counters: Counters,
 }
 
@@ -267,13 +269,14 @@ impl CkptFs {
     pub fn new(store: HdfsStore, config: CkptConfig, runtime: Handle) -> Result<Self, CkptError> {
         let cache = BlockCache::new(
             CacheConfig {
-                memory_bytes: config.memory_bytes,
+                memory_bytes: config.cache_bytes(),
                 disk_dir: None,
                 disk_bytes: 0,
                 prefetch_concurrency: config.concurrency.max(1),
             },
             runtime,
         )?;
+        let inflight = Arc::new(InflightBudget::new(config.inflight_bytes()));
         let mut inodes = Inodes::default();
         inodes.ino("");
         Ok(Self {
@@ -289,6 +292,7 @@ impl CkptFs {
             sources: Mutex::new(HashMap::new()),
             last_open: Mutex::new(HashMap::new()),
             stripes: Arc::new(StripeCounters::default()),
+            inflight,
             counters: Counters::default(),
         })
     }
@@ -575,6 +579,7 @@ impl CkptFs {
             block_size,
             &self.config,
             self.stripes.clone(),
+            self.inflight.clone(),
         )
         .await?;
         let mut sources = lock(&self.sources);

@@ -145,6 +145,34 @@ pub struct StripeCounters {
     pub version_changed: AtomicU64,
 }
 
+/// The mount's bytes of range reads in flight, hedges included. A read holds permits for its
+/// buffer and the chunk copies made from it (twice its length, at most the whole budget) from
+/// before it is sent until its chunks are handed to the cache, whose own budget counts them
+/// from then on; a read that finds the budget spent waits (within its deadline), and a hedge
+/// that finds it spent is not started.
+#[derive(Debug)]
+pub struct InflightBudget {
+    permits: tokio::sync::Semaphore,
+    total: u64,
+}
+
+impl InflightBudget {
+    /// A budget of `bytes` (at least 1 MiB, so a chunk read always fits).
+    pub fn new(bytes: u64) -> Self {
+        let total = bytes.clamp(1 << 20, u64::from(u32::MAX));
+        Self { permits: tokio::sync::Semaphore::new(total as usize), total }
+    }
+
+    fn permits_for(&self, bytes: u64) -> u32 {
+        bytes.saturating_mul(2).min(self.total) as u32
+    }
+
+    /// Bytes of the budget in use now.
+    pub fn in_use(&self) -> u64 {
+        self.total - self.permits.available_permits() as u64
+    }
+}
+
 /// One (reader, HDFS block) pair. A reader reads a block from the first replica the NameNode
 /// listed when it was opened, so this is one DataNode's speed as this file sees it.
 #[derive(Debug, Default)]
@@ -217,6 +245,8 @@ pub struct StripeSource {
     verified_at: Mutex<Instant>,
     /// Stripes that failed for good: when, and why (see [`FAILED_MEMORY`]).
     failed: Mutex<HashMap<u64, (Instant, String)>>,
+    /// The mount's budget for range reads in flight.
+    budget: Arc<InflightBudget>,
     /// Set once a check found the file changed or gone: no fetch of this version succeeds after.
     changed: std::sync::atomic::AtomicBool,
     counters: Arc<StripeCounters>,
@@ -237,6 +267,7 @@ impl StripeSource {
         block_size: u64,
         config: &CkptConfig,
         counters: Arc<StripeCounters>,
+        budget: Arc<InflightBudget>,
     ) -> Result<Arc<Self>, StoreError> {
         let plan = StripePlan::new(version.len, block_size, config.chunk());
         let mtime_ns =
@@ -271,6 +302,7 @@ impl StripeSource {
             served: (0..plan.count()).map(|_| AtomicU64::new(0)).collect(),
             verified_at: Mutex::new(Instant::now()),
             failed: Mutex::new(HashMap::new()),
+            budget,
             changed: std::sync::atomic::AtomicBool::new(false),
             counters,
         });
@@ -520,6 +552,11 @@ impl StripeSource {
                         // compete with first reads; try again after another delay.
                         continue;
                     };
+                    let need = self.budget.permits_for(range.end - range.start);
+                    let Ok(memory) = self.budget.permits.try_acquire_many(need) else {
+                        // The in-flight budget is spent: a hedge would hold a second buffer.
+                        continue;
+                    };
                     hedges += 1;
                     self.counters.hedged.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(key = %self.key, ?range, after = ?started.elapsed(), "hedging a slow stripe on a fresh reader");
@@ -544,6 +581,7 @@ impl StripeSource {
                                     }
                                 }
                             };
+                            drop(memory);
                             (result, Some(reader))
                         }
                         .boxed(),
@@ -579,6 +617,16 @@ impl StripeSource {
         if let Some(err) = piece.clone().find_map(|i| self.failed_recently(i)) {
             return Err(err);
         }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let need = self.budget.permits_for(want);
+        let _permit = match tokio::time::timeout(wait, self.budget.permits.acquire_many(need)).await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => {
+                let (op, key) = ("memory for read_range", self.key.clone());
+                return Err(StoreError::Timeout { op, key, after: wait });
+            }
+        };
         let result = self.fetch_stripe_until(piece.start, range, deadline).await;
         match &result {
             Ok(_) => {
