@@ -258,6 +258,18 @@ fn prefetch_jobs(
     jobs.into_iter().map(|(_, _, _, run)| run).collect()
 }
 
+/// The first chunk of the stripe that holds chunk `index` (stripes are `stripe_size` bytes of
+/// chunks from the start of each HDFS block); `plan.count()` at or past the end.
+fn stripe_start(plan: &StripePlan, stripe_size: u64, index: u64) -> u64 {
+    if index >= plan.count() {
+        return plan.count();
+    }
+    let chunk = plan.stripe_size.max(1);
+    let per_stripe = (stripe_size / chunk).max(1);
+    let within = (plan.range(index).start % plan.block_size.max(1)) / chunk;
+    index - within % per_stripe
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every section under these locks leaves its data consistent; a poisoned lock is used as is.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -627,7 +639,10 @@ impl CkptFs {
                 let first = self.config.initial_window.saturating_mul(self.config.stripe_size);
                 let ahead = w.run_bytes.max(first).min(share);
                 let start = w.queued_end.max(plan.stripe_of(w.run_end));
-                let stop = plan.stripe_of(w.run_end.saturating_add(ahead).min(plan.len));
+                let target = plan.stripe_of(w.run_end.saturating_add(ahead).min(plan.len));
+                // Whole stripes only (but the last): a window that slides by each read's
+                // length would otherwise queue read-sized jobs, one small range read each.
+                let stop = stripe_start(plan, self.config.stripe_size, target);
                 w.queued_end = w.queued_end.max(stop);
                 (start..stop, stopped)
             }
@@ -783,6 +798,12 @@ mod tests {
         assert_eq!(one, vec![2, 4, 8, 12, 16, 3, 5, 9, 13, 17, 6, 10, 14, 7, 11, 15]);
         // Two chunks per stripe: jobs never cross a stripe or a block.
         assert_eq!(jobs(2, 1..11), vec![(1, 2), (4, 6), (8, 10), (2, 4), (6, 8), (10, 11)]);
+        // Stripes of 2 chunks start at each block's chunk 0 and 2.
+        let starts: Vec<u64> = (0..20).map(|i| stripe_start(&plan, 500, i)).collect();
+        assert_eq!(
+            starts,
+            vec![0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14, 16, 16, 18, 18]
+        );
         // Every chunk exactly once, whatever the range, gaps included.
         for range in [0..0, 0..1, 0..18, 5..6, 7..13] {
             let mut got: Vec<u64> = prefetch_jobs(&plan, 3, range.clone().filter(|i| i % 5 != 1))
