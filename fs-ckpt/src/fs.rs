@@ -321,8 +321,8 @@ impl CkptFs {
 
     /// The current tree: the cached listing while it is younger than the metadata TTL, else a
     /// fresh one. When HDFS cannot be listed within the connect timeout, the previous tree is
-    /// served (logged) and trusted for another TTL, so while the NameNode is away an `ls` pays
-    /// that timeout at most once per TTL, not on every call.
+    /// served (logged) and trusted for another TTL, so while the NameNode is away one call pays
+    /// that timeout at most once per TTL; calls made while it waits get the previous tree.
     async fn tree(&self) -> Result<Arc<Tree>, CkptError> {
         let fresh = |t: &Option<Arc<Tree>>| {
             t.as_ref().filter(|t| t.fetched.elapsed() < self.config.metadata_ttl).cloned()
@@ -330,7 +330,18 @@ impl CkptFs {
         if let Some(tree) = fresh(&lock(&self.tree)) {
             return Ok(tree);
         }
-        let _refresh = self.tree_refresh.lock().await;
+        // One caller refreshes; while it waits for the NameNode, the others are answered from
+        // the listing the mount has (a slow NameNode then holds up one call, not every one).
+        let _refresh = match self.tree_refresh.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                let stale = lock(&self.tree).clone();
+                match stale {
+                    Some(stale) => return Ok(stale),
+                    None => self.tree_refresh.lock().await,
+                }
+            }
+        };
         if let Some(tree) = fresh(&lock(&self.tree)) {
             return Ok(tree);
         }
