@@ -12,6 +12,9 @@
 //!   fresh mount. After the repetitions, `scripts/fio/ckpt-rand.fio` (4 random 128 KiB readers,
 //!   10 s) runs once per repetition on a fresh mount and its MB/s is printed beside the table.
 //!
+//! `--loader` runs the loader cases instead (see [`loader`]): safetensors shards read as ML
+//! loaders read them, each case beside the same reads of a local copy from a cold page cache.
+//!
 //! `--dn-mbit N` gives each DataNode its own `tc htb` class of N Mbit/s on `lo`, matched on its
 //! transfer port, so DataNodes behave like hosts with their own NICs. `scripts/bench/ckpt-read`
 //! runs this driver in a private network namespace so the shaping touches only the benchmark.
@@ -109,7 +112,7 @@ fn mounted<T>(
     config: &CkptConfig,
     runtime: &tokio::runtime::Runtime,
     read: impl FnOnce(&Path) -> anyhow::Result<T>,
-) -> anyhow::Result<(Duration, T)> {
+) -> anyhow::Result<(Duration, (T, bootseer_ckpt::fs::Summary))> {
     let fs = Arc::new(CkptFs::new(store.clone(), config.clone(), runtime.handle().clone())?);
     let mount_config = MountConfig::default();
     let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
@@ -121,8 +124,9 @@ fn mounted<T>(
     let out = read(mount.path())?;
     let took = t.elapsed();
     drop(mount);
-    eprintln!("  mount summary: {}", serde_json::to_string(&fs.summary())?);
-    Ok((took, out))
+    let summary = fs.summary();
+    eprintln!("  mount summary: {}", serde_json::to_string(&summary)?);
+    Ok((took, (out, summary)))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -155,6 +159,20 @@ fn main() -> anyhow::Result<()> {
     let options =
         HdfsOptions { config_dir: Some(dfs.conf_dir().to_path_buf()), ..Default::default() };
     let store = runtime.block_on(HdfsStore::open_with(&url, &options))?;
+    if std::env::args().any(|a| a == "--loader") {
+        let defaults = CkptConfig::default();
+        let config = CkptConfig {
+            readers: arg("--readers", defaults.readers as u64) as usize,
+            concurrency: arg("--concurrency", defaults.concurrency as u64) as usize,
+            stripe_size: arg("--stripe-mib", defaults.stripe_size >> 20) << 20,
+            ..defaults
+        };
+        let shape = format!(
+            "{files} shards × {size_mib} MiB, {datanodes} DataNodes ({}), {block_mib} MiB blocks",
+            if dn_mbit > 0 { format!("{dn_mbit} Mbit/s each") } else { "unshaped".into() },
+        );
+        return loader::run(&store, &config, &runtime, files, len, reps, &shape);
+    }
     let keys: Vec<String> = (0..files).map(|i| format!("shard-{i:03}.bin")).collect();
     for (i, key) in keys.iter().enumerate() {
         let data: Vec<u8> =
@@ -218,7 +236,7 @@ fn main() -> anyhow::Result<()> {
         results[2].1.push(t.elapsed());
         drop(fs);
 
-        let (took, ()) = mounted(&store, &config, &runtime, |root| {
+        let (took, ((), _)) = mounted(&store, &config, &runtime, |root| {
             let mut buf = vec![0u8; 1 << 20];
             for key in &keys {
                 let mut f = std::fs::File::open(root.join(key))?;
@@ -236,7 +254,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         results[3].1.push(took);
 
-        let (took, ()) = mounted(&store, &config, &runtime, |root| {
+        let (took, ((), _)) = mounted(&store, &config, &runtime, |root| {
             let paths: Vec<_> = keys.iter().map(|k| root.join(k)).collect();
             let status = Command::new("cat").args(&paths).stdout(Stdio::null()).status()?;
             anyhow::ensure!(status.success(), "cat failed");
@@ -245,7 +263,7 @@ fn main() -> anyhow::Result<()> {
         results[4].1.push(took);
 
         if have_fio {
-            let (took, ()) = mounted(&store, &config, &runtime, |root| {
+            let (took, ((), _)) = mounted(&store, &config, &runtime, |root| {
                 // The job file users run (scripts/fio/ckpt-seq.fio), its one-reader section.
                 let status = Command::new("fio")
                     .args(["--readonly", "--section=seq-1job", "scripts/fio/ckpt-seq.fio"])
@@ -265,7 +283,7 @@ fn main() -> anyhow::Result<()> {
     let mut rand_mbps = Vec::new();
     if have_fio {
         for _ in 0..reps {
-            let (_, mbps) = mounted(&store, &config, &runtime, |root| {
+            let (_, (mbps, _)) = mounted(&store, &config, &runtime, |root| {
                 let out = Command::new("fio")
                     .args(["--readonly", "--output-format=json", "scripts/fio/ckpt-rand.fio"])
                     .env("DIR", root)
@@ -310,4 +328,301 @@ fn main() -> anyhow::Result<()> {
         config.readers
     );
     Ok(())
+}
+
+/// The loader cases (`--loader`): `--files` safetensors shards of `--size-mib` each, written by
+/// this driver (F32 tensors of 0.25–6 MiB whose names sort in another order than their bytes
+/// lie), read on a fresh mount per case and per repetition:
+///
+/// - `sequential`: every shard start to end, 1 MiB reads (the links' sequential speed);
+/// - `random-20`: the headers, then 20 tensors picked at random (a tensor-parallel rank's
+///   slice), each one `pread` of the whole tensor;
+/// - `key-order`: the headers, then every tensor in key order (not file order);
+/// - `preads-64`: 64 threads of random 1 MiB O_DIRECT preads for 10 s (latency p50/p99).
+///
+/// Each prints MB/s, bytes fetched ÷ bytes served (the mount's summary) and the same reads of a
+/// local copy after `posix_fadvise(DONTNEED)` (cold page cache).
+mod loader {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use bootseer_ckpt::CkptConfig;
+    use bootseer_common::store::Store;
+    use bootseer_common::store::hdfs::HdfsStore;
+
+    /// One tensor of a shard: (shard, name, byte range in the file).
+    type Tensor = (usize, String, std::ops::Range<u64>);
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// A safetensors file of about `len` bytes and its tensors' ranges.
+    fn shard(seed: u64, len: u64) -> (Vec<u8>, Vec<(String, std::ops::Range<u64>)>) {
+        let mut rng = seed * 0x9E37_79B9 + 1;
+        let mut sizes = Vec::new();
+        let mut total = 0;
+        while total < len {
+            let elems = (64 << 10) + xorshift(&mut rng) % ((1536 << 10) - (64 << 10));
+            sizes.push(elems);
+            total += elems * 4;
+        }
+        // Names sort in another order than the bytes lie: key order jumps around the file.
+        let n = sizes.len();
+        let mut header = serde_json::Map::new();
+        let mut offset = 0u64;
+        let mut ranges = Vec::new();
+        for (i, elems) in sizes.iter().enumerate() {
+            let name = format!("layers.{:04}.weight", (i * 7919) % n);
+            let end = offset + elems * 4;
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": "F32", "shape": [elems], "data_offsets": [offset, end]}),
+            );
+            ranges.push((name, offset..end));
+            offset = end;
+        }
+        let mut json = serde_json::to_vec(&header).expect("json");
+        while !(8 + json.len()).is_multiple_of(8) {
+            json.push(b' ');
+        }
+        let base = 8 + json.len() as u64;
+        let mut data = Vec::with_capacity((base + offset) as usize);
+        data.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        data.extend_from_slice(&json);
+        data.extend((0..offset).map(|j| (j as u8).wrapping_mul(31).wrapping_add(seed as u8)));
+        let ranges = ranges.into_iter().map(|(n, r)| (n, r.start + base..r.end + base)).collect();
+        (data, ranges)
+    }
+
+    /// A shard's tensors as a loader finds them: the 8-byte length, the JSON header.
+    fn read_header(path: &Path, shard: usize) -> anyhow::Result<Vec<Tensor>> {
+        let file = std::fs::File::open(path)?;
+        let mut len = [0u8; 8];
+        file.read_exact_at(&mut len, 0)?;
+        let len = u64::from_le_bytes(len);
+        let mut json = vec![0u8; len as usize];
+        file.read_exact_at(&mut json, 8)?;
+        let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&json)?;
+        let base = 8 + len;
+        let mut out = Vec::new();
+        for (name, v) in header {
+            let offsets = &v["data_offsets"];
+            let (a, b) = (offsets[0].as_u64(), offsets[1].as_u64());
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            out.push((shard, name, base + a..base + b));
+        }
+        Ok(out)
+    }
+
+    fn read_tensors(paths: &[PathBuf], tensors: &[Tensor]) -> anyhow::Result<u64> {
+        let files: Vec<std::fs::File> =
+            paths.iter().map(std::fs::File::open).collect::<Result<_, _>>()?;
+        let mut bytes = 0;
+        for (shard, _, range) in tensors {
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            files[*shard].read_exact_at(&mut buf, range.start)?;
+            bytes += buf.len() as u64;
+        }
+        Ok(bytes)
+    }
+
+    /// What one case read: bytes the reader got, and the latencies of its reads (preads only).
+    struct Outcome {
+        bytes: u64,
+        latencies: Vec<Duration>,
+    }
+
+    fn case(name: &str, paths: &[PathBuf], seed: u64) -> anyhow::Result<Outcome> {
+        let headers: Vec<Tensor> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| read_header(p, i))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let none = Vec::new();
+        match name {
+            "sequential" => {
+                let mut bytes = 0;
+                let mut buf = vec![0u8; 1 << 20];
+                for p in paths {
+                    let mut f = std::fs::File::open(p)?;
+                    loop {
+                        let n = std::io::Read::read(&mut f, &mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        bytes += n as u64;
+                    }
+                }
+                Ok(Outcome { bytes, latencies: none })
+            }
+            "random-20" => {
+                let mut rng = seed | 1;
+                let mut picked = Vec::new();
+                while picked.len() < 20.min(headers.len()) {
+                    let t = &headers[(xorshift(&mut rng) % headers.len() as u64) as usize];
+                    if !picked.iter().any(|p: &Tensor| p.1 == t.1 && p.0 == t.0) {
+                        picked.push(t.clone());
+                    }
+                }
+                Ok(Outcome { bytes: read_tensors(paths, &picked)?, latencies: none })
+            }
+            "key-order" => {
+                let mut all = headers;
+                all.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+                Ok(Outcome { bytes: read_tensors(paths, &all)?, latencies: none })
+            }
+            "preads-64" => {
+                let lens: Vec<u64> = paths
+                    .iter()
+                    .map(|p| std::fs::metadata(p).map(|m| m.len()))
+                    .collect::<Result<_, _>>()?;
+                let results = std::thread::scope(|s| {
+                    let jobs: Vec<_> = (0..64u64)
+                        .map(|t| {
+                            let (paths, lens) = (paths, &lens);
+                            s.spawn(move || -> anyhow::Result<(u64, Vec<Duration>)> {
+                                let files: Vec<std::fs::File> = paths
+                                    .iter()
+                                    .map(|p| {
+                                        std::fs::OpenOptions::new()
+                                            .read(true)
+                                            .custom_flags(libc::O_DIRECT)
+                                            .open(p)
+                                    })
+                                    .collect::<Result<_, _>>()?;
+                                let mut backing = vec![0u8; (1 << 20) + 4096];
+                                let skew = backing.as_ptr().align_offset(4096);
+                                let buf = &mut backing[skew..skew + (1 << 20)];
+                                let mut rng = (seed ^ (t + 1)).wrapping_mul(0x2545_F491) | 1;
+                                let (mut bytes, mut took) = (0, Vec::new());
+                                let end = Instant::now() + Duration::from_secs(10);
+                                while Instant::now() < end {
+                                    let i = (xorshift(&mut rng) % files.len() as u64) as usize;
+                                    let span = lens[i].saturating_sub(1 << 20).max(1);
+                                    let off = xorshift(&mut rng) % span / 4096 * 4096;
+                                    let t0 = Instant::now();
+                                    files[i].read_exact_at(buf, off)?;
+                                    took.push(t0.elapsed());
+                                    bytes += buf.len() as u64;
+                                }
+                                Ok((bytes, took))
+                            })
+                        })
+                        .collect();
+                    jobs.into_iter().map(|j| j.join().expect("reader")).collect::<Vec<_>>()
+                });
+                let mut out = Outcome { bytes: 0, latencies: Vec::new() };
+                for r in results {
+                    let (bytes, took) = r?;
+                    out.bytes += bytes;
+                    out.latencies.extend(took);
+                }
+                Ok(out)
+            }
+            other => anyhow::bail!("unknown case {other}"),
+        }
+    }
+
+    fn drop_page_cache(paths: &[PathBuf]) -> anyhow::Result<()> {
+        use std::os::fd::AsRawFd;
+        for p in paths {
+            let f = std::fs::File::open(p)?;
+            f.sync_all()?;
+            // SAFETY: an advisory call on an fd we own for the whole file; no memory is passed.
+            let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            anyhow::ensure!(rc == 0, "posix_fadvise: {rc}");
+        }
+        Ok(())
+    }
+
+    pub fn run(
+        store: &HdfsStore,
+        config: &CkptConfig,
+        runtime: &tokio::runtime::Runtime,
+        files: usize,
+        len: u64,
+        reps: usize,
+        shape: &str,
+    ) -> anyhow::Result<()> {
+        let local =
+            tempfile::Builder::new().prefix("bootseer-bench-local-").tempdir_in("/var/tmp")?;
+        let mut keys = Vec::new();
+        let mut local_paths = Vec::new();
+        let mut tensors = 0;
+        for i in 0..files {
+            let (data, ranges) = shard(i as u64 + 1, len);
+            tensors += ranges.len();
+            let key = format!("model-{:05}-of-{files:05}.safetensors", i + 1);
+            std::fs::write(local.path().join(&key), &data)?;
+            local_paths.push(local.path().join(&key));
+            runtime.block_on(store.put(&key, data.into()))?;
+            keys.push(key);
+        }
+        eprintln!("wrote {files} safetensors shards, {tensors} tensors");
+        println!(
+            "\ncase             MB/s     local   fetched/     mount        p50        p99  runs"
+        );
+        println!(
+            "                mount      cold     served        MB                         (MB/s)"
+        );
+        for name in ["sequential", "random-20", "key-order", "preads-64"] {
+            let (mut mbps, mut local_mbps, mut ratios, mut served) =
+                (vec![], vec![], vec![], vec![]);
+            let mut latencies = Vec::new();
+            for rep in 0..reps {
+                let seed = 0xC0FFEE + rep as u64;
+                let (took, (outcome, summary)) = super::mounted(store, config, runtime, |root| {
+                    let paths: Vec<PathBuf> = keys.iter().map(|k| root.join(k)).collect();
+                    case(name, &paths, seed)
+                })?;
+                mbps.push(outcome.bytes as f64 / 1e6 / took.as_secs_f64());
+                ratios.push(summary.bytes_fetched as f64 / summary.bytes_read.max(1) as f64);
+                served.push(summary.bytes_read as f64 / 1e6);
+                latencies.extend(outcome.latencies);
+                drop_page_cache(&local_paths)?;
+                let t = Instant::now();
+                let local_outcome = case(name, &local_paths, seed)?;
+                local_mbps.push(local_outcome.bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
+            }
+            let med = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let runs: Vec<String> = mbps.iter().map(|m| format!("{m:.1}")).collect();
+            latencies.sort();
+            let pct = |p: f64| match latencies.len() {
+                0 => "-".to_string(),
+                n => format!(
+                    "{:.1} ms",
+                    latencies[((n - 1) as f64 * p) as usize].as_secs_f64() * 1e3
+                ),
+            };
+            println!(
+                "{name:<11} {:>9.1} {:>9.1} {:>10.3} {:>9.1} {:>10} {:>10}  {}",
+                med(mbps),
+                med(local_mbps),
+                med(ratios),
+                med(served),
+                pct(0.5),
+                pct(0.99),
+                runs.join(" ")
+            );
+        }
+        println!(
+            "\n{shape}; medians of {reps}; stripe {} MiB, chunk {} KiB, --memory {} MiB",
+            config.stripe_size >> 20,
+            config.chunk_size >> 10,
+            config.memory_bytes >> 20
+        );
+        Ok(())
+    }
 }

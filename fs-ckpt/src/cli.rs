@@ -50,6 +50,12 @@ struct MountCmd {
     /// Bytes per striped read (capped at the HDFS block size).
     #[arg(long, value_parser = parse_size)]
     stripe_size: Option<u64>,
+    /// Bytes per cached chunk: the alignment of a read that misses.
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// Bytes a handle reads in order before the mount prefetches ahead of it.
+    #[arg(long, value_parser = parse_size)]
+    sequential_after: Option<u64>,
     /// Stripe reads in flight at once.
     #[arg(long)]
     concurrency: Option<usize>,
@@ -59,7 +65,7 @@ struct MountCmd {
     /// Memory budget for cached stripes.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
-    /// Files at least this large are prefetched whole on open.
+    /// No longer used (prefetch follows sequential readers); still accepted.
     #[arg(long, value_parser = parse_size)]
     prefetch_threshold: Option<u64>,
     /// How long one stripe may take, retries included, before EIO.
@@ -124,6 +130,8 @@ impl MountCmd {
         MountOptions {
             config: CkptConfig {
                 stripe_size: self.stripe_size.unwrap_or(d.stripe_size),
+                chunk_size: self.chunk_size.unwrap_or(d.chunk_size),
+                sequential_after: self.sequential_after.unwrap_or(d.sequential_after),
                 concurrency: self.concurrency.unwrap_or(d.concurrency),
                 readers: self.readers.unwrap_or(d.readers),
                 memory_bytes: self.memory.unwrap_or(d.memory_bytes),
@@ -151,6 +159,8 @@ impl MountCmd {
 /// The `-o` keys of a checkpoint mount beyond the standard and daemon ones.
 pub const CKPT_KEYS: &[&str] = &[
     "stripe_size",
+    "chunk_size",
+    "sequential_after",
     "concurrency",
     "readers",
     "memory",
@@ -191,6 +201,8 @@ impl MountOptions {
             let c = &mut self.config;
             match k.as_str() {
                 "stripe_size" => c.stripe_size = size(k, v)?,
+                "chunk_size" => c.chunk_size = size(k, v)?,
+                "sequential_after" => c.sequential_after = size(k, v)?,
                 "concurrency" => c.concurrency = num(k, v)?,
                 "readers" => c.readers = num(k, v)?,
                 "memory" => c.memory_bytes = size(k, v)?,
@@ -215,6 +227,7 @@ impl MountOptions {
 
 /// The binary's entry point: parses either calling form and mounts.
 pub fn run() -> ExitCode {
+    return_freed_buffers();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let helper_form = args
         .first()
@@ -250,6 +263,19 @@ pub fn run() -> ExitCode {
             eprintln!("bootseer-ckpt: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Makes glibc's malloc give every buffer of 256 KiB or more its own mapping, returned to the
+/// kernel when freed. Its default raises that threshold as large blocks are freed, after which
+/// range-read buffers (up to a stripe) are carved from per-thread arenas that keep the memory:
+/// the daemon's RSS then grows past `--memory` although what it holds stays within it.
+fn return_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc tunable; called first thing in main, before any other
+    // thread exists, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }
 

@@ -6,19 +6,28 @@ use std::time::Duration;
 /// How a checkpoint mount reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CkptConfig {
-    /// Bytes per stripe (one concurrent range read); stripes never cross an HDFS block.
+    /// Bytes per stripe: the most one prefetch range read asks for; never across an HDFS block.
     pub stripe_size: u64,
+    /// Bytes per chunk, the unit the mount caches and the alignment of a read that misses: it
+    /// fetches the chunks it touches, no more (at most `stripe_size`).
+    pub chunk_size: u64,
     /// Stripe fetches in flight at once, per fetch call and for the prefetch workers.
     pub concurrency: usize,
     /// Independently opened HDFS readers per file version (the NameNode shuffles replicas per
     /// open, so more readers spread stripes over more DataNodes).
     pub readers: usize,
-    /// The mount's one memory budget for cached stripes, in bytes.
+    /// The mount's one memory budget for file data, in bytes: a quarter (at least a stripe)
+    /// for range reads in flight, hedges and chunk copies included; the rest for cached chunks.
     pub memory_bytes: u64,
-    /// Files at least this long are prefetched whole (within the memory budget) on open.
+    /// No longer used: prefetch follows each handle's sequential run (`sequential_after`), for
+    /// files of every size. Kept so existing `--prefetch-threshold` options still parse.
     pub prefetch_threshold: u64,
-    /// Stripes a partial reader prefetches ahead at first; the window doubles per sequential read.
+    /// Stripes a sequential reader prefetches ahead at first; the window then grows with the
+    /// run (as far ahead as the run is long), up to the handle's share of half the budget.
     pub initial_window: u64,
+    /// Bytes a handle must read in order before the mount prefetches ahead of it, so random
+    /// readers of smaller pieces (tensors picked from a shard) fetch only what they read.
+    pub sequential_after: u64,
     /// How long one stripe may take, retries included, before its read fails with EIO.
     pub stripe_deadline: Duration,
     /// How long one attempt of a stripe may take before it is re-issued on a fresh reader.
@@ -39,6 +48,9 @@ impl Default for CkptConfig {
             // DESIGN: 8 MiB stripes; large enough that per-request overhead is small, and 16 of
             // them divide a 128 MiB HDFS block.
             stripe_size: 8 << 20,
+            // 64 KiB: a random 1 MiB read at any offset fetches at most 1.125 MiB (1.06 on
+            // average), and one chunk is still a few thousand times one RPC's overhead in bytes.
+            chunk_size: 64 << 10,
             // 16 × 8 MiB in flight keeps several DataNodes busy at 10 Gbit/s each.
             concurrency: 16,
             // Four opens give four independent replica shuffles at the cost of four RPCs.
@@ -49,6 +61,8 @@ impl Default for CkptConfig {
             prefetch_threshold: 64 << 20,
             // Two stripes ahead costs little for a reader that stops early.
             initial_window: 2,
+            // Four 1 MiB tensors in a row: more than random readers read at one place.
+            sequential_after: 4 << 20,
             // Half a minute rides out a DataNode restart; a FUSE reader must not wait longer.
             stripe_deadline: Duration::from_secs(30),
             // 8 MiB at even 10 MB/s takes under a second; 10 s means a stalled DataNode, and
@@ -66,10 +80,25 @@ impl Default for CkptConfig {
 }
 
 impl CkptConfig {
-    /// Stripes the prefetch window may reach ahead of a reader: half the memory budget, so
+    /// The part of the memory budget range reads in flight may hold (see `memory_bytes`).
+    pub fn inflight_bytes(&self) -> u64 {
+        (self.memory_bytes / 4).max(self.stripe_size).min(self.memory_bytes / 2).max(1 << 20)
+    }
+
+    /// The part of the memory budget cached chunks may hold.
+    pub fn cache_bytes(&self) -> u64 {
+        self.memory_bytes.saturating_sub(self.inflight_bytes())
+    }
+
+    /// The chunk size as used: at least 1, at most a stripe.
+    pub fn chunk(&self) -> u64 {
+        self.chunk_size.clamp(1, self.stripe_size.max(1))
+    }
+
+    /// Stripes the prefetch window may reach ahead of a reader: half the cache's budget, so
     /// prefetched stripes do not evict the ones being read.
     pub fn max_window(&self) -> u64 {
-        (self.memory_bytes / 2 / self.stripe_size.max(1)).max(1)
+        (self.cache_bytes() / 2 / self.stripe_size.max(1)).max(1)
     }
 }
 
@@ -81,6 +110,10 @@ mod tests {
 
     #[test]
     fn the_default_window_is_half_the_budget() {
-        assert_eq!(CkptConfig::default().max_window(), 64);
+        let c = CkptConfig::default();
+        assert_eq!((c.inflight_bytes(), c.cache_bytes()), (256 << 20, 768 << 20));
+        assert_eq!(c.max_window(), 48);
+        let small = CkptConfig { memory_bytes: 32 << 20, ..c };
+        assert_eq!((small.inflight_bytes(), small.cache_bytes()), (8 << 20, 24 << 20));
     }
 }

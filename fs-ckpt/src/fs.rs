@@ -3,13 +3,16 @@
 //! ```text
 //!   lookup/getattr/readdir ──► Tree (one recursive HDFS listing, trusted for metadata_ttl;
 //!                                     stable inode numbers by path across refreshes)
-//!   open  ──► stat (fresh) → pinned Version → StripeSource (shared by handles of that version)
-//!              └─ large file: queue the first window of stripes at Background priority
-//!   read  ──► stripes under [offset, offset+size) → BlockCache::get (OnDemand, which promotes
-//!              a queued stripe) → bytes copied into one full-length reply
-//!              └─ window: queue stripes ahead of the reader; grows ×2 per sequential read,
-//!                 capped at half the memory budget split over the open handles
-//!              └─ a stripe every open handle has been served is released from memory at once
+//!   open  ──► stat (fresh, within the connect timeout) → pinned Version → StripeSource
+//!              (shared by handles of that version); nothing is fetched yet
+//!   read  ──► chunks under [offset, offset+size) → BlockCache::get_many (OnDemand: the
+//!              missing chunks as one range read, queued ones promoted) → one full-length reply
+//!              └─ window: a handle whose reads continue one run for `sequential_after` bytes
+//!                 gets chunks queued ahead (Background, stripe-sized jobs), as far ahead as
+//!                 the run is long, capped at half the memory budget split over open handles;
+//!                 a read away from the run starts a new one and drops what was queued
+//!              └─ a chunk every open handle has been served is released from memory at once,
+//!                 and never queued for prefetch again
 //!   release ─► handle dropped (its source stays while other handles or the cache need it);
 //!              the last handle of a version cancels that version's queued prefetch
 //! ```
@@ -33,7 +36,7 @@ use tokio::runtime::Handle;
 
 use crate::config::CkptConfig;
 use crate::error::CkptError;
-use crate::stripe::{StripeCounters, StripePlan, StripeSource, Version, bounded};
+use crate::stripe::{InflightBudget, StripeCounters, StripePlan, StripeSource, Version, bounded};
 
 /// Inode number of the mount's root.
 pub const ROOT_INO: u64 = 1;
@@ -116,15 +119,24 @@ impl Inodes {
     }
 }
 
-#[derive(Debug)]
+/// One handle's read pattern, which decides its prefetch.
+#[derive(Debug, Default)]
 struct Window {
-    /// Stripes before this index are queued or read.
+    /// End of the furthest read of the current sequential run, in bytes.
+    run_end: u64,
+    /// Bytes the current run has advanced by (a re-read behind its end adds nothing).
+    run_bytes: u64,
+    /// Chunks before this index are queued (or were read) in this run.
     queued_end: u64,
-    /// The last stripe a read touched.
-    last: Option<u64>,
-    /// Stripes to keep queued ahead of the reader.
-    size: u64,
 }
+
+/// How far behind the run's end a read may start and still belong to it: the kernel's
+/// read-ahead sends a window's requests at once over several FUSE threads, so they arrive out
+/// of order by up to that window.
+const RUN_BEHIND: u64 = 8 << 20;
+/// How far past the run's end a read may start and still continue it (requests of one
+/// read-ahead window overtaking each other).
+const RUN_AHEAD: u64 = 2 << 20;
 
 #[derive(Debug)]
 struct OpenFile {
@@ -163,10 +175,13 @@ pub struct Summary {
     /// Time reads spent waiting for stripes not yet cached, in seconds, summed over reads (the
     /// kernel issues several at once, so this can exceed the wall time).
     pub stall_secs: f64,
-    /// Stripes fetched from HDFS.
+    /// Range reads from HDFS (a chunk on demand, up to a stripe of chunks for prefetch).
     pub stripes_fetched: u64,
     /// Bytes fetched from HDFS.
     pub bytes_fetched: u64,
+    /// `bytes_fetched / bytes_read`: 1.0 when every byte fetched was served once; more is read
+    /// amplification (prefetch nobody read, chunk alignment), less is bytes served twice.
+    pub fetched_per_served: f64,
     /// Stripe attempts that failed or stalled and were re-issued on a fresh reader.
     pub stripes_retried: u64,
     /// Of those, attempts re-issued because they passed the attempt timeout.
@@ -206,32 +221,55 @@ pub struct CkptFs {
     /// The version each file inode was last opened at (decides keep-cache).
     last_open: Mutex<HashMap<u64, Version>>,
     stripes: Arc<StripeCounters>,
+    /// Range reads in flight, against their part of the memory budget.
+    inflight: Arc<InflightBudget>,
     counters: Counters,
 }
 
-/// `stripes` in the order the prefetch queue should fetch them: round-robin over the HDFS
-/// blocks they lie in (1st stripe of each block, then the 2nd of each, …). Fetched in file
-/// order, the `concurrency` stripes in flight would all lie in one block, whose 3 replicas are
-/// 3 DataNodes however many the cluster has; interleaved, they reach the replicas of several
-/// blocks. A reader waiting for a stripe does not wait for this order: its read promotes it.
-fn interleave_blocks(plan: &StripePlan, stripes: std::ops::Range<u64>) -> Vec<u64> {
-    let mut order: Vec<(u64, u64, u64)> = stripes
-        .map(|i| {
-            let block = plan.range(i).start / plan.block_size.max(1);
-            (block, i)
-        })
-        .scan((u64::MAX, 0u64), |(last_block, nth), (block, i)| {
-            if block != *last_block {
-                *last_block = block;
-                *nth = 0;
-            } else {
+/// Prefetch jobs for `chunks` (ascending): runs of consecutive chunks within one stripe of one
+/// HDFS block (each becomes one range read), in the order the prefetch queue should fetch them:
+/// round-robin over the HDFS blocks (1st stripe of each block, then the 2nd of each, …).
+/// Fetched in file order, the `concurrency` stripes in flight would all lie in one block, whose
+/// 3 replicas are 3 DataNodes however many the cluster has; interleaved, they reach the replicas
+/// of several blocks. A reader waiting for a chunk does not wait for this order: its read
+/// promotes it.
+fn prefetch_jobs(
+    plan: &StripePlan,
+    chunks_per_stripe: u64,
+    chunks: impl Iterator<Item = u64>,
+) -> Vec<std::ops::Range<u64>> {
+    let per_stripe = chunks_per_stripe.max(1);
+    let block_size = plan.block_size.max(1);
+    let chunk = plan.stripe_size.max(1);
+    // (nth stripe of its block among the jobs, block, stripe within the block, chunks)
+    let mut jobs: Vec<(u64, u64, u64, std::ops::Range<u64>)> = Vec::new();
+    let mut per_block: HashMap<u64, u64> = HashMap::new();
+    for i in chunks {
+        let start = plan.range(i).start;
+        let (block, stripe) = (start / block_size, (start % block_size) / chunk / per_stripe);
+        match jobs.last_mut() {
+            Some((_, b, s, run)) if *b == block && *s == stripe && run.end == i => run.end += 1,
+            _ => {
+                let nth = per_block.entry(block).or_default();
+                jobs.push((*nth, block, stripe, i..i + 1));
                 *nth += 1;
             }
-            Some((*nth, block, i))
-        })
-        .collect();
-    order.sort_unstable();
-    order.into_iter().map(|(_, _, i)| i).collect()
+        }
+    }
+    jobs.sort_unstable_by_key(|(nth, block, stripe, _)| (*nth, *block, *stripe));
+    jobs.into_iter().map(|(_, _, _, run)| run).collect()
+}
+
+/// The first chunk of the stripe that holds chunk `index` (stripes are `stripe_size` bytes of
+/// chunks from the start of each HDFS block); `plan.count()` at or past the end.
+fn stripe_start(plan: &StripePlan, stripe_size: u64, index: u64) -> u64 {
+    if index >= plan.count() {
+        return plan.count();
+    }
+    let chunk = plan.stripe_size.max(1);
+    let per_stripe = (stripe_size / chunk).max(1);
+    let within = (plan.range(index).start % plan.block_size.max(1)) / chunk;
+    index - within % per_stripe
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -245,13 +283,14 @@ impl CkptFs {
     pub fn new(store: HdfsStore, config: CkptConfig, runtime: Handle) -> Result<Self, CkptError> {
         let cache = BlockCache::new(
             CacheConfig {
-                memory_bytes: config.memory_bytes,
+                memory_bytes: config.cache_bytes(),
                 disk_dir: None,
                 disk_bytes: 0,
                 prefetch_concurrency: config.concurrency.max(1),
             },
             runtime,
         )?;
+        let inflight = Arc::new(InflightBudget::new(config.inflight_bytes()));
         let mut inodes = Inodes::default();
         inodes.ino("");
         Ok(Self {
@@ -267,6 +306,7 @@ impl CkptFs {
             sources: Mutex::new(HashMap::new()),
             last_open: Mutex::new(HashMap::new()),
             stripes: Arc::new(StripeCounters::default()),
+            inflight,
             counters: Counters::default(),
         })
     }
@@ -283,8 +323,8 @@ impl CkptFs {
 
     /// The current tree: the cached listing while it is younger than the metadata TTL, else a
     /// fresh one. When HDFS cannot be listed within the connect timeout, the previous tree is
-    /// served (logged) and trusted for another TTL, so while the NameNode is away an `ls` pays
-    /// that timeout at most once per TTL, not on every call.
+    /// served (logged) and trusted for another TTL, so while the NameNode is away one call pays
+    /// that timeout at most once per TTL; calls made while it waits get the previous tree.
     async fn tree(&self) -> Result<Arc<Tree>, CkptError> {
         let fresh = |t: &Option<Arc<Tree>>| {
             t.as_ref().filter(|t| t.fetched.elapsed() < self.config.metadata_ttl).cloned()
@@ -292,7 +332,18 @@ impl CkptFs {
         if let Some(tree) = fresh(&lock(&self.tree)) {
             return Ok(tree);
         }
-        let _refresh = self.tree_refresh.lock().await;
+        // One caller refreshes; while it waits for the NameNode, the others are answered from
+        // the listing the mount has (a slow NameNode then holds up one call, not every one).
+        let _refresh = match self.tree_refresh.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                let stale = lock(&self.tree).clone();
+                match stale {
+                    Some(stale) => return Ok(stale),
+                    None => self.tree_refresh.lock().await,
+                }
+            }
+        };
         if let Some(tree) = fresh(&lock(&self.tree)) {
             return Ok(tree);
         }
@@ -492,25 +543,11 @@ impl CkptFs {
             Err(e) => return Err(e.into()),
         };
         let version = source.version();
-        let plan = *source.plan();
-        let large = version.len >= self.config.prefetch_threshold;
-        let window = if large { self.window_share(1) } else { self.config.initial_window };
         source.handle_opened();
         let dyn_source: DynSource = source.clone();
         self.note_opened_version(&path, version);
-        let file = Arc::new(OpenFile {
-            ino,
-            source,
-            dyn_source,
-            window: Mutex::new(Window { queued_end: 0, last: None, size: window }),
-        });
-        if large {
-            // Whole-file prefetch, bounded by the window (half the memory budget), which later
-            // reads slide forward to the end of the file.
-            let end = window.min(plan.count());
-            lock(&file.window).queued_end = end;
-            self.queue_stripes(&file, 0..end);
-        }
+        let file =
+            Arc::new(OpenFile { ino, source, dyn_source, window: Mutex::new(Window::default()) });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, file);
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
@@ -552,7 +589,7 @@ impl CkptFs {
         version: Version,
         block_size: u64,
     ) -> Result<Arc<StripeSource>, CkptError> {
-        let plan = StripePlan::new(version.len, block_size, self.config.stripe_size);
+        let plan = StripePlan::new(version.len, block_size, self.config.chunk());
         let wanted = |s: &Arc<StripeSource>| s.version() == version && *s.plan() == plan;
         let key = format!("{path}\0{version:?}");
         if let Some(source) = lock(&self.sources).get(&key).and_then(Weak::upgrade)
@@ -560,63 +597,79 @@ impl CkptFs {
         {
             return Ok(source);
         }
-        let source = Arc::new(
-            StripeSource::open(
-                self.store.clone(),
-                path,
-                version,
-                block_size,
-                &self.config,
-                self.stripes.clone(),
-            )
-            .await?,
-        );
+        let source = StripeSource::open(
+            self.store.clone(),
+            path,
+            version,
+            block_size,
+            &self.config,
+            self.stripes.clone(),
+            self.inflight.clone(),
+        )
+        .await?;
         let mut sources = lock(&self.sources);
         sources.retain(|_, s| s.strong_count() > 0);
         sources.insert(key, Arc::downgrade(&source));
         Ok(source)
     }
 
-    /// The window one handle may have when `extra` more handles open: the memory budget's
-    /// prefetch half split over all open handles, so many open shards cannot queue more than
-    /// the cache can hold (stripes prefetched only to be evicted unread).
-    fn window_share(&self, extra: usize) -> u64 {
-        let handles = (self.open_handles() + extra).max(1) as u64;
-        (self.config.max_window() / handles)
-            .max(self.config.initial_window.min(self.config.max_window()))
+    /// Bytes one handle may prefetch ahead: the memory budget's prefetch half split over all
+    /// open handles, so many open shards cannot queue more than the cache can hold (chunks
+    /// prefetched only to be evicted unread).
+    fn window_share(&self) -> u64 {
+        let handles = self.open_handles().max(1) as u64;
+        let stripes = (self.config.max_window() / handles)
+            .max(self.config.initial_window.min(self.config.max_window()));
+        stripes.saturating_mul(self.config.stripe_size)
     }
 
-    /// Queues stripes up to `reader_stripe + window` that are not queued yet.
-    fn advance_window(&self, file: &OpenFile, plan: &StripePlan, reader_stripe: u64) {
-        let share = self.window_share(0);
-        let range = {
+    /// Notes a read of `[offset, end)` on `file` and queues prefetch ahead of it when the
+    /// handle reads in order. A read far from the current run starts a new one and stops the
+    /// prefetch (queued chunks of the file are dropped when this is its only handle); once the
+    /// run reached `sequential_after` bytes, chunks up to the window ahead of its end are
+    /// queued. Chunks every reader has consumed are never queued again.
+    fn advance_window(&self, file: &OpenFile, offset: u64, end: u64) {
+        let plan = file.source.plan();
+        let share = self.window_share();
+        let (range, stopped) = {
             let mut w = lock(&file.window);
-            let sequential = match w.last {
-                None => true,
-                Some(last) => reader_stripe >= last && reader_stripe <= last + 1,
-            };
-            if !sequential {
-                // A jump: start a small window again from here.
-                w.size = self.config.initial_window.min(w.size);
-                w.queued_end = reader_stripe + 1;
-            } else if w.last.is_some_and(|last| reader_stripe == last + 1) {
-                w.size = (w.size * 2).min(share);
+            let continues = w.run_bytes > 0
+                && offset <= w.run_end.saturating_add(RUN_AHEAD)
+                && end.saturating_add(RUN_BEHIND) > w.run_end;
+            let stopped = !continues && w.queued_end > plan.stripe_of(w.run_end);
+            if continues {
+                w.run_bytes += end.saturating_sub(w.run_end);
+                w.run_end = w.run_end.max(end);
+            } else {
+                *w = Window { run_end: end, run_bytes: end - offset, queued_end: 0 };
             }
-            w.size = w.size.min(share);
-            w.last = Some(reader_stripe);
-            let end = (reader_stripe + 1 + w.size).min(plan.count());
-            let start = w.queued_end.max(reader_stripe + 1);
-            w.queued_end = w.queued_end.max(end);
-            start..end
+            if w.run_bytes < self.config.sequential_after {
+                (0..0, stopped)
+            } else {
+                // As far ahead as the run is long: a sequential reader's window doubles as it
+                // reads (to the whole file within its share), while a reader that stops (a
+                // tensor read to its end) leaves at most its own length fetched past it.
+                let first = self.config.initial_window.saturating_mul(self.config.stripe_size);
+                let ahead = w.run_bytes.max(first).min(share);
+                let start = w.queued_end.max(plan.stripe_of(w.run_end));
+                let target = plan.stripe_of(w.run_end.saturating_add(ahead).min(plan.len));
+                // Whole stripes only (but the last): a window that slides by each read's
+                // length would otherwise queue read-sized jobs, one small range read each.
+                let stop = stripe_start(plan, self.config.stripe_size, target);
+                w.queued_end = w.queued_end.max(stop);
+                (start..stop, stopped)
+            }
         };
-        self.queue_stripes(file, range);
-    }
-
-    fn queue_stripes(&self, file: &OpenFile, stripes: std::ops::Range<u64>) {
-        // One job per stripe: the cache fetches a job's blocks as one run and completes them
-        // together, so per-stripe jobs let readers use each stripe as soon as it lands.
-        for stripe in interleave_blocks(file.source.plan(), stripes) {
-            self.cache.spawn_prefetch(&file.dyn_source, stripe..stripe + 1, Priority::Background);
+        if stopped && file.source.handles() <= 1 {
+            let cancelled = self.cache.cancel_queued(file.dyn_source.id());
+            tracing::debug!(source = file.dyn_source.id(), cancelled, "reads left the run");
+        }
+        if !range.is_empty() {
+            let chunks = range.filter(|&i| !file.source.is_consumed(i));
+            let per_stripe = self.config.stripe_size / self.config.chunk();
+            for job in prefetch_jobs(plan, per_stripe, chunks) {
+                self.cache.spawn_prefetch(&file.dyn_source, job, Priority::Background);
+            }
         }
     }
 
@@ -645,25 +698,22 @@ impl CkptFs {
         let first = plan.stripe_of(offset);
         let last = plan.stripe_of(end - 1);
         let blob = file.dyn_source.id().to_string();
+        self.advance_window(file, offset, end);
         let cached = (first..=last).all(|i| self.cache.contains(&blob, i));
         let started = Instant::now();
-        let stripes = futures::future::try_join_all(
-            (first..=last).map(|i| self.cache.get(&file.dyn_source, i)),
-        )
-        .await?;
+        let chunks = self.cache.get_many(&file.dyn_source, first..last + 1).await?;
         if !cached {
             self.counters
                 .stall_ns
                 .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
-        self.advance_window(file, &plan, last);
         for i in first..=last {
             let r = plan.range(i);
             if file.source.consumed(i, end.min(r.end) - offset.max(r.start)) {
                 self.cache.release(&blob, i);
             }
         }
-        if let [only] = stripes.as_slice() {
+        if let [only] = chunks.as_slice() {
             let base = plan.range(first).start;
             let (from, to) = ((offset - base) as usize, (end - base) as usize);
             if to <= only.len() {
@@ -671,17 +721,17 @@ impl CkptFs {
             }
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for (i, stripe) in (first..=last).zip(&stripes) {
+        for (i, chunk) in (first..=last).zip(&chunks) {
             let r = plan.range(i);
             let from = offset.max(r.start) - r.start;
             let to = end.min(r.end) - r.start;
-            let piece = stripe.get(from as usize..to as usize).ok_or_else(|| {
+            let piece = chunk.get(from as usize..to as usize).ok_or_else(|| {
                 CkptError::Cache(bootseer_common::cache::CacheError::Malformed {
                     blob: blob.clone(),
                     block: i,
                     message: format!(
-                        "stripe has {} bytes, expected {}",
-                        stripe.len(),
+                        "chunk has {} bytes, expected {}",
+                        chunk.len(),
                         r.end - r.start
                     ),
                 })
@@ -728,6 +778,10 @@ impl CkptFs {
             stall_secs: Duration::from_nanos(get(&self.counters.stall_ns)).as_secs_f64(),
             stripes_fetched: get(&s.fetched),
             bytes_fetched: get(&s.bytes),
+            fetched_per_served: match get(&self.counters.bytes_read) {
+                0 => 0.0,
+                read => get(&s.bytes) as f64 / read as f64,
+            },
             stripes_retried: get(&s.retried),
             stripes_reissued_slow: get(&s.reissued_slow),
             stripes_hedged: get(&s.hedged),
@@ -748,17 +802,30 @@ mod tests {
 
     #[test]
     fn prefetch_order_takes_one_stripe_of_each_block_in_turn() {
-        // Blocks of 4 stripes (the last block short), queued from the middle of block 0.
+        // Blocks of 4 chunks (the last block short), queued from the middle of block 0, one
+        // chunk per stripe.
         let plan = StripePlan::new(4 * 1000 + 500, 1000, 250);
+        let jobs = |per, chunks: std::ops::Range<u64>| -> Vec<(u64, u64)> {
+            prefetch_jobs(&plan, per, chunks).into_iter().map(|r| (r.start, r.end)).collect()
+        };
+        let one: Vec<u64> = jobs(1, 2..18).into_iter().map(|(a, _)| a).collect();
+        assert_eq!(one, vec![2, 4, 8, 12, 16, 3, 5, 9, 13, 17, 6, 10, 14, 7, 11, 15]);
+        // Two chunks per stripe: jobs never cross a stripe or a block.
+        assert_eq!(jobs(2, 1..11), vec![(1, 2), (4, 6), (8, 10), (2, 4), (6, 8), (10, 11)]);
+        // Stripes of 2 chunks start at each block's chunk 0 and 2.
+        let starts: Vec<u64> = (0..20).map(|i| stripe_start(&plan, 500, i)).collect();
         assert_eq!(
-            interleave_blocks(&plan, 2..18),
-            vec![2, 4, 8, 12, 16, 3, 5, 9, 13, 17, 6, 10, 14, 7, 11, 15]
+            starts,
+            vec![0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10, 12, 12, 14, 14, 16, 16, 18, 18]
         );
-        // Every stripe exactly once, whatever the range.
+        // Every chunk exactly once, whatever the range, gaps included.
         for range in [0..0, 0..1, 0..18, 5..6, 7..13] {
-            let mut got = interleave_blocks(&plan, range.clone());
+            let mut got: Vec<u64> = prefetch_jobs(&plan, 3, range.clone().filter(|i| i % 5 != 1))
+                .into_iter()
+                .flatten()
+                .collect();
             got.sort_unstable();
-            assert_eq!(got, range.collect::<Vec<_>>());
+            assert_eq!(got, range.filter(|i| i % 5 != 1).collect::<Vec<_>>());
         }
     }
 }

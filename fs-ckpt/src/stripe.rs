@@ -1,18 +1,22 @@
-//! [`StripeSource`]: one pinned version of one HDFS file, cut into stripes, as a
+//! [`StripeSource`]: one pinned version of one HDFS file, cut into chunks, as a
 //! [`BlockSource`] for the shared [`BlockCache`](bootseer_common::cache::BlockCache).
 //!
 //! ```text
-//!   cache.fetch(stripes a..b)
-//!     └─ version check (at most once per metadata TTL: stat → same len and mtime, else EIO)
-//!     └─ per stripe, up to `concurrency` at once, one *attempt* at a time:
+//!   cache.fetch(chunks a..b)
+//!     └─ version check (at most once per metadata TTL, in a task beside the fetch: a changed
+//!        file makes later fetches fail; a NameNode that does not answer delays none)
+//!     └─ pieces: consecutive chunks of one HDFS block, at most a stripe each (one range read);
+//!        up to `concurrency` pieces at once, one *attempt* at a time:
 //!          slot    = the reader whose path to this HDFS block has the best measured
 //!                    bytes/s per read in flight (see `choose_slot`)
-//!          attempt = reader[slot].read_range(stripe)          (clamped at the pinned length)
+//!          attempt = reader[slot].read_range(piece)           (clamped at the pinned length)
 //!                    └─ no reply after the hedge delay → the same read on a fresh reader,
 //!                       again each hedge delay (≤ MAX_HEDGES); first full reply wins
-//!            ├─ full length                    → done (a winning fresh reader takes the slot)
+//!            ├─ full length                    → copied into chunks (a winning fresh reader
+//!            │                                   takes the slot)
 //!            └─ error / attempt timeout        → backoff → fresh reader (open + verify version)
-//!                                                → again, until the stripe's deadline → EIO
+//!                                                → again, until the deadline → EIO, and the
+//!                                                piece's chunks fail at once for FAILED_MEMORY
 //! ```
 //!
 //! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, so a
@@ -23,9 +27,9 @@
 //! from the first replica the NameNode listed, and the NameNode shuffles equal replicas per
 //! open, so a fresh reader is the way to ask another one.
 //!
-//! [`StripePlan`] maps stripes to bytes: each HDFS block is cut into `stripe_size` pieces (the
-//! last piece of a block may be short), so no stripe ever crosses a block and each read talks to
-//! one DataNode. Readers are opened independently because the NameNode shuffles equal replicas
+//! [`StripePlan`] maps chunks to bytes: each HDFS block is cut into `chunk_size` pieces (the
+//! last piece of a block may be short; the plan's `stripe_size` field is that piece size), so no
+//! chunk, and no range read, ever crosses a block and each read talks to one DataNode. Readers are opened independently because the NameNode shuffles equal replicas
 //! per open; a reader that failed is replaced by a fresh one (new locations, new tokens), since
 //! hdfs-native never re-asks the NameNode once every replica it knows of failed.
 //!
@@ -36,7 +40,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -141,6 +145,34 @@ pub struct StripeCounters {
     pub version_changed: AtomicU64,
 }
 
+/// The mount's bytes of range reads in flight, hedges included. A read holds permits for its
+/// buffer and the chunk copies made from it (twice its length, at most the whole budget) from
+/// before it is sent until its chunks are handed to the cache, whose own budget counts them
+/// from then on; a read that finds the budget spent waits (within its deadline), and a hedge
+/// that finds it spent is not started.
+#[derive(Debug)]
+pub struct InflightBudget {
+    permits: tokio::sync::Semaphore,
+    total: u64,
+}
+
+impl InflightBudget {
+    /// A budget of `bytes` (at least 1 MiB, so a chunk read always fits).
+    pub fn new(bytes: u64) -> Self {
+        let total = bytes.clamp(1 << 20, u64::from(u32::MAX));
+        Self { permits: tokio::sync::Semaphore::new(total as usize), total }
+    }
+
+    fn permits_for(&self, bytes: u64) -> u32 {
+        bytes.saturating_mul(2).min(self.total) as u32
+    }
+
+    /// Bytes of the budget in use now.
+    pub fn in_use(&self) -> u64 {
+        self.total - self.permits.available_permits() as u64
+    }
+}
+
 /// One (reader, HDFS block) pair. A reader reads a block from the first replica the NameNode
 /// listed when it was opened, so this is one DataNode's speed as this file sees it.
 #[derive(Debug, Default)]
@@ -189,6 +221,8 @@ impl Drop for Inflight<'_> {
 /// One version of one HDFS file, read in stripes over several independent readers.
 #[derive(Debug)]
 pub struct StripeSource {
+    /// This source, for the version check that runs beside fetches.
+    me: Weak<StripeSource>,
     id: String,
     store: HdfsStore,
     key: String,
@@ -211,6 +245,8 @@ pub struct StripeSource {
     verified_at: Mutex<Instant>,
     /// Stripes that failed for good: when, and why (see [`FAILED_MEMORY`]).
     failed: Mutex<HashMap<u64, (Instant, String)>>,
+    /// The mount's budget for range reads in flight.
+    budget: Arc<InflightBudget>,
     /// Set once a check found the file changed or gone: no fetch of this version succeeds after.
     changed: std::sync::atomic::AtomicBool,
     counters: Arc<StripeCounters>,
@@ -231,8 +267,9 @@ impl StripeSource {
         block_size: u64,
         config: &CkptConfig,
         counters: Arc<StripeCounters>,
-    ) -> Result<Self, StoreError> {
-        let plan = StripePlan::new(version.len, block_size, config.stripe_size);
+        budget: Arc<InflightBudget>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let plan = StripePlan::new(version.len, block_size, config.chunk());
         let mtime_ns =
             version.mtime.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let id = format!("{}/{key}@{mtime_ns}:{}", store.url().trim_end_matches('/'), version.len);
@@ -246,7 +283,8 @@ impl StripeSource {
             }
             readers.push(Arc::new(reader));
         }
-        let source = Self {
+        let source = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             id,
             store,
             key: key.to_string(),
@@ -264,9 +302,10 @@ impl StripeSource {
             served: (0..plan.count()).map(|_| AtomicU64::new(0)).collect(),
             verified_at: Mutex::new(Instant::now()),
             failed: Mutex::new(HashMap::new()),
+            budget,
             changed: std::sync::atomic::AtomicBool::new(false),
             counters,
-        };
+        });
         // Opened before this stat: if the stat still shows the pinned version, so did they.
         source.verify().await?;
         Ok(source)
@@ -292,6 +331,20 @@ impl StripeSource {
     pub fn handle_closed(&self) -> usize {
         let before = self.handles.fetch_sub(1, Ordering::Relaxed);
         before.saturating_sub(1)
+    }
+
+    /// Handles open on this version now.
+    pub fn handles(&self) -> usize {
+        self.handles.load(Ordering::Relaxed)
+    }
+
+    /// Whether chunk `index` was served in full to every handle ever opened on this version
+    /// (so it was released, and no reader of this version needs it fetched ahead again).
+    pub fn is_consumed(&self, index: u64) -> bool {
+        let Some(served) = self.served.get(index as usize) else { return true };
+        let range = self.plan.range(index);
+        let readers = self.opened.load(Ordering::Relaxed).max(1);
+        served.load(Ordering::Relaxed) >= (range.end - range.start).saturating_mul(readers)
     }
 
     /// Notes that `bytes` of stripe `index` went to a reader. True once the stripe's bytes
@@ -325,10 +378,13 @@ impl StripeSource {
     }
 
     /// [`Self::verify`], at most once per metadata TTL.
-    /// [`Self::verify`], at most once per metadata TTL: the first fetch after the TTL checks,
-    /// the fetches beside it go on (so a NameNode that does not answer holds up one fetch for
-    /// the connect timeout, not every one). Once the file was seen changed, every fetch fails.
-    async fn verify_if_stale(&self) -> Result<(), StoreError> {
+    /// [`Self::verify`], at most once per metadata TTL, in a task of its own: no fetch waits
+    /// for the NameNode. That is safe because every reader was verified to see the pinned
+    /// version when it was opened, and HDFS blocks never change under a reader: what a reader
+    /// returns is the pinned version's bytes or an error (a replaced file's blocks are deleted).
+    /// The check only makes a changed file fail early: once it saw the file changed or gone,
+    /// every fetch of this version fails.
+    fn verify_if_stale(&self) -> Result<(), StoreError> {
         if self.changed.load(Ordering::Relaxed) {
             return Err(changed(&self.key));
         }
@@ -339,11 +395,19 @@ impl StripeSource {
             }
             *at = Instant::now();
         }
-        let result = self.verify().await;
-        if result.as_ref().is_err_and(is_changed) {
-            self.changed.store(true, Ordering::Relaxed);
+        if let Some(me) = self.me.upgrade() {
+            tokio::spawn(async move {
+                match me.verify().await {
+                    Ok(()) => {}
+                    Err(e) if is_changed(&e) => {
+                        me.counters.version_changed.fetch_add(1, Ordering::Relaxed);
+                        me.changed.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(key = %me.key, error = %e, "version check failed"),
+                }
+            });
         }
-        result
+        Ok(())
     }
 
     /// A fresh reader, verified to see the pinned version.
@@ -488,6 +552,11 @@ impl StripeSource {
                         // compete with first reads; try again after another delay.
                         continue;
                     };
+                    let need = self.budget.permits_for(range.end - range.start);
+                    let Ok(memory) = self.budget.permits.try_acquire_many(need) else {
+                        // The in-flight budget is spent: a hedge would hold a second buffer.
+                        continue;
+                    };
                     hedges += 1;
                     self.counters.hedged.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(key = %self.key, ?range, after = ?started.elapsed(), "hedging a slow stripe on a fresh reader");
@@ -512,6 +581,7 @@ impl StripeSource {
                                     }
                                 }
                             };
+                            drop(memory);
                             (result, Some(reader))
                         }
                         .boxed(),
@@ -537,16 +607,27 @@ impl StripeSource {
         }
     }
 
-    /// Fetches one stripe: full length or an error, by `deadline`. A stripe that failed for good
-    /// moments ago fails again at once (see [`FAILED_MEMORY`]).
-    async fn fetch_stripe(&self, index: u64, deadline: Instant) -> Result<Bytes, StoreError> {
-        let range = self.plan.range(index);
+    /// Fetches the chunks `piece` (consecutive, in one HDFS block) with one range read: full
+    /// length or an error, by `deadline`. A piece with a chunk that failed for good moments ago
+    /// fails again at once (see [`FAILED_MEMORY`]).
+    async fn fetch_piece(&self, piece: Range<u64>, deadline: Instant) -> Result<Bytes, StoreError> {
+        let range = self.plan.range(piece.start).start..self.plan.range(piece.end - 1).end;
         let want = range.end - range.start;
         let started = Instant::now();
-        if let Some(err) = self.failed_recently(index) {
+        if let Some(err) = piece.clone().find_map(|i| self.failed_recently(i)) {
             return Err(err);
         }
-        let result = self.fetch_stripe_until(index, range, deadline).await;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let need = self.budget.permits_for(want);
+        let _permit = match tokio::time::timeout(wait, self.budget.permits.acquire_many(need)).await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => {
+                let (op, key) = ("memory for read_range", self.key.clone());
+                return Err(StoreError::Timeout { op, key, after: wait });
+            }
+        };
+        let result = self.fetch_stripe_until(piece.start, range, deadline).await;
         match &result {
             Ok(_) => {
                 self.counters.fetched.fetch_add(1, Ordering::Relaxed);
@@ -554,14 +635,34 @@ impl StripeSource {
             }
             Err(err) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(key = %self.key, stripe = index, elapsed = ?started.elapsed(), error = %err, "stripe failed");
-                lock(&self.failed).insert(index, (Instant::now(), err.to_string()));
+                tracing::warn!(key = %self.key, chunks = ?piece, elapsed = ?started.elapsed(), error = %err, "stripe failed");
+                let mut failed = lock(&self.failed);
+                for i in piece {
+                    failed.insert(i, (Instant::now(), err.to_string()));
+                }
             }
         }
         result
     }
 
-    /// The error to answer at once for a stripe that failed within [`FAILED_MEMORY`].
+    /// `run` cut into pieces for one range read each: consecutive chunks of one HDFS block, at
+    /// most a stripe's worth (`stripe_size`) per piece.
+    fn pieces(&self, run: Range<u64>) -> Vec<Range<u64>> {
+        let per_stripe = (self.config.stripe_size / self.plan.stripe_size.max(1)).max(1);
+        let block_of = |i: u64| self.plan.range(i).start / self.plan.block_size.max(1);
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for i in run {
+            match out.last_mut() {
+                Some(p) if block_of(p.start) == block_of(i) && i - p.start < per_stripe => {
+                    p.end = i + 1
+                }
+                _ => out.push(i..i + 1),
+            }
+        }
+        out
+    }
+
+    /// The error to answer at once for a chunk that failed within [`FAILED_MEMORY`].
     fn failed_recently(&self, index: u64) -> Option<StoreError> {
         let mut failed = lock(&self.failed);
         failed.retain(|_, (at, _)| at.elapsed() < FAILED_MEMORY);
@@ -705,33 +806,36 @@ impl BlockSource for StripeSource {
             block,
             source: Arc::new(e),
         };
-        // One deadline for the whole call, version check included: a reader waiting on these
-        // stripes gets bytes or EIO within the stripe deadline.
+        // One deadline for the whole call: a reader waiting on these chunks gets bytes or EIO
+        // within the stripe deadline.
         let deadline = Instant::now() + self.config.stripe_deadline;
-        match self.verify_if_stale().await {
-            Ok(()) => {}
-            // The NameNode is away: the readers were verified at open and read blocks of the
-            // pinned version from the DataNodes, so they keep serving (a file replaced since
-            // fails on its deleted blocks, then on a fresh reader's check).
-            Err(e) if e.is_retryable() => {
-                tracing::debug!(key = %self.key, error = %e, "version check skipped");
-            }
-            Err(e) => {
-                if is_changed(&e) {
-                    self.counters.version_changed.fetch_add(1, Ordering::Relaxed);
-                }
-                return Err(fail(blocks.start, e));
-            }
+        if let Err(e) = self.verify_if_stale() {
+            return Err(fail(blocks.start, e));
         }
-        let results: Vec<(u64, Result<Bytes, StoreError>)> = futures::stream::iter(
-            blocks.map(|i| async move { (i, self.fetch_stripe(i, deadline).await) }),
+        let pieces = self.pieces(blocks.clone());
+        let results: Vec<(Range<u64>, Result<Bytes, StoreError>)> = futures::stream::iter(
+            pieces
+                .into_iter()
+                .map(|p| async move { (p.clone(), self.fetch_piece(p, deadline).await) }),
         )
         .buffered(self.config.concurrency.max(1))
         .collect()
         .await;
-        let mut out = Vec::with_capacity(results.len());
-        for (index, result) in results {
-            out.push(result.map_err(|e| fail(index, e))?);
+        let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
+        for (piece, result) in results {
+            let bytes = result.map_err(|e| fail(piece.start, e))?;
+            if piece.end - piece.start == 1 {
+                out.push(bytes);
+                continue;
+            }
+            // Copies, not slices: a slice would keep the whole piece's buffer alive while any
+            // one chunk of it stays cached, and the memory budget counts chunks.
+            let base = self.plan.range(piece.start).start;
+            for i in piece {
+                let r = self.plan.range(i);
+                let chunk = bytes.get((r.start - base) as usize..(r.end - base) as usize);
+                out.push(Bytes::copy_from_slice(chunk.unwrap_or_default()));
+            }
         }
         Ok(out)
     }

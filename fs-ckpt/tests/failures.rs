@@ -131,6 +131,26 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
     ns.silence_port(port_of(env.dfs.uri())).expect("silence the NameNode");
     std::thread::sleep(ttl + Duration::from_millis(200));
 
+    // One call waits for the NameNode (up to the connect timeout); calls meanwhile are answered
+    // from what the mount knows, at once.
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            let started = Instant::now();
+            let names = std::fs::read_dir(root).expect("ls with the NameNode silent").count();
+            (names, started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        let md = std::fs::metadata(root.join("c.bin")).expect("stat beside a waiting ls");
+        let took = started.elapsed();
+        eprintln!("NameNode silent: stat beside a waiting ls in {took:?}");
+        assert_eq!(md.len(), 4 * BLOCK + 5);
+        assert!(took < Duration::from_secs(1), "a stat waited {took:?} behind a refresh");
+        let (names, took) = waiting.join().expect("ls thread");
+        assert_eq!(names, 3);
+        assert!(took < timeout + Duration::from_secs(2), "ls took {took:?}");
+    });
+    std::thread::sleep(ttl + Duration::from_millis(200));
     // Listings and attributes: from what the mount knows, within the connect timeout.
     for round in 0..2 {
         let started = Instant::now();

@@ -135,6 +135,8 @@ fn reads_through_the_mount_equal_the_source() {
 
     safetensors_loads_through_the_mount(&env);
     logic_layer_fetches_each_stripe_once(&env, &files[5].1);
+    random_preads_fetch_what_they_read(&env);
+    memory_budget_holds_with_64_readers(&env);
     replaced_file(&env, &swap.1);
     replaced_by_a_longer_file_within_the_ttl(&env);
     cli_mounts_in_daemon_form(&env, &files[5], Form::Helper);
@@ -187,8 +189,8 @@ fn safetensors_loads_through_the_mount(env: &Env) {
 }
 
 /// Straight through `CkptFs` (no kernel): several handles of one version share one fetch per
-/// stripe and release it once all have read it, and opening a large file prefetches all of it
-/// without any read.
+/// chunk and release it once all have read it; opening a file fetches nothing, and a handle
+/// that reads in order gets the rest of the file prefetched without further reads.
 fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     let data = bytes(4242, like.len());
     let len = data.len() as u64;
@@ -197,13 +199,12 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     }
     std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
     let fs = env.fs.clone();
-    let stripes =
-        bootseer_ckpt::stripe::StripePlan::new(len, BLOCK, fs.config().stripe_size).count();
+    let chunks = bootseer_ckpt::stripe::StripePlan::new(len, BLOCK, fs.config().chunk()).count();
     let before = fs.summary();
     let reads = env.runtime.block_on(async {
         let ino = fs.lookup(bootseer_ckpt::fs::ROOT_INO, "logic.bin").await.expect("lookup").ino;
         let mut tasks = Vec::new();
-        // All three open before any reads: a stripe is released once every open handle has
+        // All three open before any reads: a chunk is released once every open handle has
         // been served it, so a handle opened later may fetch it again.
         let mut fhs = Vec::new();
         for _ in 0..3 {
@@ -231,28 +232,221 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
         assert_eq!(sha(&read.expect("reader task")), sha(&data));
     }
     let after = fs.summary();
-    assert_eq!(after.stripes_fetched - before.stripes_fetched, stripes, "{after:?}");
-    // Consumed by all three, every stripe left memory at once rather than by LRU.
-    assert_eq!(after.cache.released - before.cache.released, stripes, "{after:?}");
+    assert_eq!(after.bytes_fetched - before.bytes_fetched, len, "each byte once: {after:?}");
+    // Consumed by all three, every chunk left memory at once rather than by LRU.
+    assert_eq!(after.cache.released - before.cache.released, chunks, "{after:?}");
 
-    // large.bin is above prefetch_threshold: open alone fetches every stripe.
+    // large.bin: an open alone fetches nothing; reading its first `sequential_after` bytes in
+    // order prefetches as far ahead again without further reads, and reading on to the end
+    // fetches every byte once.
     let ino = env
         .runtime
         .block_on(fs.lookup(bootseer_ckpt::fs::ROOT_INO, "large.bin"))
         .expect("lookup")
         .ino;
     let fh = env.runtime.block_on(fs.open(ino)).expect("open").fh;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fs.summary().bytes_fetched, after.bytes_fetched, "an open must fetch nothing");
+    let step = 128 << 10;
+    let mut offset = 0;
+    let read_to = |offset: &mut u64, to: u64| {
+        while *offset < to {
+            let got = env.runtime.block_on(fs.read(fh, *offset, step)).expect("read");
+            assert!(got[..] == data[*offset as usize..*offset as usize + got.len()]);
+            *offset += got.len() as u64;
+        }
+    };
+    let run = fs.config().sequential_after;
+    read_to(&mut offset, run);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while fs.summary().stripes_fetched - after.stripes_fetched < stripes {
-        assert!(
-            Instant::now() < deadline,
-            "whole-file prefetch did not finish: {:?}",
-            fs.summary()
-        );
+    while fs.summary().bytes_fetched - after.bytes_fetched < 2 * run {
+        assert!(Instant::now() < deadline, "no prefetch ahead of a reader: {:?}", fs.summary());
         std::thread::sleep(Duration::from_millis(50));
     }
+    read_to(&mut offset, len);
+    let done = fs.summary();
+    assert_eq!(done.bytes_fetched - after.bytes_fetched, len, "each byte once: {done:?}");
     fs.release(fh).expect("release");
     assert!(matches!(fs.release(fh), Err(bootseer_ckpt::CkptError::BadHandle(_))));
+}
+
+/// Random preads on a fresh mount fetch about what they are served: chunk-aligned misses, no
+/// whole-file prefetch for a reader that never reads in order. Four threads, one handle each,
+/// 1 MiB preads at random offsets of a 24 MiB file (default chunk and sequential settings).
+fn random_preads_fetch_what_they_read(env: &Env) {
+    let data = bytes(5151, 24 * BLOCK as usize + 4321);
+    env.runtime.block_on(env.store.put("random.bin", Bytes::from(data.clone()))).expect("put");
+    let d = bootseer_ckpt::CkptConfig::default();
+    let config = bootseer_ckpt::CkptConfig {
+        chunk_size: d.chunk_size,
+        sequential_after: d.sequential_after,
+        prefetch_threshold: d.prefetch_threshold,
+        stripe_size: d.stripe_size,
+        ..support::test_config()
+    };
+    let (fs, mount) = support::mount_again(env, config);
+    let path = mount.path().join("random.bin");
+    let len = data.len() as u64;
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (path, data) = (&path, &data);
+            s.spawn(move || {
+                let file = std::fs::File::open(path).expect("open");
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
+                let mut buf = vec![0u8; 1 << 20];
+                for _ in 0..12 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let offset = rng % (len - buf.len() as u64);
+                    file.read_exact_at(&mut buf, offset).expect("pread");
+                    let at = offset as usize;
+                    assert!(buf[..] == data[at..at + buf.len()], "pread at {offset}");
+                }
+            });
+        }
+    });
+    let summary = fs.summary();
+    let ratio = summary.bytes_fetched as f64 / summary.bytes_read as f64;
+    eprintln!(
+        "random preads: served {} B, fetched {} B ({ratio:.3}x), stall {:.2} s",
+        summary.bytes_read, summary.bytes_fetched, summary.stall_secs
+    );
+    // Some preads overlap pages the kernel already holds; most reach the daemon.
+    assert!(summary.bytes_read >= 12 << 20, "{summary:?}");
+    assert!(ratio <= 1.1, "random preads fetched {ratio:.3} x what they were served: {summary:?}");
+    drop(mount);
+}
+
+/// The daemon binary with `--memory 32M`, 64 threads doing random 1 MiB O_DIRECT preads of a
+/// 64 MiB file in 16 MiB HDFS blocks (default stripes: 8 MiB) for 6 s: its RSS, sampled every
+/// 50 ms, stays
+/// under the budget plus a fixed 64 MiB for the runtime, the HDFS client and FUSE buffers.
+fn memory_budget_holds_with_64_readers(env: &Env) {
+    const MEMORY: u64 = 32 << 20;
+    const OVERHEAD: u64 = 64 << 20;
+    let data = bytes(6464, 64 << 20);
+    let put = env.store.put_with_block_size("rss.bin", Bytes::from(data.clone()), Some(16 << 20));
+    env.runtime.block_on(put).expect("put rss.bin");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mkdir");
+    let summary = dir.path().join("summary.json");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_bootseer-ckpt"))
+        .arg("mount")
+        .arg(&env.url)
+        .arg(&mountpoint)
+        .args(["-f", "--memory", "32M", "--conf-dir"])
+        .arg(env.dfs.conf_dir())
+        .arg("--summary")
+        .arg(&summary)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the daemon");
+    let started = Instant::now();
+    while !bootseer_common::mount::is_mounted(&mountpoint) {
+        if started.elapsed() > Duration::from_secs(30) || daemon.try_wait().ok().flatten().is_some()
+        {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            panic!("the daemon did not mount within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss = |pid: u32| -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb << 10)
+    };
+    let pid = daemon.id();
+    let path = mountpoint.join("rss.bin");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (samples, mut latencies) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.extend(rss(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        });
+        let readers: Vec<_> = (0..64u64)
+            .map(|t| {
+                let (path, data) = (&path, &data);
+                s.spawn(move || {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    // O_DIRECT: every pread reaches the daemon, not the page cache.
+                    let file = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(path)
+                        .expect("open O_DIRECT");
+                    let mut rng = 0xD1B5_4A32_D192_ED03u64 ^ (t * 7 + 1);
+                    let mut backing = vec![0u8; (1 << 20) + 4096];
+                    let skew = backing.as_ptr().align_offset(4096);
+                    let buf = &mut backing[skew..skew + (1 << 20)];
+                    let mut took = Vec::new();
+                    let end = Instant::now() + Duration::from_secs(6);
+                    while Instant::now() < end {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let offset = rng % (data.len() - buf.len()) as u64 / 4096 * 4096;
+                        let t0 = Instant::now();
+                        file.read_exact_at(buf, offset).expect("pread");
+                        took.push(t0.elapsed());
+                        let at = offset as usize;
+                        assert!(buf[..] == data[at..at + buf.len()], "pread at {offset}");
+                    }
+                    took
+                })
+            })
+            .collect();
+        let latencies: Vec<Duration> =
+            readers.into_iter().flat_map(|r| r.join().expect("reader")).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (sampler.join().expect("sampler"), latencies)
+    });
+    let umount = std::process::Command::new("umount").arg(&mountpoint).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while daemon.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = daemon.wait();
+    assert!(umount.is_ok_and(|s| s.success()), "umount failed");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("json");
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    let max_rss = samples.iter().copied().max().unwrap_or(0);
+    let mut sorted = samples.clone();
+    sorted.sort();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "64 readers, --memory 32M: {} preads, p50 {:?} p99 {:?} max {:?}; RSS median {:.0} MiB, \
+         max {:.0} MiB ({} samples); served {} fetched {} ({:.3}x)",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or_default(),
+        mib(sorted.get(sorted.len() / 2).copied().unwrap_or(0)),
+        mib(max_rss),
+        samples.len(),
+        json["bytes_read"],
+        json["bytes_fetched"],
+        json["fetched_per_served"].as_f64().unwrap_or(0.0),
+    );
+    assert!(samples.len() > 50, "too few RSS samples: {}", samples.len());
+    assert!(
+        max_rss <= MEMORY + OVERHEAD,
+        "daemon RSS reached {:.0} MiB with --memory 32M (allowed {:.0} MiB)",
+        mib(max_rss),
+        mib(MEMORY + OVERHEAD)
+    );
 }
 
 /// An open handle never mixes versions: after the file is replaced it reads old bytes or EIO;

@@ -389,6 +389,67 @@ impl BlockCache {
         wait(&mut rx, source.id(), index).await
     }
 
+    /// Blocks `blocks` of `source`, for a reader that waits for all of them: cached ones come
+    /// from memory, ones under way are joined (queued prefetch is promoted), and the others are
+    /// fetched on demand in one fill, so the source sees consecutive misses as one run (one
+    /// request), not one call per block. The first failure is returned.
+    pub async fn get_many(
+        &self,
+        source: &DynSource,
+        blocks: std::ops::Range<u64>,
+    ) -> Result<Vec<Bytes>, CacheError> {
+        let inner = &self.inner;
+        let count = source.block_count();
+        if blocks.end > count {
+            let block = blocks.end - 1;
+            return Err(CacheError::OutOfRange { blob: source.id().into(), block, count });
+        }
+        let blob: Arc<str> = source.id().into();
+        let mut slots: Vec<Result<Bytes, watch::Receiver<Outcome>>> = Vec::new();
+        let mut to_fill = Vec::new();
+        {
+            let mut flights = lock(&inner.flights);
+            for index in blocks.clone() {
+                let key = BlockKey { blob: blob.clone(), index };
+                if let Some(data) = lock(&inner.mem).blocks.get(&key) {
+                    bump(&inner.counters.hits_memory, 1);
+                    ::metrics::counter!(m::CACHE_HIT_MEMORY).increment(1);
+                    slots.push(Ok(data.clone()));
+                    continue;
+                }
+                match flights.get_mut(&key) {
+                    Some(flight) => {
+                        if flight.running {
+                            bump(&inner.counters.joined, 1);
+                        } else {
+                            flight.running = true;
+                            bump(&inner.counters.promoted, 1);
+                            to_fill.push(index);
+                        }
+                        slots.push(Err(flight.tx.subscribe()));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        flights.insert(key, Flight { tx, running: true });
+                        to_fill.push(index);
+                        slots.push(Err(rx));
+                    }
+                }
+            }
+        }
+        if !to_fill.is_empty() {
+            self.spawn_fill(source.clone(), to_fill, Priority::OnDemand);
+        }
+        let mut out = Vec::with_capacity(slots.len());
+        for (index, slot) in blocks.zip(slots) {
+            out.push(match slot {
+                Ok(data) => data,
+                Err(mut rx) => wait(&mut rx, source.id(), index).await?,
+            });
+        }
+        Ok(out)
+    }
+
     /// Queues `blocks` of `source` for prefetch at `priority` and waits until each is cached or
     /// failed; the first failure is returned. Blocks already cached or under way are not fetched
     /// again. Dropping the future does not cancel the queued work.

@@ -249,6 +249,36 @@ impl HdfsStore {
         Ok(())
     }
 
+    /// [`Store::put`] with an HDFS block size for the new file (`None`: the NameNode's
+    /// default), for tests and benchmarks that need files of other block sizes.
+    pub async fn put_with_block_size(
+        &self,
+        key: &str,
+        data: Bytes,
+        block_size: Option<u64>,
+    ) -> StoreResult<()> {
+        const OP: &str = "put";
+        let path = self.path(key)?;
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        let tmp = format!("{dir}/.{name}.tmp-{}-{:016x}", std::process::id(), fastrand::u64(..));
+        let write = async {
+            let mut options = WriteOptions::default().create_parent(true).overwrite(false);
+            if let Some(size) = block_size {
+                options = options.block_size(size);
+            }
+            let mut writer = self.client.create(&tmp, options).await?;
+            writer.write_bytes(data).await?;
+            writer.close().await?;
+            self.client.rename(&tmp, &path, true).await
+        };
+        let result = guarded(OP, key, write).await;
+        if result.is_err() {
+            // Best effort: a temporary name is invisible to `list`, and a later put uses another.
+            let _ = guarded(OP, key, self.client.delete(&tmp, false)).await;
+        }
+        result
+    }
+
     /// Opens `key` for reading: one NameNode RPC that fetches all its block locations.
     pub async fn open_reader(&self, key: &str) -> StoreResult<HdfsReader> {
         let path = self.path(key)?;
@@ -417,23 +447,7 @@ impl Store for HdfsStore {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
-        const OP: &str = "put";
-        let path = self.path(key)?;
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-        let tmp = format!("{dir}/.{name}.tmp-{}-{:016x}", std::process::id(), fastrand::u64(..));
-        let write = async {
-            let options = WriteOptions::default().create_parent(true).overwrite(false);
-            let mut writer = self.client.create(&tmp, options).await?;
-            writer.write_bytes(data).await?;
-            writer.close().await?;
-            self.client.rename(&tmp, &path, true).await
-        };
-        let result = guarded(OP, key, write).await;
-        if result.is_err() {
-            // Best effort: a temporary name is invisible to `list`, and a later put uses another.
-            let _ = guarded(OP, key, self.client.delete(&tmp, false)).await;
-        }
-        result
+        self.put_with_block_size(key, data, None).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

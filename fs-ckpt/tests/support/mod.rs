@@ -32,11 +32,13 @@ pub fn sha(data: &[u8]) -> String {
 pub fn test_config() -> CkptConfig {
     CkptConfig {
         stripe_size: 256 << 10,
+        chunk_size: 64 << 10,
         concurrency: 8,
         readers: 3,
         memory_bytes: 64 << 20,
         prefetch_threshold: 4 << 20,
         initial_window: 2,
+        sequential_after: 1 << 20,
         stripe_deadline: Duration::from_secs(8),
         attempt_timeout: Duration::from_secs(3),
         hedge_after: Duration::from_secs(1),
