@@ -102,6 +102,14 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Build and publish what is not stored yet (as `run` on a miss), then take the stack down:
+    /// for a build node that fills the store ahead of the job's starts.
+    Capture {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Print each step's key and its canonical input manifest as JSON.
     Key {
         #[command(flatten)]
@@ -301,6 +309,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { key, store } => {
             let report = run::run(&key_options(key)?, &store_options(store)?)?;
+            out(serde_json::to_string_pretty(&report)?);
+        }
+        Command::Capture { key, store } => {
+            let key = key_options(key)?;
+            let store = store_options(store)?;
+            let report = run::run(&key, &store)?;
+            run::umount(&key.target, &store.state_root)?;
             out(serde_json::to_string_pretty(&report)?);
         }
         Command::Key { key } => {

@@ -486,13 +486,43 @@ fn stored_snapshots_mount_by_key_and_through_mount_fuse3() {
     std::fs::create_dir_all(&target).expect("target");
     std::fs::write(target.join("base"), "base\n").expect("base");
     let ts = target.display().to_string();
-    let script = format!("echo one > {ts}/one && rm {ts}/base");
-    let run = ok(&s.run(&store, &target, &[], &["sh", "-c", &script]), "run");
+    // Owners, modes, ns mtimes and xattrs of what the command wrote survive the round trip.
+    let script = format!(
+        "echo one > {ts}/one && rm {ts}/base && chown 1234:5678 {ts}/one && chmod 0640 {ts}/one \
+         && touch -d '2024-02-29 12:34:56.123456789' {ts}/one \
+         && python3 -c 'import os, sys; os.setxattr(sys.argv[1], \"user.bootseer.test\", b\"v1\")' {ts}/one \
+         && cp -a {ts} {reference}",
+        reference = s.path("ref").display()
+    );
+    // `capture` builds and publishes, and leaves nothing stacked.
+    let state = s.state().display().to_string();
+    let out = s.deps(&[
+        "capture",
+        "--store",
+        &store,
+        "--state-dir",
+        &state,
+        "--target",
+        &ts,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let run = ok(&out, "capture");
+    assert_eq!(outcomes(&run), ["miss"]);
+    assert!(!is_mounted(&target), "capture left the target covered");
     let key = keys(&run)[0].clone();
+    let out = s.run(&store, &target, &[], &["sh", "-c", &script]);
+    assert_eq!(outcomes(&ok(&out, "run after capture")), ["hit"]);
+    let (want, got) = (walk(&s.path("ref")), walk(&target));
+    assert_eq!(diff(&want, &got), Vec::<String>::new(), "owners, modes, mtimes, xattrs");
+    let one = &got["one"];
+    assert_eq!((one.uid, one.gid, one.mode & 0o7777, one.mtime.1), (1234, 5678, 0o640, 123456789));
+    assert_eq!(one.xattrs.get("user.bootseer.test").map(Vec::as_slice), Some(&b"v1"[..]));
     ok(&s.umount(&target), "umount");
 
     // `mount --target DIR KEY`: the same stack without running anything.
-    let state = s.state().display().to_string();
     let out = s.deps(&["mount", "--store", &store, "--state-dir", &state, "--target", &ts, &key]);
     ok(&out, "mount by key");
     assert_eq!(std::fs::read_to_string(target.join("one")).expect("one"), "one\n");
