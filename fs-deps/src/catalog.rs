@@ -145,12 +145,18 @@ impl Catalog {
 
     /// Converts the overlay upper `upper` into the snapshot of `manifest` and publishes it.
     /// Blobs go first, the index (with the manifest) last and in one put.
-    pub async fn publish(&self, upper: &Path, manifest: &Manifest) -> anyhow::Result<String> {
+    pub async fn publish(
+        &self,
+        upper: &Path,
+        manifest: &Manifest,
+        block_size: u32,
+    ) -> anyhow::Result<String> {
         let key = manifest.key();
         let layer = self.layer(&key)?;
         let upper_owned = upper.to_path_buf();
         let (meta, blobs) = tokio::task::spawn_blocking(move || {
-            let config = ConvertConfig { overlay_upper: true, ..ConvertConfig::default() };
+            let config =
+                ConvertConfig { overlay_upper: true, block_size, ..ConvertConfig::default() };
             build::build_from_dir_with(&upper_owned, &config, &Progress::default())
         })
         .await

@@ -91,6 +91,9 @@ struct StoreArgs {
     /// Mount options for the snapshot mounts (allow_other, memory=…).
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
+    /// Bytes of file data per block of the snapshots this run publishes (k/M suffixes).
+    #[arg(long, default_value = "256K")]
+    block_size: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +247,10 @@ fn store_options(a: StoreArgs) -> anyhow::Result<StoreOptions> {
         workload: a.workload,
         fallback_install: a.fallback_install,
         layer_options,
+        block_size: u32::try_from(
+            bootseer_common::units::parse_size(&a.block_size).map_err(anyhow::Error::msg)?,
+        )
+        .context("--block-size too large")?,
     })
 }
 

@@ -71,6 +71,8 @@ pub struct StoreOptions {
     pub fallback_install: bool,
     /// Extra `-o` options for the layer daemons (`allow_other`, `memory=…`).
     pub layer_options: Vec<(String, String)>,
+    /// Bytes of file data per block of a published snapshot.
+    pub block_size: u32,
 }
 
 impl Default for StoreOptions {
@@ -85,6 +87,7 @@ impl Default for StoreOptions {
             workload: "default".into(),
             fallback_install: false,
             layer_options: Vec::new(),
+            block_size: DEFAULT_BLOCK_SIZE,
         }
     }
 }
@@ -129,6 +132,12 @@ pub struct CommandFailed {
     /// Its status.
     pub status: std::process::ExitStatus,
 }
+
+/// Block size of published snapshots. Smaller than an image's 1 MiB: an `import` touches many
+/// small files spread over a site-packages tree and pages of big shared objects, so every
+/// block fetched for them carries neighbours nobody reads (measured with
+/// scripts/bench/deps-restore: see the README).
+pub const DEFAULT_BLOCK_SIZE: u32 = 256 << 10;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -324,7 +333,7 @@ fn stack_step(
         if !captured.status.success() {
             return Err(CommandFailed { step, status: captured.status }.into());
         }
-        match rt.block_on(catalog.publish(&captured.upper, m)) {
+        match rt.block_on(catalog.publish(&captured.upper, m, s.block_size)) {
             Ok(_) => Ok(true),
             Err(e) if s.fallback_install => {
                 eprintln!(
