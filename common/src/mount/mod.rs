@@ -78,11 +78,17 @@ impl Default for MountConfig {
     }
 }
 
-/// Whether `fusermount3` is on the PATH (required for `auto_unmount`).
+/// The search path of a process started without `PATH`, as `/bin/sh` and execvp use it.
+/// mount(8) runs its helpers (mount.fuse3, then the daemon) without one.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whether `fusermount3` is installed (required for `auto_unmount`): on `PATH`, or on the
+/// default search path when `PATH` is unset (fuser finds it there too). Without it fuser mounts
+/// with mount(2) itself, which loses `auto_unmount` and the subtype (`fuse`, not
+/// `fuse.bootseer-image`, in /proc/mounts).
 pub fn have_fusermount3() -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("fusermount3").is_file())
-    })
+    let paths = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    std::env::split_paths(&paths).any(|dir| dir.join("fusermount3").is_file())
 }
 
 impl MountConfig {
@@ -246,12 +252,48 @@ impl MountArgs {
             }
         }
         let [source, mountpoint] = <[String; 2]>::try_from(positional).ok()?;
+        drop_mount_fuse_tail(&mut options);
         Some(Self { source, mountpoint: mountpoint.into(), options })
     }
 
     /// The value of option `key`, if given.
     pub fn option(&self, key: &str) -> Option<&str> {
         self.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Drops the `dev`/`suid` that `mount.fuse3` appends on its own.
+///
+/// `mount.fuse3` (what `mount -t fuse.NAME`, fstab and systemd units run) gives root mounts
+/// mount(8)'s defaults by appending `dev` unless `nodev` was given and then `suid` unless
+/// `nosuid` was given. That tail is not the user asking for setuid binaries or devices, and
+/// bootseer's defaults are `nosuid,nodev` (DESIGN "Production defaults"), so a list ending in
+/// exactly that tail loses it. `suid`/`dev` written anywhere before it still count (an fstab
+/// `suid` arrives as `suid,…,dev,suid`). Called directly, a list that happens to end in the same
+/// tail (`-o dev,suid`) loses it too: the mistake falls on the safe side.
+pub(crate) fn drop_mount_fuse_tail(options: &mut Vec<(String, String)>) {
+    let flag = |(k, v): &(String, String), name: &str| k == name && v.is_empty();
+    // What mount.fuse3 appends, in its order, and the option that stops it.
+    const TAIL: [(&str, &str); 2] = [("dev", "nodev"), ("suid", "nosuid")];
+    // Try the longest tail mount.fuse3 could have written first: the prefix before it decides
+    // which flags it appended.
+    for take in [2usize, 1] {
+        if options.len() < take {
+            continue;
+        }
+        let (prefix, end) = options.split_at(options.len() - take);
+        let expected: Vec<&str> = TAIL
+            .iter()
+            .filter(|(_, negation)| !prefix.iter().any(|o| flag(o, negation)))
+            .map(|(name, _)| *name)
+            .collect();
+        if !expected.is_empty()
+            && expected.len() == take
+            && end.iter().zip(&expected).all(|(o, name)| flag(o, name))
+        {
+            options.truncate(prefix.len());
+            return;
+        }
     }
 }
 
@@ -560,6 +602,31 @@ mod tests {
         assert!(MountArgs::parse_helper(&args("a b c")).is_none());
         let b = MountArgs::parse_helper(&args("src /m -n -oro")).expect("compact -o");
         assert_eq!(b.options, vec![("ro".to_string(), String::new())]);
+    }
+
+    #[test]
+    fn the_dev_suid_tail_of_mount_fuse3_is_not_a_request() {
+        let keys = |s: &str| -> Vec<String> {
+            MountArgs::parse_helper(&args(&format!("src /m -o {s}")))
+                .expect("helper form")
+                .options
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        // What mount.fuse3 passes for `-o ro`, `-o ro,nosuid`, `-o ro,nodev`, `-o suid`,
+        // `-o nosuid,nodev`.
+        assert_eq!(keys("ro,trace=off,dev,suid"), ["ro", "trace"]);
+        assert_eq!(keys("ro,nosuid,dev"), ["ro", "nosuid"]);
+        assert_eq!(keys("ro,nodev,suid"), ["ro", "nodev"]);
+        assert_eq!(keys("suid,allow_other,dev,suid"), ["suid", "allow_other"]);
+        assert_eq!(keys("ro,nosuid,nodev"), ["ro", "nosuid", "nodev"]);
+        // Called directly: flags the user wrote stay.
+        assert_eq!(keys("suid,allow_other"), ["suid", "allow_other"]);
+        assert_eq!(keys("allow_other,suid"), ["allow_other", "suid"]);
+        assert_eq!(keys("dev"), ["dev"]);
+        // A value is not mount.fuse3's bare flag.
+        assert_eq!(keys("dev=1,suid=1"), ["dev", "suid"]);
     }
 
     #[test]
