@@ -10,9 +10,9 @@
 //!  manifest bytes ─► index (OCI / Docker list)? ─► pick linux/amd64 ─► child manifest (checked)
 //!                 ─► image manifest (OCI / Docker v2 schema 2) ─► every layer's media type known?
 //!  layers[i] ─► bytes ─► sha256 and size == descriptor? ─► tar | tar+gzip | tar+zstd ─► apply
-//!    each tar entry ─► path checked (no absolute, no `..`, no write through a symlink)
+//!    each tar entry ─► path checked (absolute names rooted, no `..`, no write through a symlink)
 //!      `.wh..wh..opq` ─► drop the directory's entries from lower layers
-//!      `.wh.NAME`     ─► drop NAME
+//!      `.wh.NAME`     ─► drop NAME if a lower layer put it there
 //!      dir over dir   ─► attributes replaced, entries kept (overlay semantics)
 //!      anything else  ─► replaces the entry; file bytes ─► layer i's BlobWriter (blob i)
 //!  Tree (arena; hardlinks share a node) ─► Metadata (reachable nodes only, renumbered)
@@ -380,11 +380,10 @@ fn dir_inode(mode: u32) -> Inode {
     }
 }
 
-/// Splits a tar path into checked components.
+/// Splits a tar path into checked components. An absolute name is rooted inside the image, as
+/// `umoci unpack` and the container runtimes do (`umoci insert IMAGE SRC /` writes a member named
+/// `/`); `..` stays refused wherever it appears.
 fn components(entry: &str) -> Result<Vec<String>> {
-    if entry.starts_with('/') {
-        return Err(LayerError::convert(entry, "absolute path in layer"));
-    }
     let mut out = Vec::new();
     for c in entry.split('/') {
         match c {
@@ -589,7 +588,11 @@ fn apply_entries(
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            tree.nodes[parent].children.remove(hidden);
+            // Whiteouts apply to lower layers only (OCI image spec, "Whiteouts"): an entry this
+            // layer added itself stays.
+            if !edits.has(parent, hidden) {
+                tree.nodes[parent].children.remove(hidden);
+            }
             continue;
         }
         let header = entry.header().clone();
@@ -855,7 +858,15 @@ mod tests {
         use tar::EntryType as T;
         for (entries, want) in [
             (vec![("../evil", T::Regular, &b"x"[..], "")], "../evil"),
-            (vec![("/abs", T::Regular, &b"x"[..], "")], "/abs"),
+            (vec![("/../evil", T::Regular, &b"x"[..], "")], "/../evil"),
+            (vec![("a/../../evil", T::Regular, &b"x"[..], "")], "escapes the root"),
+            (
+                vec![
+                    ("/l", T::Symlink, &b""[..], "/etc"),
+                    ("/l/passwd", T::Regular, &b"x"[..], ""),
+                ],
+                "writes through a symlink",
+            ),
             (
                 vec![("l", T::Symlink, &b""[..], "/etc"), ("l/passwd", T::Regular, &b"x"[..], "")],
                 "writes through a symlink",
@@ -865,6 +876,57 @@ mod tests {
             let err = apply(&[layer(&entries)]).expect_err("must be refused").to_string();
             assert!(err.contains(want), "{err} lacks {want}");
         }
+    }
+
+    /// Issue 10 item 11: what `umoci insert IMAGE SRC /` writes (a member named `/`) and absolute
+    /// names are rooted inside the image, hardlink targets too.
+    #[test]
+    fn absolute_names_are_rooted_inside_the_image() {
+        use tar::EntryType as T;
+        let lower = layer(&[("etc/", T::Directory, b"", ""), ("etc/os", T::Regular, b"1", "")]);
+        let upper = layer(&[
+            ("/", T::Directory, b"", ""),
+            ("/abs/path", T::Regular, b"22", ""),
+            ("/etc/extra", T::Regular, b"333", ""),
+            ("/h", T::Link, b"", "/abs/path"),
+        ]);
+        let meta = apply(&[lower, upper]).expect("absolute names");
+        assert_eq!(names(&meta, 0), ["abs", "etc", "h"]);
+        let child = |dir: usize, name: &str| match &meta.inodes[dir].kind {
+            Kind::Dir { entries } => {
+                entries.iter().find(|e| e.name == name).map(|e| e.inode as usize)
+            }
+            _ => None,
+        };
+        assert_eq!(names(&meta, child(0, "etc").expect("etc")), ["extra", "os"]);
+        let path = child(child(0, "abs").expect("abs"), "path").expect("abs/path");
+        assert_eq!(child(0, "h"), Some(path), "the hardlink is rooted too");
+        assert!(matches!(meta.inodes[path].kind, Kind::File { size: 2, .. }));
+    }
+
+    /// Issue 10 item 10: a `.wh.NAME` hides NAME from lower layers only; the same layer's own
+    /// NAME stays, before or after the whiteout in the tar.
+    #[test]
+    fn a_whiteout_does_not_remove_what_its_own_layer_added() {
+        use tar::EntryType as T;
+        let lower = layer(&[
+            ("d/", T::Directory, b"", ""),
+            ("d/gone", T::Regular, b"1", ""),
+            ("d/replaced", T::Regular, b"2", ""),
+        ]);
+        let upper = layer(&[
+            ("d/replaced", T::Regular, b"new bytes", ""),
+            ("d/.wh.replaced", T::Regular, b"", ""),
+            ("d/mine", T::Regular, b"3", ""),
+            ("d/.wh.mine", T::Regular, b"", ""),
+            ("d/.wh.gone", T::Regular, b"", ""),
+        ]);
+        let meta = apply(&[lower, upper]).expect("apply");
+        let d = match &meta.inodes[0].kind {
+            Kind::Dir { entries } => entries[0].inode as usize,
+            _ => unreachable!("the root is a directory"),
+        };
+        assert_eq!(names(&meta, d), ["mine", "replaced"]);
     }
 
     #[test]
