@@ -824,3 +824,41 @@ fn the_binary_refuses_a_regular_file_as_mount_point() {
         assert_eq!(std::fs::read(&file).expect("read"), b"plain file");
     }
 }
+
+/// Issue 10 item 11: mounting an image that is not there says which is missing — the store or
+/// the image in it — and names the missing key once, not three times.
+#[test]
+fn a_missing_store_or_image_is_named_once() {
+    let _shared = shared();
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("hello"), b"hi").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    convert_with_binary(src.path(), store_dir.path(), "here:v1");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let store = store_dir.path().display().to_string();
+    for (reference, want, key) in [
+        (
+            format!("file://{store}/nope:v1"),
+            format!("no image nope:v1 in store file://{store}"),
+            "images/nope/v1",
+        ),
+        (
+            format!("file://{store}/missing-store/here:v1"),
+            format!("store file://{store}/missing-store does not exist"),
+            "images/here/v1",
+        ),
+    ] {
+        let out = run_bounded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+                .arg(&reference)
+                .arg(mnt.path())
+                .args(["-o", "trace=off"]),
+            "mount a missing image",
+        );
+        let _guard = UmountOnDrop(mnt.path().to_path_buf());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{reference} mounted");
+        assert!(stderr.contains(&want), "{stderr:?} does not say {want:?}");
+        assert_eq!(stderr.matches(key).count(), 1, "{stderr:?} repeats {key}");
+    }
+}

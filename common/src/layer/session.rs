@@ -157,9 +157,27 @@ async fn read_blob(store: &DynStore, desc: &Descriptor, max: u64) -> Result<Byte
 }
 
 /// Loads the index of `image` from `store` (checked to be a bootseer layer).
+/// A missing index says which is missing: the store itself (a `file://` directory that does not
+/// exist) or the image in it. The error stays a [`LayerError::Store`] with
+/// [`StoreError::NotFound`] (callers tell "not there" from "cannot answer" by it).
 pub async fn load_index(store: &DynStore, image: &LayerRef) -> Result<Index> {
     let key = image.index_key();
-    Index::decode(&read_all(store, &key, MAX_INDEX_BYTES).await?, media::ARTIFACT)
+    let data = match read_all(store, &key, MAX_INDEX_BYTES).await {
+        Err(LayerError::Store { source: source @ StoreError::NotFound { .. }, .. }) => {
+            let local_root = crate::store::local::LocalStore::open(&image.store_url)
+                .ok()
+                .map(|s| s.root().to_path_buf());
+            let what = match local_root {
+                Some(root) if !root.is_dir() => {
+                    format!("store {} does not exist", image.store_url)
+                }
+                _ => format!("no image {}:{} in store {}", image.name, image.tag, image.store_url),
+            };
+            return Err(LayerError::store(what, source));
+        }
+        other => other?,
+    };
+    Index::decode(&data, media::ARTIFACT)
 }
 
 /// Loads the metadata of `image` from `store`.

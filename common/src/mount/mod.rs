@@ -515,7 +515,7 @@ pub fn run_daemon(
         && let Err(e) = write_atomic(p, format!("{}\n", std::process::id()).as_bytes())
     {
         let e = anyhow::anyhow!("writing the pidfile {}: {e}", p.display());
-        ready.failed(&format!("{e:#}"));
+        ready.failed(&error_chain(&e));
         return Err(e);
     }
     let result = body(&mut ready, signals);
@@ -525,10 +525,28 @@ pub fn run_daemon(
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
-            ready.failed(&format!("{e:#}"));
+            ready.failed(&error_chain(&e));
             Err(e)
         }
     }
+}
+
+/// `e` and its causes as one line (`outer: inner: …`), leaving out a cause whose text the line
+/// already holds: error types that print their source in their own message would otherwise
+/// repeat it.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Refuses a mount point that is not an existing directory, before anything is mounted (a
@@ -627,6 +645,18 @@ mod tests {
         assert_eq!(keys("dev"), ["dev"]);
         // A value is not mount.fuse3's bare flag.
         assert_eq!(keys("dev=1,suid=1"), ["dev", "suid"]);
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "images/a/v1: not found");
+        let e = anyhow::Error::new(inner)
+            .context("no image a:v1 in store file:///s: images/a/v1: not found")
+            .context("loading file:///s/a:v1");
+        assert_eq!(
+            error_chain(&e),
+            "loading file:///s/a:v1: no image a:v1 in store file:///s: images/a/v1: not found"
+        );
     }
 
     #[test]
