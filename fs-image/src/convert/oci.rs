@@ -7,7 +7,7 @@
 //!  oci:   index.json ─(ref.name = TAG)─► descriptor ─┐
 //!  docker: manifests/TAG or manifests/sha256:… ───────┤
 //!                                                     ▼
-//!  manifest bytes ─► index (OCI / Docker list)? ─► pick linux/amd64 ─► child manifest (checked)
+//!  manifest bytes ─► index (OCI / Docker list)? ─► pick --platform ─► child manifest (checked)
 //!                 ─► image manifest (OCI / Docker v2 schema 2) ─► every layer's media type known?
 //!  layers[i] ─► bytes ─► sha256 and size == descriptor? ─► tar | tar+gzip | tar+zstd ─► apply
 //!    each tar entry ─► path checked (absolute names rooted, no `..`, no write through a symlink)
@@ -40,10 +40,52 @@ use bootseer_common::layer::progress::Progress;
 /// The OCI annotation naming a manifest's tag in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// The platform picked from an image index. One fixed platform: the images bootseer mounts run
-/// on x86-64 Linux hosts.
-const PLATFORM_OS: &str = "linux";
-const PLATFORM_ARCH: &str = "amd64";
+/// The platform wanted from an image index (`ConvertConfig::platform`, `OS/ARCH[/VARIANT]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    os: String,
+    arch: String,
+    variant: Option<String>,
+}
+
+impl Wanted {
+    fn parse(spec: &str) -> Result<Self> {
+        let parts: Vec<&str> = spec.split('/').collect();
+        let ok =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        match parts[..] {
+            [os, arch] if ok(os) && ok(arch) => {
+                Ok(Self { os: os.into(), arch: arch.into(), variant: None })
+            }
+            [os, arch, variant] if ok(os) && ok(arch) && ok(variant) => {
+                Ok(Self { os: os.into(), arch: arch.into(), variant: Some(variant.into()) })
+            }
+            _ => Err(LayerError::Reference {
+                reference: spec.to_string(),
+                reason: "a platform is OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The variant an entry without one means (the architecture's baseline).
+    fn baseline_variant(&self) -> Option<&'static str> {
+        match self.arch.as_str() {
+            "amd64" => Some("v1"),
+            "arm64" => Some("v8"),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.variant {
+            Some(v) => write!(f, "{}/{}/{v}", self.os, self.arch),
+            None => write!(f, "{}/{}", self.os, self.arch),
+        }
+    }
+}
 
 /// Indexes nest (an index naming an index); real ones at most once. The bound stops a chain.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -188,18 +230,34 @@ fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
     Ok(Manifest::Image(m.layers.ok_or_else(|| bad("an image manifest without layers".into()))?))
 }
 
-/// The linux/amd64 entry of an index: the one without a variant (or `v1`) first, then any other
-/// amd64 variant. An index whose only entry names no platform is taken to be that entry.
-fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a OciDescriptor> {
+/// The entry of an index for `wanted`. Without a wanted variant: the entry without one (or with
+/// the architecture's baseline, `v1` for amd64, `v8` for arm64) first, then any other variant.
+/// With one: that variant, an entry without a variant standing for the baseline. An index whose
+/// only entry names no platform is taken to be that entry.
+fn pick_platform<'a>(
+    entries: &'a [OciDescriptor],
+    wanted: &Wanted,
+    what: &str,
+) -> Result<&'a OciDescriptor> {
     let ours = |d: &&OciDescriptor| {
-        d.platform.as_ref().is_some_and(|p| p.os == PLATFORM_OS && p.architecture == PLATFORM_ARCH)
+        d.platform.as_ref().is_some_and(|p| p.os == wanted.os && p.architecture == wanted.arch)
     };
-    let baseline = |d: &&OciDescriptor| {
-        d.platform.as_ref().is_some_and(|p| p.variant.as_deref().is_none_or(|v| v == "v1"))
+    let variant = |d: &&OciDescriptor| {
+        d.platform
+            .as_ref()
+            .and_then(|p| p.variant.as_deref())
+            .filter(|v| !v.is_empty())
+            .or(wanted.baseline_variant())
+            .map(str::to_string)
     };
-    if let Some(d) =
-        entries.iter().filter(ours).find(baseline).or_else(|| entries.iter().find(ours))
-    {
+    let chosen = match &wanted.variant {
+        Some(v) => entries.iter().filter(ours).find(|d| variant(d).as_deref() == Some(v)),
+        None => {
+            let baseline = |d: &&OciDescriptor| variant(d).as_deref() == wanted.baseline_variant();
+            entries.iter().filter(ours).find(baseline).or_else(|| entries.iter().find(ours))
+        }
+    };
+    if let Some(d) = chosen {
         return Ok(d);
     }
     if let [only] = entries
@@ -220,7 +278,7 @@ fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a Oci
     Err(LayerError::convert(
         what,
         format!(
-            "no {PLATFORM_OS}/{PLATFORM_ARCH} image in the index (it has: {})",
+            "no {wanted} image in the index (it has: {}); choose one with --platform",
             have.join(", ")
         ),
     ))
@@ -269,6 +327,7 @@ pub(crate) fn build_from_manifest(
     config: &ConvertConfig,
     progress: &Progress,
 ) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    let wanted = Wanted::parse(&config.platform)?;
     let (mut bytes, mut what) = (top, what.to_string());
     let mut layers = None;
     for _ in 0..=MAX_INDEX_DEPTH {
@@ -278,8 +337,8 @@ pub(crate) fn build_from_manifest(
                 break;
             }
             Manifest::Index(entries) => {
-                let chosen = pick_platform(&entries, &what)?;
-                let child = format!("{PLATFORM_OS}/{PLATFORM_ARCH} manifest {}", chosen.digest);
+                let chosen = pick_platform(&entries, &wanted, &what)?;
+                let child = format!("{wanted} manifest {}", chosen.digest);
                 let (digest, size) = chosen.target(&child)?;
                 let data = blobs.manifest(&digest, &child)?;
                 check_content(&child, &digest, size, &data)?;
