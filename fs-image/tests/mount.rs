@@ -105,6 +105,11 @@ fn a_mounted_image_matches_its_source_entry_for_entry() {
     }
     assert_eq!(got.entries.len(), want.entries.len(), "extra entries on the mount");
     assert_eq!(got.hardlinks, want.hardlinks, "hardlink groups differ");
+    // Directory sizes are the source's (issue 10 item 10: they were all 0).
+    for (path, w) in want.entries.iter().filter(|(_, w)| w.mode & libc::S_IFMT == libc::S_IFDIR) {
+        let size = |root: &Path| std::fs::symlink_metadata(root.join(path)).expect("lstat").len();
+        assert_eq!(size(m.path()), size(src.path()), "{} size differs ({w:?})", path.display());
+    }
     drop(m.finish());
 }
 

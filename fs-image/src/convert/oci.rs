@@ -435,6 +435,7 @@ fn dir_inode(mode: u32) -> Inode {
         mtime: 0,
         mtime_ns: 0,
         xattrs: Vec::new(),
+        size: None,
         kind: Kind::Dir { entries: Vec::new() },
     }
 }
@@ -683,6 +684,7 @@ fn apply_entries(
             mtime,
             mtime_ns,
             xattrs: xattrs.clone(),
+            size: None,
             kind,
         };
         use tar::EntryType as T;
