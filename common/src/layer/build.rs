@@ -226,7 +226,7 @@ impl DirWalker<'_> {
         let index = u32::try_from(self.inodes.len())
             .map_err(|_| LayerError::convert(path.display(), "more than 2^32 inodes"))?;
         let mut inode = Inode {
-            size: ft.is_dir().then(|| md.len()),
+            size: ft.is_dir().then_some(md.len()),
             mode: md.mode(),
             uid: md.uid(),
             gid: md.gid(),

@@ -777,6 +777,9 @@ fn run_credential_helper(mut get: std::process::Command, server: &str) -> Option
     Some((reply.username, reply.secret))
 }
 
+/// Asks credential helper `NAME` for `SERVER`'s user and secret.
+type CredentialHelper<'a> = dyn Fn(&str, &str) -> Option<(String, String)> + 'a;
+
 /// The Basic credentials a docker `config.json` holds for `registry`, in docker's order: the
 /// helper named in `credHelpers.<host>`, else the `credsStore` helper, else `auths.<host>`
 /// (`auth`, the base64 of `user:password`, or `username`/`password`). `helper(NAME, SERVER)`
@@ -784,7 +787,7 @@ fn run_credential_helper(mut get: std::process::Command, server: &str) -> Option
 fn docker_config_auth(
     text: &[u8],
     registry: &str,
-    helper: &dyn Fn(&str, &str) -> Option<(String, String)>,
+    helper: &CredentialHelper<'_>,
 ) -> Option<RegistryAuth> {
     use base64::Engine as _;
     #[derive(serde::Deserialize)]

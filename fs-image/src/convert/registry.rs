@@ -267,9 +267,6 @@ mod tests {
         }
 
         fn convert(&self, source: &str) -> Result<Metadata> {
-            let parsed = parse_source(source)?;
-            let rt = runtime(source)?;
-            let store: DynStore = self.store.clone();
             self.convert_for(source, "linux/amd64")
         }
 
