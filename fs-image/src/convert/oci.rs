@@ -397,6 +397,28 @@ pub(crate) fn build_from_manifest(
     Ok((meta, out))
 }
 
+/// Applies uncompressed tar `layers` in order, as an image manifest's layers are applied, into
+/// metadata and one data blob per layer: the tar half of convert without manifests or digests.
+/// What the fuzz tests drive (`tests/fuzz_tar.rs`); errors name the layer as `layer N`.
+pub fn apply_tar_layers(
+    layers: &[&[u8]],
+    config: &ConvertConfig,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    let progress = Progress::default();
+    let mut tree = Tree::new();
+    let mut infos = Vec::with_capacity(layers.len());
+    let mut out = Vec::with_capacity(layers.len());
+    for (i, data) in layers.iter().enumerate() {
+        let mut writer = BlobWriter::new(config.block_size, config.level);
+        apply_layer(&mut tree, i, &format!("layer {}", i + 1), *data, &mut writer, &progress)?;
+        let (info, bytes) = writer.finish()?;
+        infos.push(info);
+        out.push(bytes);
+    }
+    let meta = tree.into_metadata(config.block_size, infos)?;
+    Ok((meta, out))
+}
+
 struct Node {
     inode: Inode,
     children: BTreeMap<String, usize>,
