@@ -730,7 +730,12 @@ fn setuid_bits_and_other_users_need_asking_for() {
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
 
-        let m = mount_with_binary(direct, &reference, mnt.path(), "allow_other,trace=off");
+        let log = store_dir.path().join(format!("daemon-{direct}.log"));
+        let options = format!("allow_other,trace=off,log={}", log.display());
+        let m = mount_with_binary(direct, &reference, mnt.path(), &options);
+        // Issue 10 item 11: the --log file is plain text (it held ANSI colours).
+        let logged = std::fs::read_to_string(&log).expect("daemon log");
+        assert!(logged.contains("mounted") && !logged.contains('\x1b'), "{logged:?}");
         let shown = run_id();
         assert!(shown.contains("uid=65534"), "{shown}");
         assert!(!shown.contains("euid=0"), "direct: {direct}: setuid honoured by default: {shown}");
