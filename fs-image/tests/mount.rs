@@ -872,3 +872,52 @@ fn a_missing_store_or_image_is_named_once() {
         assert_eq!(stderr.matches(key).count(), 1, "{stderr:?} repeats {key}");
     }
 }
+
+/// Issue 10 item 11, the other path: as root without fusermount3 (no auto_unmount), fuser's own
+/// mount(2) named the type `fuse`; `spawn_session` mounts as `fuse.<subtype>` itself.
+#[test]
+fn a_mount_without_fusermount3_keeps_its_subtype() {
+    let _shared = shared();
+    if require_root_fuse(&[]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("hello"), b"no fusermount3\n").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, store) = convert_into(src.path(), store_dir.path(), "direct:v1");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let config = SessionConfig { trace: TraceMode::Off, ..SessionConfig::default() };
+    let image = LayerRef::parse(&reference).expect("reference");
+    let session =
+        rt.block_on(LayerSession::open_with_store(image, store, config)).expect("open session");
+    let mount_config = MountConfig {
+        fsname: reference.clone(),
+        subtype: "bootseer-image".into(),
+        threads: 2,
+        auto_unmount: false,
+        ..MountConfig::default()
+    };
+    let fuse = LayerFuse::new(session.fs(), rt.handle().clone(), mount_config.clone());
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let bg = bootseer_common::mount::spawn_session(fuse, mnt.path(), &mount_config)
+        .expect("spawn_session");
+    let guard = UmountOnDrop(mnt.path().to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&*mnt.path().to_string_lossy()))
+        .expect("in /proc/mounts")
+        .to_string();
+    let read = std::fs::read(mnt.path().join("hello"));
+    let unmounted = bootseer_common::mount::unmount(mnt.path()).expect("unmount");
+    assert_eq!(unmounted, bootseer_common::mount::Unmounted::Fully);
+    let _ = bg.join();
+    drop(guard);
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[0], reference, "{line}");
+    assert_eq!(fields[2], "fuse.bootseer-image", "{line}");
+    assert!(fields[3].contains("nosuid") && fields[3].contains("nodev"), "{line}");
+    assert!(!fields[3].contains("allow_other"), "{line}");
+    assert_eq!(read.expect("read"), b"no fusermount3\n");
+    drop(rt.block_on(session.finish()));
+}

@@ -559,6 +559,68 @@ pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Mounts `fs` at `mountpoint` and starts its session threads.
+///
+/// With `fusermount3` (auto_unmount), or as a user, fuser mounts. As root without it, fuser's
+/// own mount(2) names the type `fuse` and drops the subtype, so `findmnt -t fuse.NAME` would
+/// miss the mount: then this mounts with type `fuse.<subtype>` itself and hands fuser the
+/// /dev/fuse descriptor (the session unmounts nothing on drop; [`serve`] and [`unmount`] do).
+pub fn spawn_session<FS: fuser::Filesystem + Send + 'static>(
+    fs: FS,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> std::io::Result<fuser::BackgroundSession> {
+    use nix::mount::MsFlags;
+    use std::os::unix::fs::MetadataExt;
+    let fuser_config = config.fuser_config();
+    if fuser_config.mount_options.contains(&MountOption::AutoUnmount)
+        || !nix::unistd::geteuid().is_root()
+    {
+        return fuser::spawn_mount(fs, mountpoint, &fuser_config);
+    }
+    // Read-write open of the device; Rust opens it close-on-exec.
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        std::fs::metadata(mountpoint)?.mode(),
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    if config.flags.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = MsFlags::MS_RDONLY | MsFlags::MS_NOATIME;
+    for (on, flag) in [
+        (config.flags.suid, MsFlags::MS_NOSUID),
+        (config.flags.dev, MsFlags::MS_NODEV),
+        (config.flags.exec, MsFlags::MS_NOEXEC),
+    ] {
+        if !on {
+            flags |= flag;
+        }
+    }
+    let fstype = format!("fuse.{}", config.subtype);
+    nix::mount::mount(
+        Some(config.fsname.as_str()),
+        mountpoint,
+        Some(fstype.as_str()),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(std::io::Error::from)?;
+    let acl = fuser_config.acl;
+    match fuser::Session::from_fd(fs, OwnedFd::from(dev), acl, fuser_config)
+        .and_then(fuser::Session::spawn)
+    {
+        Ok(session) => Ok(session),
+        Err(e) => {
+            let _ = unmount(mountpoint);
+            Err(e)
+        }
+    }
+}
+
 /// Mounts `fs` at `mountpoint` with `config`, raises read-ahead (root only), tells the parent
 /// the mount is ready, and serves until unmount or a signal ([`serve`]; SIGUSR1 calls
 /// `report`). Returns once the session has ended; the caller then writes its summary.
@@ -572,7 +634,7 @@ pub fn mount_and_serve<FS: fuser::Filesystem + Send + 'static>(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     check_mountpoint(mountpoint)?;
-    let bg = fuser::spawn_mount(fs, mountpoint, &config.fuser_config())
+    let bg = spawn_session(fs, mountpoint, config)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     if nix::unistd::geteuid().is_root()
         && config.read_ahead_kb > 0
