@@ -24,7 +24,7 @@ enum Command {
     Convert {
         /// dir:PATH (a root directory), oci:DIR[:TAG] (an OCI image layout) or
         /// docker://HOST[:PORT]/REPO:TAG or …/REPO@sha256:HEX (an image in a registry; from an
-        /// index, the linux/amd64 image).
+        /// index, the image for --platform).
         source: String,
         /// Destination reference.
         dest: String,
@@ -34,6 +34,10 @@ enum Command {
         /// Print only the result, as JSON (no progress line).
         #[arg(long)]
         json: bool,
+        /// The image to take from a multi-platform index, OS/ARCH[/VARIANT] [default: this
+        /// host's, e.g. linux/amd64].
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// Mounts REF at MOUNTPOINT; returns once the mount is ready.
     Mount {
@@ -122,10 +126,13 @@ fn main() -> anyhow::Result<()> {
         return mount::mount(mount::helper_options(&helper)?);
     }
     match Cli::parse().command {
-        Command::Convert { source, dest, block_size, json } => {
+        Command::Convert { source, dest, block_size, json, platform } => {
             let block_size = u32::try_from(parse_size(&block_size)?)
                 .map_err(|_| anyhow::anyhow!("block size too large"))?;
-            let config = ConvertConfig { block_size, ..Default::default() };
+            let mut config = ConvertConfig { block_size, ..Default::default() };
+            if let Some(platform) = platform {
+                config.platform = platform;
+            }
             // The progress line goes to stderr, and only when it is a terminal.
             let report = convert::convert_with(&source, &dest, &config, !json)?;
             if json {

@@ -209,14 +209,65 @@ fn a_trace_window_stores_the_trace_before_unmount() {
         let fs = session.fs();
         let f = fs.lookup(1, "f").expect("lookup");
         fs.read(f.ino, 0, 10).await.expect("read");
-        assert!(store.stat(&key).await.is_err(), "stored before the window closed");
+        let load = || bootseer_common::layer::session::load_trace(&store, &image, &key);
+        assert!(load().await.expect("load").is_none(), "stored before the window closed");
         tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-        let stored = store.stat(&key).await.expect("the window stored the trace");
-        assert!(stored.len > 0);
+        let stored = load().await.expect("load").expect("the window stored the trace");
+        assert_eq!(stored.records.len(), 1);
         // Reads after the window are not part of the recording.
         fs.read(f.ino, 2 * u64::from(BLOCK), 10).await.expect("read");
         let s = session.finish().await.expect("finish");
         assert_eq!(s.trace_stored.as_deref(), Some(key.as_str()));
         assert_eq!(s.blocks_accessed, 1, "{s:?}");
+    });
+}
+
+/// Issue 10 item 7: several mounts of one image record at once, each reading other files; the
+/// stored trace afterwards holds every one of their recordings (it used to be the last
+/// writer's "trace loaded at mount + mine").
+#[test]
+fn concurrent_mounts_lose_no_recording() {
+    let b = BLOCK as usize;
+    let names = ["r0", "r1", "r2", "r3"];
+    let files: Vec<(&str, usize, u64)> =
+        names.iter().enumerate().map(|(i, n)| (*n, 2 * b, i as u64 + 10)).collect();
+    let (_src, mem, image, _meta) = image_in_mem(&files);
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        let record = SessionConfig {
+            trace: TraceMode::Record,
+            workload: "ranks".into(),
+            ..SessionConfig::default()
+        };
+        // All open before any finishes: each loads the same (empty) stored trace.
+        let mut sessions = Vec::new();
+        for _ in names {
+            let store: DynStore = mem.clone();
+            sessions.push(
+                LayerSession::open_with_store(image.clone(), store, record.clone())
+                    .await
+                    .expect("open"),
+            );
+        }
+        for (session, name) in sessions.iter().zip(names) {
+            let fs = session.fs();
+            let ino = fs.lookup(1, name).expect("lookup").ino;
+            fs.read(ino, 0, 4096).await.expect("read");
+        }
+        // Finished concurrently, as ranks unmounting together do.
+        let finishing: Vec<_> = sessions.into_iter().map(|s| tokio::spawn(s.finish())).collect();
+        for task in finishing {
+            assert!(task.await.expect("join").expect("finish").trace_stored.is_some());
+        }
+        let store: DynStore = mem.clone();
+        let key = image.trace_key("ranks").expect("key");
+        let trace = bootseer_common::layer::session::load_trace(&store, &image, &key)
+            .await
+            .expect("load")
+            .expect("a stored trace");
+        assert_eq!(trace.recordings, names.len() as u32, "{trace}");
+        let mut seen: Vec<&str> = trace.files.iter().map(|f| f.trim_start_matches('/')).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, names, "recordings were lost");
     });
 }

@@ -105,6 +105,11 @@ fn a_mounted_image_matches_its_source_entry_for_entry() {
     }
     assert_eq!(got.entries.len(), want.entries.len(), "extra entries on the mount");
     assert_eq!(got.hardlinks, want.hardlinks, "hardlink groups differ");
+    // Directory sizes are the source's (issue 10 item 10: they were all 0).
+    for (path, w) in want.entries.iter().filter(|(_, w)| w.mode & libc::S_IFMT == libc::S_IFDIR) {
+        let size = |root: &Path| std::fs::symlink_metadata(root.join(path)).expect("lstat").len();
+        assert_eq!(size(m.path()), size(src.path()), "{} size differs ({w:?})", path.display());
+    }
     drop(m.finish());
 }
 
@@ -585,4 +590,334 @@ fn a_python_import_workload_replays_its_trace() {
         s1.cache.blocks_on_demand,
         s2.cache.blocks_on_demand
     );
+}
+
+/// Unmounts (lazily) on drop if still mounted: a failed assertion leaves no stale mount.
+struct UmountOnDrop(PathBuf);
+
+impl Drop for UmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Runs a command that returns once a mount is ready (or failed); fails after 10 s.
+fn run_bounded(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    for _ in 0..500 {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not return within 10 s");
+}
+
+/// Root, /dev/fuse and the tools the real-binary tests below use; `None`: skipped.
+fn require_root_fuse(tools: &[&str]) -> Option<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+                .iter()
+                .any(|d| Path::new(d).join(t).exists())
+        })
+        .collect();
+    require_real(
+        "FUSE as root",
+        if !Path::new("/dev/fuse").exists() || !is_root() {
+            Err(anyhow::anyhow!("needs root and /dev/fuse"))
+        } else if !missing.is_empty() {
+            Err(anyhow::anyhow!("needs {missing:?} (packages util-linux, fuse3)"))
+        } else {
+            Ok(())
+        },
+    )
+}
+
+/// Converts `src` with the binary into a local store; returns the reference.
+fn convert_with_binary(src: &Path, store_dir: &Path, name_tag: &str) -> String {
+    let reference = format!("file://{}/{name_tag}", store_dir.display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+        .args(["convert", &format!("dir:{}", src.display()), &reference, "--json"])
+        .output()
+        .expect("convert");
+    assert!(out.status.success(), "convert: {}", String::from_utf8_lossy(&out.stderr));
+    reference
+}
+
+/// Mounts `reference` at `mnt` through the binary's helper form (`direct`) or through
+/// `mount.fuse3 -t bootseer-image` (what `mount -t fuse.bootseer-image` runs), with `options`.
+fn mount_with_binary(direct: bool, reference: &str, mnt: &Path, options: &str) -> UmountOnDrop {
+    let bin = env!("CARGO_BIN_EXE_bootseer-image");
+    let mut cmd = if direct {
+        std::process::Command::new(bin)
+    } else {
+        let mut c = std::process::Command::new("mount.fuse3");
+        let dir = Path::new(bin).parent().expect("binary dir");
+        c.env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()));
+        c
+    };
+    cmd.arg(reference).arg(mnt);
+    if !direct {
+        cmd.args(["-t", "bootseer-image"]);
+    }
+    cmd.args(["-o", options]);
+    let out = run_bounded(&mut cmd, "mount");
+    let guard = UmountOnDrop(mnt.to_path_buf());
+    assert!(
+        out.status.success(),
+        "mount -o {options} (direct: {direct}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(is_mounted(mnt), "returned before the mount was ready");
+    guard
+}
+
+/// Runs `args` as `nobody:nogroup` without supplementary groups.
+fn as_nobody(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
+fn unmount_now(guard: UmountOnDrop) {
+    let ok = std::process::Command::new("umount").arg(&guard.0).status().expect("umount");
+    assert!(ok.success(), "umount {}", guard.0.display());
+}
+
+/// Issue 10 item 1: an image's setuid-root binary run by an unprivileged user gains nothing with
+/// the default options — through the helper form and through mount.fuse3, which appends
+/// `dev,suid` on its own — and gains root only with `-o suid`; without `allow_other` another
+/// uid cannot read the tree at all.
+#[test]
+fn setuid_bits_and_other_users_need_asking_for() {
+    let _shared = shared();
+    if require_root_fuse(&["setpriv", "mount.fuse3", "id"]).is_none() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let src = tempfile::tempdir().expect("src");
+    std::fs::set_permissions(src.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let id = ["/usr/bin/id", "/bin/id"].into_iter().find(|p| Path::new(p).exists()).expect("id");
+    std::fs::copy(id, src.path().join("id")).expect("copy id");
+    std::os::unix::fs::chown(src.path().join("id"), Some(0), Some(0)).expect("chown");
+    std::fs::set_permissions(src.path().join("id"), std::fs::Permissions::from_mode(0o4755))
+        .expect("chmod 4755");
+    std::fs::write(src.path().join("hello"), b"hello\n").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let reference = convert_with_binary(src.path(), store_dir.path(), "suid:v1");
+
+    for direct in [true, false] {
+        let mnt = tempfile::tempdir().expect("mountpoint");
+        let id = mnt.path().join("id");
+        let hello = mnt.path().join("hello");
+        let run_id = || {
+            let out = as_nobody(&[id.as_os_str()]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+
+        let log = store_dir.path().join(format!("daemon-{direct}.log"));
+        let options = format!("allow_other,trace=off,log={}", log.display());
+        let m = mount_with_binary(direct, &reference, mnt.path(), &options);
+        // Issue 10 item 11: the --log file is plain text (it held ANSI colours).
+        let logged = std::fs::read_to_string(&log).expect("daemon log");
+        assert!(logged.contains("mounted") && !logged.contains('\x1b'), "{logged:?}");
+        let shown = run_id();
+        assert!(shown.contains("uid=65534"), "{shown}");
+        assert!(!shown.contains("euid=0"), "direct: {direct}: setuid honoured by default: {shown}");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let line = mounts
+            .lines()
+            .find(|l| l.contains(&*mnt.path().to_string_lossy()))
+            .expect("in /proc/mounts");
+        assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+        unmount_now(m);
+
+        let m = mount_with_binary(direct, &reference, mnt.path(), "suid,allow_other,trace=off");
+        let shown = run_id();
+        assert!(shown.contains("euid=0"), "direct: {direct}: -o suid not honoured: {shown}");
+        unmount_now(m);
+
+        let m = mount_with_binary(direct, &reference, mnt.path(), "trace=off");
+        assert_eq!(std::fs::read(&hello).expect("the mounter reads"), b"hello\n");
+        let out = as_nobody(&["cat".as_ref(), hello.as_os_str()]);
+        assert!(
+            !out.status.success(),
+            "direct: {direct}: another uid read the tree without allow_other"
+        );
+        unmount_now(m);
+    }
+}
+
+/// Issue 10 item 11: `mount -t fuse.bootseer-image` (mount(8) → mount.fuse3 → the binary) shows
+/// as `fuse.bootseer-image`, so `findmnt -t fuse.bootseer-image` finds it. mount(8) runs its
+/// helpers with a fixed PATH, so the binary is bind-mounted onto /usr/local/sbin inside a private
+/// mount namespace (nothing outside the test changes).
+#[test]
+fn mount_t_fuse_bootseer_image_shows_its_type() {
+    let _shared = shared();
+    if require_root_fuse(&["unshare", "mount", "findmnt", "mount.fuse3"]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("hello"), b"hello, mount -t\n").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let reference = convert_with_binary(src.path(), store_dir.path(), "type:v1");
+    let bin_dir = tempfile::tempdir().expect("bin dir");
+    std::fs::copy(env!("CARGO_BIN_EXE_bootseer-image"), bin_dir.path().join("bootseer-image"))
+        .expect("copy the binary");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let script = r#"set -e
+        trap 'umount -l "$3" 2>/dev/null || true' EXIT
+        mount --bind "$1" /usr/local/sbin
+        mount -t fuse.bootseer-image "$2" "$3" -o ro,trace=off
+        findmnt -n -o FSTYPE -t fuse.bootseer-image "$3"
+        cat "$3/hello"
+        umount "$3""#;
+    let out = run_bounded(
+        std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(bin_dir.path())
+            .arg(&reference)
+            .arg(mnt.path()),
+        "unshare … mount -t fuse.bootseer-image",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout, "fuse.bootseer-image\nhello, mount -t\n");
+}
+
+/// Issue 10 item 11: a regular file as mount point is refused before anything is mounted, with
+/// a message naming it, in both calling forms.
+#[test]
+fn the_binary_refuses_a_regular_file_as_mount_point() {
+    let _shared = shared();
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("hello"), b"hi").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let reference = convert_with_binary(src.path(), store_dir.path(), "file:v1");
+    let file = store_dir.path().join("not-a-dir");
+    std::fs::write(&file, b"plain file").expect("write");
+    let bin = env!("CARGO_BIN_EXE_bootseer-image");
+    for mut cmd in [
+        {
+            let mut c = std::process::Command::new(bin);
+            c.arg(&reference).arg(&file).args(["-o", "trace=off"]);
+            c
+        },
+        {
+            let mut c = std::process::Command::new(bin);
+            c.args(["mount", &reference]).arg(&file).args(["--trace", "off"]);
+            c
+        },
+    ] {
+        let out = run_bounded(&mut cmd, "mount on a file");
+        let _guard = UmountOnDrop(file.clone());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "mounted on a regular file");
+        assert!(stderr.contains("not a directory") && stderr.contains("not-a-dir"), "{stderr}");
+        assert!(!is_mounted(&file));
+        assert_eq!(std::fs::read(&file).expect("read"), b"plain file");
+    }
+}
+
+/// Issue 10 item 11: mounting an image that is not there says which is missing — the store or
+/// the image in it — and names the missing key once, not three times.
+#[test]
+fn a_missing_store_or_image_is_named_once() {
+    let _shared = shared();
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("hello"), b"hi").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    convert_with_binary(src.path(), store_dir.path(), "here:v1");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let store = store_dir.path().display().to_string();
+    for (reference, want, key) in [
+        (
+            format!("file://{store}/nope:v1"),
+            format!("no image nope:v1 in store file://{store}"),
+            "images/nope/v1",
+        ),
+        (
+            format!("file://{store}/missing-store/here:v1"),
+            format!("store file://{store}/missing-store does not exist"),
+            "images/here/v1",
+        ),
+    ] {
+        let out = run_bounded(
+            std::process::Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+                .arg(&reference)
+                .arg(mnt.path())
+                .args(["-o", "trace=off"]),
+            "mount a missing image",
+        );
+        let _guard = UmountOnDrop(mnt.path().to_path_buf());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{reference} mounted");
+        assert!(stderr.contains(&want), "{stderr:?} does not say {want:?}");
+        assert_eq!(stderr.matches(key).count(), 1, "{stderr:?} repeats {key}");
+    }
+}
+
+/// Issue 10 item 11, the other path: as root without fusermount3 (no auto_unmount), fuser's own
+/// mount(2) named the type `fuse`; `spawn_session` mounts as `fuse.<subtype>` itself.
+#[test]
+fn a_mount_without_fusermount3_keeps_its_subtype() {
+    let _shared = shared();
+    if require_root_fuse(&[]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("hello"), b"no fusermount3\n").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, store) = convert_into(src.path(), store_dir.path(), "direct:v1");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let config = SessionConfig { trace: TraceMode::Off, ..SessionConfig::default() };
+    let image = LayerRef::parse(&reference).expect("reference");
+    let session =
+        rt.block_on(LayerSession::open_with_store(image, store, config)).expect("open session");
+    let mount_config = MountConfig {
+        fsname: reference.clone(),
+        subtype: "bootseer-image".into(),
+        threads: 2,
+        auto_unmount: false,
+        ..MountConfig::default()
+    };
+    let fuse = LayerFuse::new(session.fs(), rt.handle().clone(), mount_config.clone());
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let bg = bootseer_common::mount::spawn_session(fuse, mnt.path(), &mount_config)
+        .expect("spawn_session");
+    let guard = UmountOnDrop(mnt.path().to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&*mnt.path().to_string_lossy()))
+        .expect("in /proc/mounts")
+        .to_string();
+    let read = std::fs::read(mnt.path().join("hello"));
+    let unmounted = bootseer_common::mount::unmount(mnt.path()).expect("unmount");
+    assert_eq!(unmounted, bootseer_common::mount::Unmounted::Fully);
+    let _ = bg.join();
+    drop(guard);
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[0], reference, "{line}");
+    assert_eq!(fields[2], "fuse.bootseer-image", "{line}");
+    assert!(fields[3].contains("nosuid") && fields[3].contains("nodev"), "{line}");
+    assert!(!fields[3].contains("allow_other"), "{line}");
+    assert_eq!(read.expect("read"), b"no fusermount3\n");
+    drop(rt.block_on(session.finish()));
 }

@@ -47,13 +47,35 @@ pub struct ConvertConfig {
     /// (`trusted.overlay.origin`, `impure`, …) and keep `trusted.overlay.opaque`, the one that
     /// says what the layer means. Whiteouts (0/0 character devices) are kept either way.
     pub overlay_upper: bool,
+    /// The image picked from a multi-platform index, `OS/ARCH[/VARIANT]` as OCI names them
+    /// (`linux/amd64`, `linux/arm64/v8`); default: this host's ([`host_platform`]).
+    pub platform: String,
 }
 
 impl Default for ConvertConfig {
     fn default() -> Self {
         // Level 3 is zstd's default: most of the ratio at a fraction of the cost of higher ones.
-        Self { block_size: DEFAULT_BLOCK_SIZE, level: 3, overlay_upper: false }
+        Self {
+            block_size: DEFAULT_BLOCK_SIZE,
+            level: 3,
+            overlay_upper: false,
+            platform: host_platform(),
+        }
     }
+}
+
+/// This host's platform in OCI's names (`GOOS/GOARCH`): `linux/amd64` on x86-64 Linux.
+pub fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "loongarch64" => "loong64",
+        "mips64" if cfg!(target_endian = "little") => "mips64le",
+        other => other,
+    };
+    format!("{}/{arch}", std::env::consts::OS)
 }
 
 /// What a conversion wrote.
@@ -204,6 +226,7 @@ impl DirWalker<'_> {
         let index = u32::try_from(self.inodes.len())
             .map_err(|_| LayerError::convert(path.display(), "more than 2^32 inodes"))?;
         let mut inode = Inode {
+            size: ft.is_dir().then_some(md.len()),
             mode: md.mode(),
             uid: md.uid(),
             gid: md.gid(),

@@ -12,7 +12,7 @@ pub enum LayerError {
     #[error("reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },
     /// A store call failed; `what` says which object and why we wanted it.
-    #[error("{what}: {source}")]
+    #[error("{}", store_message(what, source))]
     Store {
         what: String,
         #[source]
@@ -59,6 +59,13 @@ pub enum LayerError {
     /// The caller's buffer is too small for the answer (xattr size protocol).
     #[error("buffer too small")]
     TooSmall,
+}
+
+/// `what: source`, or only `source` when it already starts with `what` (a store error names
+/// its key; `images/a/v1: images/a/v1: not found` says nothing twice).
+fn store_message(what: &str, source: &StoreError) -> String {
+    let source = source.to_string();
+    if source.starts_with(what) { source } else { format!("{what}: {source}") }
 }
 
 impl LayerError {

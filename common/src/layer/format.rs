@@ -108,8 +108,33 @@ pub struct Inode {
     /// Extended attributes, sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
+    /// A directory's `st_size` as its source had it (ext4 says 4096 or a multiple, tmpfs and
+    /// overlayfs count entries). `None` for other inodes, for tar layers (a tar carries no
+    /// directory size) and in metadata written before this field: then [`Inode::dir_size`]
+    /// gives a block multiple. Optional and defaulted, so metadata with and without it decodes
+    /// under the same [`FORMAT_VERSION`] (readers ignore fields they do not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// What the inode is.
     pub kind: Kind,
+}
+
+/// Directory sizes are reported in these units when the source's is not known (ext4's block).
+pub const DIR_BLOCK: u64 = 4096;
+
+impl Inode {
+    /// `st_size` of a directory: the source's, else what ext4 would need for these entries
+    /// (a record of 8 bytes + the name padded to 4, plus `.` and `..`), in whole 4096-byte
+    /// blocks, at least one. `None` if this is not a directory.
+    pub fn dir_size(&self) -> Option<u64> {
+        let Kind::Dir { entries } = &self.kind else { return None };
+        if let Some(size) = self.size {
+            return Some(size);
+        }
+        let records: u64 =
+            24 + entries.iter().map(|e| 8 + (e.name.len() as u64).next_multiple_of(4)).sum::<u64>();
+        Some(records.div_ceil(DIR_BLOCK).max(1) * DIR_BLOCK)
+    }
 }
 
 /// An extended attribute.
@@ -468,6 +493,7 @@ mod tests {
                     mtime: 1,
                     mtime_ns: 2,
                     xattrs: vec![],
+                    size: Some(4096),
                     kind: Kind::Dir { entries: vec![Entry { name: "f".into(), inode: 1 }] },
                 },
                 Inode {
@@ -477,6 +503,7 @@ mod tests {
                     mtime: 3,
                     mtime_ns: 4,
                     xattrs: vec![Xattr { name: "user.a".into(), value: vec![1, 2] }],
+                    size: None,
                     kind: Kind::File { size: 10, blob: 0, offset: 0 },
                 },
             ],
@@ -488,6 +515,48 @@ mod tests {
         let m = tiny();
         let enc = m.encode().expect("encode");
         assert_eq!(Metadata::decode(&enc).expect("decode"), m);
+    }
+
+    /// Frames a JSON body as `encode` does.
+    fn frame(json: &[u8]) -> Vec<u8> {
+        let body = zstd::bulk::compress(json, 3).expect("compress");
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Issue 10 item 10: a directory's size is kept from its source; metadata written before
+    /// the field existed still decodes, and its directories get a 4096-multiple by entry count.
+    #[test]
+    fn directory_sizes_are_kept_and_old_metadata_still_decodes() {
+        let mut new = tiny();
+        new.inodes[0].size = Some(12_288);
+        let back = Metadata::decode(&new.encode().expect("encode")).expect("decode");
+        assert_eq!(back.inodes[0].dir_size(), Some(12_288));
+        assert_eq!(back.inodes[1].dir_size(), None, "not a directory");
+
+        // Exactly what the format wrote before directory sizes: no "size" key on inodes.
+        let mut old = tiny();
+        for inode in &mut old.inodes {
+            inode.size = None;
+        }
+        let json = serde_json::to_string(&old).expect("json");
+        assert!(!json.contains("\"size\":null"), "{json}");
+        let decoded = Metadata::decode(&frame(json.as_bytes())).expect("old metadata");
+        assert_eq!(decoded, old);
+        assert_eq!(decoded.inodes[0].dir_size(), Some(DIR_BLOCK));
+
+        // The fallback grows in whole blocks with the entries (ext4 records: 8 + name to 4).
+        let mut wide = old.inodes[0].clone();
+        wide.kind = Kind::Dir {
+            entries: (0..300).map(|i| Entry { name: format!("file-{i:04}"), inode: 1 }).collect(),
+        };
+        // 24 + 300 × (8 + 12) = 6024 bytes → two blocks.
+        assert_eq!(wide.dir_size(), Some(2 * DIR_BLOCK));
     }
 
     #[test]

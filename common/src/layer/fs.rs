@@ -231,7 +231,8 @@ impl LayerFs {
             Kind::File { size, .. } => (*size, 0),
             Kind::Symlink { target } => (target.len() as u64, 0),
             Kind::Device { rdev } => (0, *rdev),
-            Kind::Dir { .. } | Kind::Fifo | Kind::Socket => (0, 0),
+            Kind::Dir { .. } => (inode.dir_size().unwrap_or(0), 0),
+            Kind::Fifo | Kind::Socket => (0, 0),
         };
         Ok(Attr {
             ino,

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //!  open:   store::open ─► index ─► metadata blob (digest + frame checked) ─► LayerFs
+//!          stored trace = KEY merged with every per-mount recording KEY.r.* (merge on read)
 //!          trace mode auto|replay and a stored trace ─► ReplayPlan ─► tokio task: replay(plan,
 //!          CachePrefetcher) at Priority::Replay, stoppable
-//!  window: (optional) after `trace_window`, Recorder::finish ─► merge ─► put, early
-//!  finish: stop replay ─► Recorder::finish (unless the window did) ─► merge with the stored trace ─► put (auto|record)
+//!  window: (optional) after `trace_window`, Recorder::finish ─► put KEY.r.<host>-<pid>-<rand>, early
+//!  finish: stop replay ─► Recorder::finish (unless the window did) ─► put KEY.r.<host>-<pid>-<rand> (auto|record)
 //!          ─► MountSummary (JSON)
 //! ```
 //!
@@ -53,7 +54,7 @@ pub enum TraceMode {
     /// Replay a stored trace if there is one; record and store (merged) at unmount.
     #[default]
     Auto,
-    /// Record and store at unmount (replacing by merge), never replay.
+    /// Record and store at unmount (readers merge it with the other recordings), never replay.
     Record,
     /// Replay a stored trace, do not store.
     Replay,
@@ -157,9 +158,27 @@ async fn read_blob(store: &DynStore, desc: &Descriptor, max: u64) -> Result<Byte
 }
 
 /// Loads the index of `image` from `store` (checked to be a bootseer layer).
+/// A missing index says which is missing: the store itself (a `file://` directory that does not
+/// exist) or the image in it. The error stays a [`LayerError::Store`] with
+/// [`StoreError::NotFound`] (callers tell "not there" from "cannot answer" by it).
 pub async fn load_index(store: &DynStore, image: &LayerRef) -> Result<Index> {
     let key = image.index_key();
-    Index::decode(&read_all(store, &key, MAX_INDEX_BYTES).await?, media::ARTIFACT)
+    let data = match read_all(store, &key, MAX_INDEX_BYTES).await {
+        Err(LayerError::Store { source: source @ StoreError::NotFound { .. }, .. }) => {
+            let local_root = crate::store::local::LocalStore::open(&image.store_url)
+                .ok()
+                .map(|s| s.root().to_path_buf());
+            let what = match local_root {
+                Some(root) if !root.is_dir() => {
+                    format!("store {} does not exist", image.store_url)
+                }
+                _ => format!("no image {}:{} in store {}", image.name, image.tag, image.store_url),
+            };
+            return Err(LayerError::store(what, source));
+        }
+        other => other?,
+    };
+    Index::decode(&data, media::ARTIFACT)
 }
 
 /// Loads the metadata of `image` from `store`.
@@ -176,8 +195,30 @@ pub async fn load_metadata(store: &DynStore, image: &LayerRef) -> Result<Metadat
     Metadata::decode(&data)
 }
 
-/// Loads the stored trace under `key`, if any.
-pub async fn load_trace(store: &DynStore, image: &LayerRef, key: &str) -> Result<Option<Trace>> {
+/// Per-mount recordings of the trace under `KEY` are stored as `KEY.r.ID` (a file beside the
+/// trace, or a tag beside the image's in a registry).
+const RECORDING_INFIX: &str = ".r.";
+/// At most this many per-mount recordings are merged on read, in key order: each is small, but
+/// a store that is never compacted should not make every mount read thousands.
+const MAX_RECORDINGS_READ: usize = 256;
+
+/// The key this mount stores its own recording of `key` under: host, pid and a random part, so
+/// concurrent mounts on one host or many never write the same object.
+fn recording_key(key: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    // The key must stay a registry tag: [A-Za-z0-9_.-], short.
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .take(24)
+        .collect();
+    let host = if host.is_empty() { "host".to_string() } else { host };
+    format!("{key}{RECORDING_INFIX}{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Loads one stored trace object (`key`), if it exists.
+async fn load_one(store: &DynStore, image: &LayerRef, key: &str) -> Result<Option<Trace>> {
     let data = if image.registry {
         let index = match read_all(store, key, MAX_INDEX_BYTES).await {
             Ok(d) => Index::decode(&d, media::TRACE_ARTIFACT)?,
@@ -195,6 +236,40 @@ pub async fn load_trace(store: &DynStore, image: &LayerRef, key: &str) -> Result
     Trace::decode(&data)
         .map(Some)
         .map_err(|source| LayerError::Trace { key: key.to_string(), source })
+}
+
+/// Loads the trace under `key`, if any: the trace stored there (by earlier versions, or a
+/// compaction) merged with every per-mount recording `KEY.r.*`. Mounts store only their own
+/// recording, so N concurrent mounts of one image lose none (the last writer no longer wins).
+/// A damaged recording is skipped with a warning; a damaged trace at `key` is an error.
+pub async fn load_trace(store: &DynStore, image: &LayerRef, key: &str) -> Result<Option<Trace>> {
+    let mut traces: Vec<Trace> = load_one(store, image, key).await?.into_iter().collect();
+    let prefix = format!("{key}{RECORDING_INFIX}");
+    let listed = match store.list(&prefix).await {
+        Ok(listed) => listed,
+        Err(StoreError::Unsupported { .. }) => Vec::new(),
+        Err(e) => return Err(LayerError::store(format!("listing {prefix}*"), e)),
+    };
+    if listed.len() > MAX_RECORDINGS_READ {
+        tracing::warn!(
+            key,
+            recordings = listed.len(),
+            read = MAX_RECORDINGS_READ,
+            "many trace recordings; reading the first"
+        );
+    }
+    for object in listed.iter().take(MAX_RECORDINGS_READ) {
+        match load_one(store, image, &object.key).await {
+            Ok(Some(t)) => traces.push(t),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(key = %object.key, error = %e, "skipping a trace recording"),
+        }
+    }
+    Ok(match traces.len() {
+        0 => None,
+        1 => traces.pop(),
+        _ => Some(Trace::merge(traces.iter(), DEFAULT_MAX_RECORDS)),
+    })
 }
 
 /// Stores `trace` under `key`.
@@ -219,19 +294,10 @@ pub async fn store_trace(
     }
 }
 
-/// Merges `new` into `stored` (if any) and stores the result under `key`.
-async fn persist(
-    store: &DynStore,
-    image: &LayerRef,
-    key: &str,
-    stored: Option<&Trace>,
-    new: &Trace,
-) -> Result<()> {
-    let merged = match stored {
-        Some(old) => Trace::merge([old, new], DEFAULT_MAX_RECORDS),
-        None => new.clone(),
-    };
-    store_trace(store, image, key, &merged).await
+/// Stores this mount's recording `new` of the trace under `key` as a recording of its own
+/// ([`recording_key`]); readers merge it with the others ([`load_trace`]).
+async fn persist(store: &DynStore, image: &LayerRef, key: &str, new: &Trace) -> Result<()> {
+    store_trace(store, image, &recording_key(key), new).await
 }
 
 /// A recording finished early by the trace window, kept for the summary at unmount.
@@ -413,20 +479,14 @@ impl LayerSession {
         let early: EarlyRecording = Arc::default();
         let window_task = match (&recorder, config.trace_window) {
             (Some(rec), Some(window)) => {
-                let (rec, early, store, image, key, stored) = (
-                    rec.clone(),
-                    early.clone(),
-                    store.clone(),
-                    image.clone(),
-                    trace_key.clone(),
-                    stored.clone(),
-                );
+                let (rec, early, store, image, key) =
+                    (rec.clone(), early.clone(), store.clone(), image.clone(), trace_key.clone());
                 Some(tokio::spawn(async move {
                     tokio::time::sleep(window).await;
                     let new = rec.finish();
                     let mut saved = false;
                     if !new.records.is_empty() {
-                        match persist(&store, &image, &key, stored.as_ref(), &new).await {
+                        match persist(&store, &image, &key, &new).await {
                             Ok(()) => saved = true,
                             Err(e) => tracing::warn!(error = %e, "storing the trace failed"),
                         }
@@ -519,7 +579,7 @@ impl LayerSession {
             && let Some(new) = &recording
             && !new.records.is_empty()
         {
-            persist(&self.store, &self.image, &self.trace_key, self.stored.as_ref(), new).await?;
+            persist(&self.store, &self.image, &self.trace_key, new).await?;
             trace_stored = Some(self.trace_key.clone());
         }
         let accessed = recording.as_ref().map_or(0, |t| t.records.len() as u64);

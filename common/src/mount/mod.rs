@@ -78,14 +78,17 @@ impl Default for MountConfig {
     }
 }
 
-/// The PATH a daemon started without one uses (what mount(8) gives its helpers is nothing).
+/// The search path of a process started without `PATH`, as `/bin/sh` and execvp use it.
+/// mount(8) runs its helpers (mount.fuse3, then the daemon) without one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Whether `fusermount3` is on the PATH (required for `auto_unmount`).
+/// Whether `fusermount3` is installed (required for `auto_unmount`): on `PATH`, or on the
+/// default search path when `PATH` is unset (fuser finds it there too). Without it fuser mounts
+/// with mount(2) itself, which loses `auto_unmount` and the subtype (`fuse`, not
+/// `fuse.bootseer-image`, in /proc/mounts).
 pub fn have_fusermount3() -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("fusermount3").is_file())
-    })
+    let paths = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    std::env::split_paths(&paths).any(|dir| dir.join("fusermount3").is_file())
 }
 
 impl MountConfig {
@@ -249,12 +252,48 @@ impl MountArgs {
             }
         }
         let [source, mountpoint] = <[String; 2]>::try_from(positional).ok()?;
+        drop_mount_fuse_tail(&mut options);
         Some(Self { source, mountpoint: mountpoint.into(), options })
     }
 
     /// The value of option `key`, if given.
     pub fn option(&self, key: &str) -> Option<&str> {
         self.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Drops the `dev`/`suid` that `mount.fuse3` appends on its own.
+///
+/// `mount.fuse3` (what `mount -t fuse.NAME`, fstab and systemd units run) gives root mounts
+/// mount(8)'s defaults by appending `dev` unless `nodev` was given and then `suid` unless
+/// `nosuid` was given. That tail is not the user asking for setuid binaries or devices, and
+/// bootseer's defaults are `nosuid,nodev` (DESIGN "Production defaults"), so a list ending in
+/// exactly that tail loses it. `suid`/`dev` written anywhere before it still count (an fstab
+/// `suid` arrives as `suid,…,dev,suid`). Called directly, a list that happens to end in the same
+/// tail (`-o dev,suid`) loses it too: the mistake falls on the safe side.
+pub(crate) fn drop_mount_fuse_tail(options: &mut Vec<(String, String)>) {
+    let flag = |(k, v): &(String, String), name: &str| k == name && v.is_empty();
+    // What mount.fuse3 appends, in its order, and the option that stops it.
+    const TAIL: [(&str, &str); 2] = [("dev", "nodev"), ("suid", "nosuid")];
+    // Try the longest tail mount.fuse3 could have written first: the prefix before it decides
+    // which flags it appended.
+    for take in [2usize, 1] {
+        if options.len() < take {
+            continue;
+        }
+        let (prefix, end) = options.split_at(options.len() - take);
+        let expected: Vec<&str> = TAIL
+            .iter()
+            .filter(|(_, negation)| !prefix.iter().any(|o| flag(o, negation)))
+            .map(|(name, _)| *name)
+            .collect();
+        if !expected.is_empty()
+            && expected.len() == take
+            && end.iter().zip(&expected).all(|(o, name)| flag(o, name))
+        {
+            options.truncate(prefix.len());
+            return;
+        }
     }
 }
 
@@ -485,7 +524,7 @@ pub fn run_daemon(
         && let Err(e) = write_atomic(p, format!("{}\n", std::process::id()).as_bytes())
     {
         let e = anyhow::anyhow!("writing the pidfile {}: {e}", p.display());
-        ready.failed(&format!("{e:#}"));
+        ready.failed(&error_chain(&e));
         return Err(e);
     }
     let result = body(&mut ready, signals);
@@ -495,10 +534,28 @@ pub fn run_daemon(
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
-            ready.failed(&format!("{e:#}"));
+            ready.failed(&error_chain(&e));
             Err(e)
         }
     }
+}
+
+/// `e` and its causes as one line (`outer: inner: …`), leaving out a cause whose text the line
+/// already holds: error types that print their source in their own message would otherwise
+/// repeat it.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Refuses a mount point that is not an existing directory, before anything is mounted (a
@@ -508,6 +565,68 @@ pub fn check_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
         Ok(md) if md.is_dir() => Ok(()),
         Ok(_) => anyhow::bail!("mount point {} is not a directory", mountpoint.display()),
         Err(e) => anyhow::bail!("mount point {}: {e}", mountpoint.display()),
+    }
+}
+
+/// Mounts `fs` at `mountpoint` and starts its session threads.
+///
+/// With `fusermount3` (auto_unmount), or as a user, fuser mounts. As root without it, fuser's
+/// own mount(2) names the type `fuse` and drops the subtype, so `findmnt -t fuse.NAME` would
+/// miss the mount: then this mounts with type `fuse.<subtype>` itself and hands fuser the
+/// /dev/fuse descriptor (the session unmounts nothing on drop; [`serve`] and [`unmount`] do).
+pub fn spawn_session<FS: fuser::Filesystem + Send + 'static>(
+    fs: FS,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> std::io::Result<fuser::BackgroundSession> {
+    use nix::mount::MsFlags;
+    use std::os::unix::fs::MetadataExt;
+    let fuser_config = config.fuser_config();
+    if fuser_config.mount_options.contains(&MountOption::AutoUnmount)
+        || !nix::unistd::geteuid().is_root()
+    {
+        return fuser::spawn_mount(fs, mountpoint, &fuser_config);
+    }
+    // Read-write open of the device; Rust opens it close-on-exec.
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        std::fs::metadata(mountpoint)?.mode(),
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    if config.flags.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = MsFlags::MS_RDONLY | MsFlags::MS_NOATIME;
+    for (on, flag) in [
+        (config.flags.suid, MsFlags::MS_NOSUID),
+        (config.flags.dev, MsFlags::MS_NODEV),
+        (config.flags.exec, MsFlags::MS_NOEXEC),
+    ] {
+        if !on {
+            flags |= flag;
+        }
+    }
+    let fstype = format!("fuse.{}", config.subtype);
+    nix::mount::mount(
+        Some(config.fsname.as_str()),
+        mountpoint,
+        Some(fstype.as_str()),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(std::io::Error::from)?;
+    let acl = fuser_config.acl;
+    match fuser::Session::from_fd(fs, OwnedFd::from(dev), acl, fuser_config)
+        .and_then(fuser::Session::spawn)
+    {
+        Ok(session) => Ok(session),
+        Err(e) => {
+            let _ = unmount(mountpoint);
+            Err(e)
+        }
     }
 }
 
@@ -524,7 +643,7 @@ pub fn mount_and_serve<FS: fuser::Filesystem + Send + 'static>(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     check_mountpoint(mountpoint)?;
-    let bg = fuser::spawn_mount(fs, mountpoint, &config.fuser_config())
+    let bg = spawn_session(fs, mountpoint, config)
         .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     if nix::unistd::geteuid().is_root()
         && config.read_ahead_kb > 0
@@ -575,6 +694,43 @@ mod tests {
         assert!(MountArgs::parse_helper(&args("a b c")).is_none());
         let b = MountArgs::parse_helper(&args("src /m -n -oro")).expect("compact -o");
         assert_eq!(b.options, vec![("ro".to_string(), String::new())]);
+    }
+
+    #[test]
+    fn the_dev_suid_tail_of_mount_fuse3_is_not_a_request() {
+        let keys = |s: &str| -> Vec<String> {
+            MountArgs::parse_helper(&args(&format!("src /m -o {s}")))
+                .expect("helper form")
+                .options
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        // What mount.fuse3 passes for `-o ro`, `-o ro,nosuid`, `-o ro,nodev`, `-o suid`,
+        // `-o nosuid,nodev`.
+        assert_eq!(keys("ro,trace=off,dev,suid"), ["ro", "trace"]);
+        assert_eq!(keys("ro,nosuid,dev"), ["ro", "nosuid"]);
+        assert_eq!(keys("ro,nodev,suid"), ["ro", "nodev"]);
+        assert_eq!(keys("suid,allow_other,dev,suid"), ["suid", "allow_other"]);
+        assert_eq!(keys("ro,nosuid,nodev"), ["ro", "nosuid", "nodev"]);
+        // Called directly: flags the user wrote stay.
+        assert_eq!(keys("suid,allow_other"), ["suid", "allow_other"]);
+        assert_eq!(keys("allow_other,suid"), ["allow_other", "suid"]);
+        assert_eq!(keys("dev"), ["dev"]);
+        // A value is not mount.fuse3's bare flag.
+        assert_eq!(keys("dev=1,suid=1"), ["dev", "suid"]);
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "images/a/v1: not found");
+        let e = anyhow::Error::new(inner)
+            .context("no image a:v1 in store file:///s: images/a/v1: not found")
+            .context("loading file:///s/a:v1");
+        assert_eq!(
+            error_chain(&e),
+            "loading file:///s/a:v1: no image a:v1 in store file:///s: images/a/v1: not found"
+        );
     }
 
     #[test]

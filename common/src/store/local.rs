@@ -51,6 +51,20 @@ impl LocalStore {
     }
 }
 
+/// A list prefix is a key, or the start of one: empty, or a key with an optional trailing `/`
+/// or partial last component. Absolute prefixes and `.`/`..` components would walk outside the
+/// store's root and are refused like keys are.
+fn check_prefix(prefix: &str) -> StoreResult<()> {
+    let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
+    if trimmed.is_empty() && !prefix.starts_with('/') {
+        return Ok(());
+    }
+    check_key(trimmed).map_err(|_| StoreError::InvalidKey {
+        key: prefix.to_string(),
+        reason: "unsafe list prefix (absolute, empty, '.' or '..' component)".into(),
+    })
+}
+
 fn io_error(op: &'static str, key: &str, source: std::io::Error) -> StoreError {
     if source.kind() == std::io::ErrorKind::NotFound {
         StoreError::NotFound { key: key.to_string() }
@@ -157,6 +171,7 @@ impl Store for LocalStore {
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        check_prefix(prefix)?;
         let root = self.root.clone();
         let prefix = prefix.to_string();
         let key = prefix.clone();
@@ -226,5 +241,21 @@ mod tests {
         assert_eq!(keys, ["blobs/b/c"]);
         assert!(matches!(store.stat("nope").await, Err(StoreError::NotFound { .. })));
         assert!(matches!(store.read_range("../x", 0..1).await, Err(StoreError::InvalidKey { .. })));
+    }
+
+    /// Issue 10 item 10: a list prefix cannot walk out of the store.
+    #[tokio::test]
+    async fn list_prefixes_that_escape_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path().join("store"));
+        store.put("blobs/a", Bytes::from_static(b"1")).await.expect("put");
+        std::fs::write(dir.path().join("secret"), b"outside").expect("write");
+        for prefix in ["../", "../secret", "/", "/etc/", "blobs/../../", "./blobs", "a//b"] {
+            let got = store.list(prefix).await;
+            assert!(matches!(got, Err(StoreError::InvalidKey { .. })), "{prefix:?}: {got:?}");
+        }
+        for (prefix, want) in [("", 1), ("blobs/", 1), ("blobs", 1), ("blo", 1), ("nope/", 0)] {
+            assert_eq!(store.list(prefix).await.expect(prefix).len(), want, "{prefix:?}");
+        }
     }
 }

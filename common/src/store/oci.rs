@@ -25,7 +25,8 @@
 //!   without `Location`. It authenticates with the token oci-client fetched.
 //!
 //! Auth: anonymous, or Basic credentials from `BOOTSEER_REGISTRY_USER`/`BOOTSEER_REGISTRY_PASSWORD`
-//! or `~/.docker/config.json` (`$DOCKER_CONFIG/config.json`), which the token flow exchanges for a
+//! or `~/.docker/config.json` (`$DOCKER_CONFIG/config.json`: `credHelpers`, then `credsStore`,
+//! run as `docker-credential-NAME get`, then `auths`), which the token flow exchanges for a
 //! bearer token where the registry asks for one. A request answered `401` re-authenticates once
 //! (a fresh token, also put into oci-client's token cache) and is sent again; a second `401` or a
 //! `403` is [`StoreError::Unauthorized`]. Concurrent requests that meet the same expired token
@@ -682,7 +683,8 @@ fn split_url(url: &str) -> StoreResult<(String, String)> {
     Ok((registry.to_ascii_lowercase(), repository.to_string()))
 }
 
-/// Credentials for `registry`: the environment first, then the docker config, else anonymous.
+/// Credentials for `registry`: the environment first, then the docker config (its credential
+/// helpers included), else anonymous.
 fn credentials_for(registry: &str) -> RegistryAuth {
     if let (Ok(user), Ok(pass)) = (std::env::var(USER_ENV), std::env::var(PASSWORD_ENV)) {
         return RegistryAuth::Basic(user, pass);
@@ -693,19 +695,109 @@ fn credentials_for(registry: &str) -> RegistryAuth {
         (None, None) => return RegistryAuth::Anonymous,
     };
     match std::fs::read(&path) {
-        Ok(text) => docker_config_auth(&text, registry).unwrap_or(RegistryAuth::Anonymous),
+        Ok(text) => docker_config_auth(&text, registry, &|helper, server| {
+            let mut get = std::process::Command::new(format!("docker-credential-{helper}"));
+            get.arg("get");
+            run_credential_helper(get, server)
+        })
+        .unwrap_or(RegistryAuth::Anonymous),
         Err(_) => RegistryAuth::Anonymous,
     }
 }
 
-/// The Basic credentials a docker `config.json` holds for `registry` (`auths.<host>.auth`, the
-/// base64 of `user:password`, or `username`/`password`). Credential helpers are not run.
-fn docker_config_auth(text: &[u8], registry: &str) -> Option<RegistryAuth> {
+/// How long a credential helper may take (some ask a keychain daemon; none should take long).
+const CREDENTIAL_HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `get` (`docker-credential-NAME get`) with `server` on stdin, as docker does, and returns
+/// its `Username` and `Secret`. `None` (logged) when it fails, times out, has nothing for
+/// `server`, or answers with an identity token (`Username` `<token>`: an OAuth refresh token,
+/// not a password).
+fn run_credential_helper(mut get: std::process::Command, server: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let program = get.get_program().to_string_lossy().into_owned();
+    let program = program.as_str();
+    let mut child =
+        match get.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::warn!(program, error = %e, "cannot run the docker credential helper");
+                return None;
+            }
+        };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < CREDENTIAL_HELPER_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!(program, server, "docker credential helper timed out");
+                return None;
+            }
+        }
+    };
+    let mut out = String::new();
+    let _ = child.stdout.take()?.read_to_string(&mut out);
+    if !status.success() {
+        let mut err = String::new();
+        let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        // "credentials not found in native keychain": anonymous is the answer.
+        tracing::debug!(program, server, %status, stderr = %err.trim(), "no credentials");
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        #[serde(rename = "Username")]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let reply: Reply = match serde_json::from_str(&out) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(program, server, error = %e, "unreadable credential helper reply");
+            return None;
+        }
+    };
+    if reply.username == "<token>" {
+        tracing::warn!(
+            program,
+            server,
+            "identity tokens from credential helpers are not supported"
+        );
+        return None;
+    }
+    Some((reply.username, reply.secret))
+}
+
+/// Asks credential helper `NAME` for `SERVER`'s user and secret.
+type CredentialHelper<'a> = dyn Fn(&str, &str) -> Option<(String, String)> + 'a;
+
+/// The Basic credentials a docker `config.json` holds for `registry`, in docker's order: the
+/// helper named in `credHelpers.<host>`, else the `credsStore` helper, else `auths.<host>`
+/// (`auth`, the base64 of `user:password`, or `username`/`password`). `helper(NAME, SERVER)`
+/// runs `docker-credential-NAME get` for the server address as the config spells it.
+fn docker_config_auth(
+    text: &[u8],
+    registry: &str,
+    helper: &CredentialHelper<'_>,
+) -> Option<RegistryAuth> {
     use base64::Engine as _;
     #[derive(serde::Deserialize)]
     struct Config {
         #[serde(default)]
         auths: std::collections::HashMap<String, Entry>,
+        #[serde(default, rename = "credHelpers")]
+        cred_helpers: std::collections::HashMap<String, String>,
+        #[serde(default, rename = "credsStore")]
+        creds_store: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Entry {
@@ -714,9 +806,21 @@ fn docker_config_auth(text: &[u8], registry: &str) -> Option<RegistryAuth> {
         password: Option<String>,
     }
     let config: Config = serde_json::from_slice(text).ok()?;
-    let entry = [registry.to_string(), format!("https://{registry}"), format!("http://{registry}")]
-        .iter()
-        .find_map(|k| config.auths.get(k))?;
+    let names = [registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
+    let basic = |(user, pass): (String, String)| RegistryAuth::Basic(user, pass);
+    if let Some((server, name)) =
+        names.iter().find_map(|k| config.cred_helpers.get(k).map(|h| (k, h)))
+    {
+        return helper(name, server).map(basic);
+    }
+    if let Some(store) = config.creds_store.as_deref().filter(|s| !s.is_empty()) {
+        // The address the helper stored it under: as `auths` spells it if listed there.
+        let server = names.iter().find(|k| config.auths.contains_key(*k)).unwrap_or(&names[0]);
+        if let Some(found) = helper(store, server) {
+            return Some(basic(found));
+        }
+    }
+    let entry = names.iter().find_map(|k| config.auths.get(k))?;
     if let (Some(user), Some(pass)) = (&entry.username, &entry.password) {
         return Some(RegistryAuth::Basic(user.clone(), pass.clone()));
     }
@@ -967,16 +1071,73 @@ mod tests {
     fn docker_config_credentials() {
         let text = br#"{"auths":{"reg:5000":{"auth":"dXNlcjpwYTpzcw=="},
             "https://other":{"username":"u","password":"p"}}}"#;
+        let no_helper =
+            |_: &str, _: &str| -> Option<(String, String)> { panic!("no helper is configured") };
         assert!(matches!(
-            docker_config_auth(text, "reg:5000"),
+            docker_config_auth(text, "reg:5000", &no_helper),
             Some(RegistryAuth::Basic(u, p)) if u == "user" && p == "pa:ss"
         ));
         assert!(matches!(
-            docker_config_auth(text, "other"),
+            docker_config_auth(text, "other", &no_helper),
             Some(RegistryAuth::Basic(u, p)) if u == "u" && p == "p"
         ));
-        assert!(docker_config_auth(text, "nope").is_none());
-        assert!(docker_config_auth(b"not json", "reg:5000").is_none());
+        assert!(docker_config_auth(text, "nope", &no_helper).is_none());
+        assert!(docker_config_auth(b"not json", "reg:5000", &no_helper).is_none());
+    }
+
+    /// Issue 10 item 10: `credHelpers` and `credsStore` are asked, in docker's order.
+    #[test]
+    fn docker_credential_helpers_are_asked() {
+        let text = br#"{"credsStore":"desktop",
+            "credHelpers":{"ecr.example":"ecr-login"},
+            "auths":{"https://stored":{},"plain":{"auth":"YTpi"}}}"#;
+        let asked = std::sync::Mutex::new(Vec::new());
+        let helper = |name: &str, server: &str| {
+            asked.lock().expect("lock").push(format!("{name} {server}"));
+            (server != "plain").then(|| (format!("{name}-user"), format!("secret for {server}")))
+        };
+        let basic = |registry: &str| match docker_config_auth(text, registry, &helper) {
+            Some(RegistryAuth::Basic(u, p)) => Some(format!("{u}:{p}")),
+            _ => None,
+        };
+        assert_eq!(basic("ecr.example").as_deref(), Some("ecr-login-user:secret for ecr.example"));
+        assert_eq!(basic("stored").as_deref(), Some("desktop-user:secret for https://stored"));
+        // The store has nothing for it: the auths entry answers.
+        assert_eq!(basic("plain").as_deref(), Some("a:b"));
+        assert_eq!(
+            *asked.lock().expect("lock"),
+            ["ecr-login ecr.example", "desktop https://stored", "desktop plain"]
+        );
+    }
+
+    /// The helper protocol itself, through a real process: `get` with the server on stdin, a
+    /// JSON reply; a failing helper, an identity token or a missing helper give no credentials.
+    #[test]
+    fn a_credential_helper_process_is_run_as_docker_runs_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Run through sh, not exec'd: exec of a file just written can fail with ETXTBSY while
+        // another test thread forks.
+        let script = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("{body}\n")).expect("write");
+            let mut get = std::process::Command::new("/bin/sh");
+            get.arg(path).arg("get");
+            get
+        };
+        let good = script(
+            "good",
+            r#"[ "$1" = get ] || exit 3; read server; printf '{"ServerURL":"%s","Username":"u-%s","Secret":"s3cret"}' "$server" "$server""#,
+        );
+        assert_eq!(
+            run_credential_helper(good, "reg:5000"),
+            Some(("u-reg:5000".to_string(), "s3cret".to_string()))
+        );
+        let missing = script("missing", "echo 'credentials not found in native keychain'; exit 1");
+        assert_eq!(run_credential_helper(missing, "reg:5000"), None);
+        let token = script("token", r#"echo '{"Username":"<token>","Secret":"refresh"}'"#);
+        assert_eq!(run_credential_helper(token, "reg:5000"), None);
+        let absent = std::process::Command::new("/nonexistent/docker-credential-x");
+        assert_eq!(run_credential_helper(absent, "reg"), None);
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! - [`minidfs`]: a real HDFS (Hadoop MiniDFSCluster) started from `scripts/minidfs/`.
 //! - [`registry`]: a real OCI registry (Debian `docker-registry`) on 127.0.0.1.
 //! - [`fuse`]: a FUSE mount guard that unmounts and joins on drop.
+//! - [`fuzz`]: a deterministic mutation fuzzer for the decoders of untrusted input.
 //! - [`netns`]: a private network namespace whose loopback `tc` can shape or stall per port.
 //!
 //! Real-component guards return an error when their component cannot start. Tests pass that to
 //! [`require_real`], which skips the test, or fails it when `BOOTSEER_REQUIRE_REAL=1` (as in CI).
 
 pub mod fuse;
+pub mod fuzz;
 pub mod mem;
 pub mod minidfs;
 pub mod netns;

@@ -7,12 +7,12 @@
 //!  oci:   index.json ─(ref.name = TAG)─► descriptor ─┐
 //!  docker: manifests/TAG or manifests/sha256:… ───────┤
 //!                                                     ▼
-//!  manifest bytes ─► index (OCI / Docker list)? ─► pick linux/amd64 ─► child manifest (checked)
+//!  manifest bytes ─► index (OCI / Docker list)? ─► pick --platform ─► child manifest (checked)
 //!                 ─► image manifest (OCI / Docker v2 schema 2) ─► every layer's media type known?
 //!  layers[i] ─► bytes ─► sha256 and size == descriptor? ─► tar | tar+gzip | tar+zstd ─► apply
-//!    each tar entry ─► path checked (no absolute, no `..`, no write through a symlink)
+//!    each tar entry ─► path checked (absolute names rooted, no `..`, no write through a symlink)
 //!      `.wh..wh..opq` ─► drop the directory's entries from lower layers
-//!      `.wh.NAME`     ─► drop NAME
+//!      `.wh.NAME`     ─► drop NAME if a lower layer put it there
 //!      dir over dir   ─► attributes replaced, entries kept (overlay semantics)
 //!      anything else  ─► replaces the entry; file bytes ─► layer i's BlobWriter (blob i)
 //!  Tree (arena; hardlinks share a node) ─► Metadata (reachable nodes only, renumbered)
@@ -40,10 +40,52 @@ use bootseer_common::layer::progress::Progress;
 /// The OCI annotation naming a manifest's tag in `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// The platform picked from an image index. One fixed platform: the images bootseer mounts run
-/// on x86-64 Linux hosts.
-const PLATFORM_OS: &str = "linux";
-const PLATFORM_ARCH: &str = "amd64";
+/// The platform wanted from an image index (`ConvertConfig::platform`, `OS/ARCH[/VARIANT]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    os: String,
+    arch: String,
+    variant: Option<String>,
+}
+
+impl Wanted {
+    fn parse(spec: &str) -> Result<Self> {
+        let parts: Vec<&str> = spec.split('/').collect();
+        let ok =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        match parts[..] {
+            [os, arch] if ok(os) && ok(arch) => {
+                Ok(Self { os: os.into(), arch: arch.into(), variant: None })
+            }
+            [os, arch, variant] if ok(os) && ok(arch) && ok(variant) => {
+                Ok(Self { os: os.into(), arch: arch.into(), variant: Some(variant.into()) })
+            }
+            _ => Err(LayerError::Reference {
+                reference: spec.to_string(),
+                reason: "a platform is OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The variant an entry without one means (the architecture's baseline).
+    fn baseline_variant(&self) -> Option<&'static str> {
+        match self.arch.as_str() {
+            "amd64" => Some("v1"),
+            "arm64" => Some("v8"),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.variant {
+            Some(v) => write!(f, "{}/{}/{v}", self.os, self.arch),
+            None => write!(f, "{}/{}", self.os, self.arch),
+        }
+    }
+}
 
 /// Indexes nest (an index naming an index); real ones at most once. The bound stops a chain.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -188,18 +230,34 @@ fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
     Ok(Manifest::Image(m.layers.ok_or_else(|| bad("an image manifest without layers".into()))?))
 }
 
-/// The linux/amd64 entry of an index: the one without a variant (or `v1`) first, then any other
-/// amd64 variant. An index whose only entry names no platform is taken to be that entry.
-fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a OciDescriptor> {
+/// The entry of an index for `wanted`. Without a wanted variant: the entry without one (or with
+/// the architecture's baseline, `v1` for amd64, `v8` for arm64) first, then any other variant.
+/// With one: that variant, an entry without a variant standing for the baseline. An index whose
+/// only entry names no platform is taken to be that entry.
+fn pick_platform<'a>(
+    entries: &'a [OciDescriptor],
+    wanted: &Wanted,
+    what: &str,
+) -> Result<&'a OciDescriptor> {
     let ours = |d: &&OciDescriptor| {
-        d.platform.as_ref().is_some_and(|p| p.os == PLATFORM_OS && p.architecture == PLATFORM_ARCH)
+        d.platform.as_ref().is_some_and(|p| p.os == wanted.os && p.architecture == wanted.arch)
     };
-    let baseline = |d: &&OciDescriptor| {
-        d.platform.as_ref().is_some_and(|p| p.variant.as_deref().is_none_or(|v| v == "v1"))
+    let variant = |d: &&OciDescriptor| {
+        d.platform
+            .as_ref()
+            .and_then(|p| p.variant.as_deref())
+            .filter(|v| !v.is_empty())
+            .or(wanted.baseline_variant())
+            .map(str::to_string)
     };
-    if let Some(d) =
-        entries.iter().filter(ours).find(baseline).or_else(|| entries.iter().find(ours))
-    {
+    let chosen = match &wanted.variant {
+        Some(v) => entries.iter().filter(ours).find(|d| variant(d).as_deref() == Some(v)),
+        None => {
+            let baseline = |d: &&OciDescriptor| variant(d).as_deref() == wanted.baseline_variant();
+            entries.iter().filter(ours).find(baseline).or_else(|| entries.iter().find(ours))
+        }
+    };
+    if let Some(d) = chosen {
         return Ok(d);
     }
     if let [only] = entries
@@ -220,7 +278,7 @@ fn pick_platform<'a>(entries: &'a [OciDescriptor], what: &str) -> Result<&'a Oci
     Err(LayerError::convert(
         what,
         format!(
-            "no {PLATFORM_OS}/{PLATFORM_ARCH} image in the index (it has: {})",
+            "no {wanted} image in the index (it has: {}); choose one with --platform",
             have.join(", ")
         ),
     ))
@@ -269,6 +327,7 @@ pub(crate) fn build_from_manifest(
     config: &ConvertConfig,
     progress: &Progress,
 ) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    let wanted = Wanted::parse(&config.platform)?;
     let (mut bytes, mut what) = (top, what.to_string());
     let mut layers = None;
     for _ in 0..=MAX_INDEX_DEPTH {
@@ -278,8 +337,8 @@ pub(crate) fn build_from_manifest(
                 break;
             }
             Manifest::Index(entries) => {
-                let chosen = pick_platform(&entries, &what)?;
-                let child = format!("{PLATFORM_OS}/{PLATFORM_ARCH} manifest {}", chosen.digest);
+                let chosen = pick_platform(&entries, &wanted, &what)?;
+                let child = format!("{wanted} manifest {}", chosen.digest);
                 let (digest, size) = chosen.target(&child)?;
                 let data = blobs.manifest(&digest, &child)?;
                 check_content(&child, &digest, size, &data)?;
@@ -338,6 +397,28 @@ pub(crate) fn build_from_manifest(
     Ok((meta, out))
 }
 
+/// Applies uncompressed tar `layers` in order, as an image manifest's layers are applied, into
+/// metadata and one data blob per layer: the tar half of convert without manifests or digests.
+/// What the fuzz tests drive (`tests/fuzz_tar.rs`); errors name the layer as `layer N`.
+pub fn apply_tar_layers(
+    layers: &[&[u8]],
+    config: &ConvertConfig,
+) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    let progress = Progress::default();
+    let mut tree = Tree::new();
+    let mut infos = Vec::with_capacity(layers.len());
+    let mut out = Vec::with_capacity(layers.len());
+    for (i, data) in layers.iter().enumerate() {
+        let mut writer = BlobWriter::new(config.block_size, config.level);
+        apply_layer(&mut tree, i, &format!("layer {}", i + 1), *data, &mut writer, &progress)?;
+        let (info, bytes) = writer.finish()?;
+        infos.push(info);
+        out.push(bytes);
+    }
+    let meta = tree.into_metadata(config.block_size, infos)?;
+    Ok((meta, out))
+}
+
 struct Node {
     inode: Inode,
     children: BTreeMap<String, usize>,
@@ -376,15 +457,15 @@ fn dir_inode(mode: u32) -> Inode {
         mtime: 0,
         mtime_ns: 0,
         xattrs: Vec::new(),
+        size: None,
         kind: Kind::Dir { entries: Vec::new() },
     }
 }
 
-/// Splits a tar path into checked components.
+/// Splits a tar path into checked components. An absolute name is rooted inside the image, as
+/// `umoci unpack` and the container runtimes do (`umoci insert IMAGE SRC /` writes a member named
+/// `/`); `..` stays refused wherever it appears.
 fn components(entry: &str) -> Result<Vec<String>> {
-    if entry.starts_with('/') {
-        return Err(LayerError::convert(entry, "absolute path in layer"));
-    }
     let mut out = Vec::new();
     for c in entry.split('/') {
         match c {
@@ -589,7 +670,11 @@ fn apply_entries(
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            tree.nodes[parent].children.remove(hidden);
+            // Whiteouts apply to lower layers only (OCI image spec, "Whiteouts"): an entry this
+            // layer added itself stays.
+            if !edits.has(parent, hidden) {
+                tree.nodes[parent].children.remove(hidden);
+            }
             continue;
         }
         let header = entry.header().clone();
@@ -621,6 +706,7 @@ fn apply_entries(
             mtime,
             mtime_ns,
             xattrs: xattrs.clone(),
+            size: None,
             kind,
         };
         use tar::EntryType as T;
@@ -855,7 +941,15 @@ mod tests {
         use tar::EntryType as T;
         for (entries, want) in [
             (vec![("../evil", T::Regular, &b"x"[..], "")], "../evil"),
-            (vec![("/abs", T::Regular, &b"x"[..], "")], "/abs"),
+            (vec![("/../evil", T::Regular, &b"x"[..], "")], "/../evil"),
+            (vec![("a/../../evil", T::Regular, &b"x"[..], "")], "escapes the root"),
+            (
+                vec![
+                    ("/l", T::Symlink, &b""[..], "/etc"),
+                    ("/l/passwd", T::Regular, &b"x"[..], ""),
+                ],
+                "writes through a symlink",
+            ),
             (
                 vec![("l", T::Symlink, &b""[..], "/etc"), ("l/passwd", T::Regular, &b"x"[..], "")],
                 "writes through a symlink",
@@ -865,6 +959,57 @@ mod tests {
             let err = apply(&[layer(&entries)]).expect_err("must be refused").to_string();
             assert!(err.contains(want), "{err} lacks {want}");
         }
+    }
+
+    /// Issue 10 item 11: what `umoci insert IMAGE SRC /` writes (a member named `/`) and absolute
+    /// names are rooted inside the image, hardlink targets too.
+    #[test]
+    fn absolute_names_are_rooted_inside_the_image() {
+        use tar::EntryType as T;
+        let lower = layer(&[("etc/", T::Directory, b"", ""), ("etc/os", T::Regular, b"1", "")]);
+        let upper = layer(&[
+            ("/", T::Directory, b"", ""),
+            ("/abs/path", T::Regular, b"22", ""),
+            ("/etc/extra", T::Regular, b"333", ""),
+            ("/h", T::Link, b"", "/abs/path"),
+        ]);
+        let meta = apply(&[lower, upper]).expect("absolute names");
+        assert_eq!(names(&meta, 0), ["abs", "etc", "h"]);
+        let child = |dir: usize, name: &str| match &meta.inodes[dir].kind {
+            Kind::Dir { entries } => {
+                entries.iter().find(|e| e.name == name).map(|e| e.inode as usize)
+            }
+            _ => None,
+        };
+        assert_eq!(names(&meta, child(0, "etc").expect("etc")), ["extra", "os"]);
+        let path = child(child(0, "abs").expect("abs"), "path").expect("abs/path");
+        assert_eq!(child(0, "h"), Some(path), "the hardlink is rooted too");
+        assert!(matches!(meta.inodes[path].kind, Kind::File { size: 2, .. }));
+    }
+
+    /// Issue 10 item 10: a `.wh.NAME` hides NAME from lower layers only; the same layer's own
+    /// NAME stays, before or after the whiteout in the tar.
+    #[test]
+    fn a_whiteout_does_not_remove_what_its_own_layer_added() {
+        use tar::EntryType as T;
+        let lower = layer(&[
+            ("d/", T::Directory, b"", ""),
+            ("d/gone", T::Regular, b"1", ""),
+            ("d/replaced", T::Regular, b"2", ""),
+        ]);
+        let upper = layer(&[
+            ("d/replaced", T::Regular, b"new bytes", ""),
+            ("d/.wh.replaced", T::Regular, b"", ""),
+            ("d/mine", T::Regular, b"3", ""),
+            ("d/.wh.mine", T::Regular, b"", ""),
+            ("d/.wh.gone", T::Regular, b"", ""),
+        ]);
+        let meta = apply(&[lower, upper]).expect("apply");
+        let d = match &meta.inodes[0].kind {
+            Kind::Dir { entries } => entries[0].inode as usize,
+            _ => unreachable!("the root is a directory"),
+        };
+        assert_eq!(names(&meta, d), ["mine", "replaced"]);
     }
 
     #[test]

@@ -267,10 +267,19 @@ mod tests {
         }
 
         fn convert(&self, source: &str) -> Result<Metadata> {
+            self.convert_for(source, "linux/amd64")
+        }
+
+        fn convert_for(&self, source: &str, platform: &str) -> Result<Metadata> {
             let parsed = parse_source(source)?;
             let rt = runtime(source)?;
             let store: DynStore = self.store.clone();
-            let config = ConvertConfig { block_size: 4096, level: 3, ..Default::default() };
+            let config = ConvertConfig {
+                block_size: 4096,
+                level: 3,
+                platform: platform.into(),
+                ..Default::default()
+            };
             build_from_store(&rt, store, &parsed, source, &config, &Progress::default())
                 .map(|(meta, _)| meta)
         }
@@ -355,6 +364,55 @@ mod tests {
         let digest = amd64["digest"].as_str().expect("digest");
         let meta = repo.convert(&format!("docker://reg.test/repo@{digest}")).expect("by digest");
         assert_eq!(root_names(&meta), ["a", "b"]);
+    }
+
+    /// Issue 10 item 10: `--platform` picks the index entry; the default is this host's.
+    #[test]
+    fn the_platform_is_chosen_not_fixed() {
+        let repo = Repo::new();
+        let a = repo.blob("application/vnd.oci.image.layer.v1.tar", &tar(&[("amd", b"1")]));
+        let b = repo.blob("application/vnd.oci.image.layer.v1.tar", &tar(&[("arm", b"2")]));
+        let c = repo.blob("application/vnd.oci.image.layer.v1.tar", &tar(&[("v7", b"3")]));
+        let amd64 = repo.image("amd64", media::OCI_MANIFEST, vec![a]);
+        let arm64 = repo.image("arm64", media::OCI_MANIFEST, vec![b]);
+        let armv7 = repo.image("armv7", media::OCI_MANIFEST, vec![c]);
+        repo.manifest(
+            "multi",
+            &json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [
+                on(&armv7, json!({"os": "linux", "architecture": "arm", "variant": "v7"})),
+                on(&arm64, json!({"os": "linux", "architecture": "arm64", "variant": "v8"})),
+                on(&amd64, json!({"os": "linux", "architecture": "amd64"})),
+            ]}),
+        );
+        let source = "docker://reg.test/repo:multi";
+        for (platform, want) in [
+            ("linux/amd64", "amd"),
+            ("linux/amd64/v1", "amd"),
+            ("linux/arm64", "arm"),
+            ("linux/arm64/v8", "arm"),
+            ("linux/arm/v7", "v7"),
+        ] {
+            let meta = repo.convert_for(source, platform).expect(platform);
+            assert_eq!(root_names(&meta), [want], "{platform}");
+        }
+        let err = repo.convert_for(source, "linux/s390x").expect_err("absent").to_string();
+        assert!(err.contains("no linux/s390x image") && err.contains("linux/arm/v7"), "{err}");
+        let err = repo.convert_for(source, "amd64").expect_err("bad form").to_string();
+        assert!(err.contains("OS/ARCH"), "{err}");
+        let host = bootseer_common::layer::build::host_platform();
+        assert_eq!(ConvertConfig::default().platform, host);
+        if host == "linux/amd64" {
+            let meta = build_from_store(
+                &runtime(source).expect("runtime"),
+                repo.store.clone(),
+                &parse_source(source).expect("source"),
+                source,
+                &ConvertConfig { block_size: 4096, ..Default::default() },
+                &Progress::default(),
+            )
+            .expect("default platform");
+            assert_eq!(root_names(&meta.0), ["amd"]);
+        }
     }
 
     #[test]
