@@ -256,9 +256,5 @@ impl Catalog {
 
 /// This host's name (for locks and summaries).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    bootseer_common::timeline::hostname()
 }

@@ -349,15 +349,8 @@ mod tests {
     use super::*;
 
     fn manifest(dir: &Path) -> Manifest {
-        let req = dir.join("requirements.txt");
-        std::fs::write(&req, "numpy==2.0\n").expect("write");
-        let step = Step {
-            command: vec!["pip".into(), "install".into(), "-r".into(), req.display().to_string()],
-            inputs: vec![req],
-            env: vec!["BOOTSEER_TEST_UNSET_VAR".into()],
-        };
-        let platform = Platform { arch: "x86_64".into(), ..Platform::default() };
-        Manifest::build("deps", 1, "tree:sha256:00", &step, false, &platform, "").expect("manifest")
+        std::fs::write(dir.join("requirements.txt"), "numpy==2.0\n").expect("write");
+        manifest_from_existing(dir)
     }
 
     #[test]
