@@ -570,3 +570,67 @@ fn stored_snapshots_mount_by_key_and_through_mount_fuse3() {
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "{wh:?}");
     bootseer_common::mount::unmount(&layer).expect("unmount");
 }
+
+#[test]
+fn a_layer_daemon_reopens_its_log_on_sighup_and_keeps_serving() {
+    let Some(()) = require_real("FUSE and overlayfs (root)", can_mount()) else { return };
+    let s = Scratch::new();
+    let store = format!("file://{}", s.path("store").display());
+    let target = s.path("t");
+    std::fs::create_dir_all(&target).expect("target");
+    let script = format!("echo v > {}/f", target.display());
+    let run = ok(&s.run(&store, &target, &[], &["sh", "-c", &script]), "run");
+    let key = keys(&run)[0].clone();
+    ok(&s.umount(&target), "umount");
+
+    // One snapshot layer as a daemon with a log file and a pidfile, as logrotate would see it.
+    let mnt = s.path("layer");
+    std::fs::create_dir_all(&mnt).expect("mnt");
+    let (log, pidfile, summary) = (s.path("layer.log"), s.path("layer.pid"), s.path("layer.json"));
+    let opts = format!(
+        "log={},pidfile={},summary={}",
+        log.display(),
+        pidfile.display(),
+        summary.display()
+    );
+    let out = Command::new(bin())
+        .arg(format!("{store}/deps:{key}"))
+        .arg(&mnt)
+        .args(["-o", &opts])
+        .output()
+        .expect("mount");
+    ok(&out, "layer daemon");
+    let pid: i32 = std::fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    let rotated = s.path("layer.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    let signal = |sig: &str| {
+        ok(
+            &Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .output()
+                .expect("kill"),
+            sig,
+        )
+    };
+    signal("HUP");
+    // SIGUSR1 logs the summary: it must land in the new file, and the mount must still serve.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal("USR1");
+    while Instant::now() < deadline
+        && !std::fs::read_to_string(&log).unwrap_or_default().contains("summary on request")
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let new_log = std::fs::read_to_string(&log).expect("a new log file after SIGHUP");
+    assert!(new_log.contains("summary on request"), "new log: {new_log}");
+    assert!(std::fs::read_to_string(&rotated).expect("old").contains("mounted"));
+    assert_eq!(std::fs::read_to_string(mnt.join("f")).expect("still serving"), "v\n");
+    // The daemon does not hold the directory it was started from.
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+    assert_eq!(cwd, Path::new("/"));
+    bootseer_common::mount::unmount(&mnt).expect("unmount");
+}

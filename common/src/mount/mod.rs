@@ -23,7 +23,8 @@
 //! - [`MountArgs::parse_helper`]: the `mount -t fuse.NAME SOURCE DIR -o k=v,…` calling form.
 //! - [`daemonize`]: forks before any thread exists; the parent returns only once the child says
 //!   the mount is ready (exit 0) or failed (its message, exit 1), as `mount(8)` expects.
-//! - [`serve`]: keeps a mounted session until SIGTERM/SIGINT (then unmounts cleanly) or until
+//! - [`serve`]: keeps a mounted session until SIGTERM/SIGINT (then unmounts cleanly; SIGHUP
+//!   reopens the log file, SIGUSR1 writes the summary so far) or until
 //!   someone else unmounts it.
 
 use std::ffi::OsString;
@@ -334,6 +335,22 @@ impl Ready {
     }
 }
 
+/// The daemon's log file, once [`daemonize`] opened it (for [`reopen_log`]).
+static LOG_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Reopens the daemon's log file onto stderr (SIGHUP, after logrotate moved it away). Does
+/// nothing for a daemon without a log file or in the foreground.
+pub fn reopen_log() -> std::io::Result<()> {
+    let Some(path) = LOG_PATH.get() else { return Ok(()) };
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    // SAFETY: dup2 onto fd 2, which the process owns as its stderr; writers holding the old
+    // description finish their write on it, later writes go to the new file.
+    if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Forks into the background. Call before any thread or runtime exists.
 ///
 /// In the parent this never returns: it waits for the child's [`Ready`] message and exits 0, or
@@ -367,9 +384,13 @@ pub fn daemonize(log: Option<&Path>) -> std::io::Result<Ready> {
         nix::unistd::ForkResult::Child => {
             drop(read);
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // A daemon must not hold the directory it was started from busy (an unmount of it,
+            // a deleted build tree): its paths are absolute from here on.
+            nix::unistd::chdir("/").map_err(std::io::Error::from)?;
             let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
             let err: OwnedFd = match log {
                 Some(path) => {
+                    let _ = LOG_PATH.set(path.to_path_buf());
                     std::fs::OpenOptions::new().create(true).append(true).open(path)?.into()
                 }
                 None => null.try_clone()?.into(),
@@ -439,7 +460,7 @@ impl ServeSignals {
     }
 }
 
-/// Keeps `session` mounted at `mountpoint` until SIGTERM, SIGINT or SIGHUP (then unmounts and
+/// Keeps `session` mounted at `mountpoint` until SIGTERM or SIGINT (then unmounts and
 /// joins) or until the mount goes away by other means (`umount`, `fusermount3 -u`). SIGUSR1
 /// calls `report` and keeps serving: the filesystem's summary on demand
 /// (`pkill -USR1 -f 'bootseer-… .*MOUNTPOINT'`).
@@ -467,6 +488,11 @@ pub fn serve(
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Signal::SIGUSR1) => report(),
+            // logrotate's signal: a new log file, the mount keeps serving.
+            Ok(Signal::SIGHUP) => match reopen_log() {
+                Ok(()) => tracing::info!("log reopened (SIGHUP)"),
+                Err(e) => tracing::warn!(error = %e, "reopening the log (SIGHUP)"),
+            },
             Ok(sig) => {
                 tracing::info!(?sig, mountpoint = %mountpoint.display(), "unmounting");
                 // Our own unmount, not fuser's: with auto_unmount, fuser leaves the kernel mount
