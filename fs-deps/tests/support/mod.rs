@@ -72,6 +72,14 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // Then anything else a failed test left mounted under the scratch dir (deepest first).
+        let under = self.dir.path().display().to_string();
+        let mut mounted: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+            .filter(|p| p.starts_with(&under) && !p.contains("/state/"))
+            .collect();
         // Take down whatever a failed test left stacked under our state dir.
         if let Ok(entries) = std::fs::read_dir(self.state()) {
             for e in entries.flatten() {
@@ -81,6 +89,12 @@ impl Drop for Scratch {
                 {
                     let _ = self.umount(Path::new(t));
                 }
+            }
+        }
+        mounted.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in mounted {
+            if bootseer_common::mount::is_mounted(Path::new(&p)) {
+                let _ = bootseer_common::mount::unmount(Path::new(&p));
             }
         }
     }
