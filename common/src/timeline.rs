@@ -12,6 +12,7 @@
 //! marks `replay_done`. Marking is a short mutex and a `SystemTime::now()`: cheap next to a
 //! FUSE round trip, and done once per phase except `last_stall` (once per slow read).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -113,7 +114,11 @@ pub fn mark_last(phase: &str) {
 /// Marks [`FIRST_READ`] and, when the read took longer than [`STALL`], [`LAST_STALL`]: call
 /// when a read of file data is answered, with how long it took.
 pub fn read_done(took: Duration) {
-    mark(FIRST_READ);
+    // Every FUSE read calls this: after the first, a fast read costs one relaxed load, no lock.
+    static FIRST_READ_SEEN: AtomicBool = AtomicBool::new(false);
+    if !FIRST_READ_SEEN.load(Ordering::Relaxed) && !FIRST_READ_SEEN.swap(true, Ordering::Relaxed) {
+        mark(FIRST_READ);
+    }
     if took >= STALL {
         mark_last(LAST_STALL);
     }

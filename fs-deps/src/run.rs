@@ -265,6 +265,30 @@ pub fn run(k: &KeyOptions, s: &StoreOptions) -> anyhow::Result<RunReport> {
     Ok(report)
 }
 
+/// Starts the layer daemon of the stored snapshot `key` as step `step` and pushes it on `stack`
+/// (what a hit, a published miss and `mount` all do).
+fn mount_stored(
+    stack: &mut Stack,
+    catalog: &Catalog,
+    s: &StoreOptions,
+    key: &str,
+    step: usize,
+) -> anyhow::Result<()> {
+    let reference = catalog.reference(key);
+    let dir = stack.state.join(format!("layer-{step}"));
+    let options = layer_options(s, &stack.state, step);
+    stack::mount_layer(&reference, &dir, &options, s.store_timeout * 2)?;
+    stack.layers.push(Layer {
+        step,
+        key: key.to_string(),
+        reference: Some(reference),
+        path: dir,
+        summary: s.summary.as_deref().map(|p| layer_summary(p, step)),
+        pidfile: Some(pidfile(&stack.state, step)),
+    });
+    stack.save()
+}
+
 /// One step of `run`: leaves the step's layer at the top of `stack`; returns its outcome.
 fn stack_step(
     rt: &tokio::runtime::Runtime,
@@ -276,21 +300,7 @@ fn stack_step(
     step: usize,
 ) -> anyhow::Result<String> {
     let key = m.key();
-    let reference = catalog.reference(&key);
-    let layer_dir = stack.state.join(format!("layer-{step}"));
-    let mount_it = |stack: &mut Stack| -> anyhow::Result<()> {
-        let options = layer_options(s, &stack.state, step);
-        stack::mount_layer(&reference, &layer_dir, &options, s.store_timeout * 2)?;
-        stack.layers.push(Layer {
-            step,
-            key: key.clone(),
-            reference: Some(reference.clone()),
-            path: layer_dir.clone(),
-            summary: s.summary.as_deref().map(|p| layer_summary(p, step)),
-            pidfile: Some(pidfile(&stack.state, step)),
-        });
-        stack.save()
-    };
+    let mount_it = |stack: &mut Stack| mount_stored(stack, catalog, s, &key, step);
     let lookup = match rt.block_on(catalog.lookup(&key)) {
         Ok(l) => l,
         Err(e) if s.fallback_install => {
@@ -406,20 +416,7 @@ pub fn mount(target: &Path, name: &str, keys: &[String], s: &StoreOptions) -> an
     let mut stack = Stack::create(&s.state_root, &target)?;
     let result = (|| -> anyhow::Result<()> {
         for (i, key) in keys.iter().enumerate() {
-            let step = i + 1;
-            let reference = catalog.reference(key);
-            let dir = stack.state.join(format!("layer-{step}"));
-            let options = layer_options(s, &stack.state, step);
-            stack::mount_layer(&reference, &dir, &options, s.store_timeout * 2)?;
-            stack.layers.push(Layer {
-                step,
-                key: key.clone(),
-                reference: Some(reference),
-                path: dir,
-                summary: s.summary.as_deref().map(|p| layer_summary(p, step)),
-                pidfile: Some(pidfile(&stack.state, step)),
-            });
-            stack.save()?;
+            mount_stored(&mut stack, &catalog, s, key, i + 1)?;
         }
         stack.mount_overlay()
     })();
