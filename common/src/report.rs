@@ -35,7 +35,6 @@ const WHY: &[(&str, &[&str])] = &[
     ("stripes retried", &["stripes_retried"]),
     ("stripes hedged", &["stripes_hedged"]),
     ("MB from HDFS", &["bytes_fetched"]),
-    ("disk cache misses", &["cache", "disk_misses"]),
 ];
 
 /// One daemon's mount, as its summary says.
