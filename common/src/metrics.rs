@@ -24,6 +24,8 @@ pub const CACHE_CORRUPT: &str = "cache.corrupt";
 pub const CACHE_EVICT_MEMORY: &str = "cache.evict.memory";
 /// Blocks evicted from the disk tier.
 pub const CACHE_EVICT_DISK: &str = "cache.evict.disk";
+/// Blocks not written to the disk tier: its writer's queue was full, or the disk stayed full.
+pub const CACHE_DISK_DROPPED: &str = "cache.disk.dropped";
 /// Trace records dropped because the writer's channel was full.
 pub const TRACE_DROPPED: &str = "trace.dropped";
 /// FUSE operations that returned an error (label `op`).

@@ -259,7 +259,9 @@ async fn disk_tier_is_reused_after_restart_and_corrupt_entries_are_refetched() {
 
     // Damage one entry's payload: it is detected, dropped, and the block refetched.
     let key = bootseer_common::cache::disk::disk_key("id-blob", 4);
-    let path = dir.path().join("v1").join(&hex::encode(key)[..2]).join(hex::encode(key));
+    let path = bootseer_common::cache::DiskTier::open(dir.path(), 1 << 30)
+        .expect("open the tier")
+        .entry_path(&key);
     let mut bytes = std::fs::read(&path).expect("entry exists");
     let n = bytes.len();
     bytes[n - 10] ^= 0x55;

@@ -8,7 +8,8 @@
 //!     ├─ memory tier (LRU, hard byte budget)          → hit
 //!     ├─ flight for (blob, i) already queued/running  → wait for it (a queued prefetch is
 //!     │                                                  promoted: fetched now, not in turn)
-//!     └─ new flight → task: disk tier (verified) or source.fetch → verify → memory + disk
+//!     └─ new flight → task: disk tier (CRC-checked) or source.fetch → blocking thread:
+//!                      decode (decompress) + verify digest, once → memory + disk writer queue
 //!   prefetch(source, blocks, Replay | Background)
 //!     └─ flights registered as *queued* → prefetch queue (Replay before Background, FIFO)
 //!        → `prefetch_concurrency` workers claim what is still queued and fill it in runs
@@ -22,8 +23,15 @@
 //!   memory tier re-check it under the flights lock, so no window lets two fetches race.
 //! - On-demand reads never wait behind queued prefetch: they either join a running fetch or
 //!   start their own. Prefetch holds at most `prefetch_concurrency` fetches at once.
-//! - Nothing unverified is served: every fetched block and every disk load is checked against
-//!   [`BlockSource::block_digest`]; a mismatch is [`CacheError::Corrupt`] and is never cached.
+//! - Nothing unverified is served: every fetched block is checked against
+//!   [`BlockSource::block_digest`] before it is served or cached (a mismatch is
+//!   [`CacheError::Corrupt`] and is never cached), and the disk tier only holds blocks that
+//!   passed, each guarded by its own CRC (see [`disk`]).
+//! - CPU work stays off the async workers: decoding and hashing a fetched run, and disk loads,
+//!   run on tokio's blocking threads (one hop per run); disk writes on the [`DiskWriter`] thread,
+//!   behind a queue bounded in bytes (full: dropped and counted, never waited on).
+//! - The disk tier is optional at run time: a cache directory that cannot be used leaves the
+//!   cache memory-only, with a warning and the reason in [`CacheStats::disk_unusable`].
 //! - Every flight is completed exactly once, even if its task is dropped or panics (a guard
 //!   completes leftovers with [`CacheError::Abandoned`]), so no reader waits forever.
 //!
@@ -45,7 +53,7 @@ use lru::LruCache;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
-pub use self::disk::DiskTier;
+pub use self::disk::{DiskTier, DiskWriter};
 pub use self::source::{BlockSource, DynSource, StoreBlocks};
 use crate::digest::Digest;
 use crate::errno::ToErrno;
@@ -126,6 +134,13 @@ pub struct CacheConfig {
     pub prefetch_concurrency: usize,
 }
 
+/// Bounds of the disk writer's queue: half the memory budget, within these. A block dropped
+/// from the queue and then evicted from memory is fetched again when read, so the queue must
+/// absorb a replay's burst; a disk slower than the network for longer costs dropped writes,
+/// not unbounded memory.
+const WRITE_QUEUE_MIN: u64 = 16 << 20;
+const WRITE_QUEUE_MAX: u64 = 64 << 20;
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
@@ -178,6 +193,15 @@ pub struct CacheStats {
     pub memory_bytes: u64,
     /// Bytes now in the disk tier.
     pub disk_bytes: u64,
+    /// Blocks written to the disk tier.
+    pub disk_written: u64,
+    /// Blocks not written to the disk tier (its queue was full, or the disk stayed full).
+    pub disk_dropped: u64,
+    /// Disk tier writes that failed otherwise.
+    pub disk_failed: u64,
+    /// Why the cache directory is not used, if one was asked for and could not be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_unusable: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -292,6 +316,8 @@ struct Inner {
     flights: Mutex<HashMap<BlockKey, Flight>>,
     mem: Mutex<MemTier>,
     disk: Option<Arc<DiskTier>>,
+    writer: Option<DiskWriter>,
+    disk_unusable: Option<String>,
     queue: Arc<Queue>,
     counters: Counters,
     runtime: Handle,
@@ -313,12 +339,21 @@ pub struct BlockCache {
 impl BlockCache {
     /// Builds a cache whose fetches and prefetch workers run on `runtime`.
     pub fn new(config: CacheConfig, runtime: Handle) -> Result<Self, CacheError> {
-        let disk = match &config.disk_dir {
-            Some(dir) => Some(Arc::new(DiskTier::open(dir, config.disk_bytes).map_err(|e| {
-                CacheError::Setup { path: dir.display().to_string(), source: Arc::new(e) }
-            })?)),
-            None => None,
-        };
+        let (mut disk, mut writer, mut disk_unusable) = (None, None, None);
+        if let Some(dir) = &config.disk_dir {
+            let opened = DiskTier::open(dir, config.disk_bytes).map(Arc::new).and_then(|tier| {
+                let limit = (config.memory_bytes / 2).clamp(WRITE_QUEUE_MIN, WRITE_QUEUE_MAX);
+                Ok((tier.clone(), DiskWriter::start(tier, limit)?))
+            });
+            match opened {
+                Ok((tier, w)) => (disk, writer) = (Some(tier), Some(w)),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e,
+                        "cache directory unusable; blocks are kept in memory only");
+                    disk_unusable = Some(format!("{}: {e}", dir.display()));
+                }
+            }
+        }
         let queue = Arc::new(Queue::default());
         let inner = Arc::new(Inner {
             flights: Mutex::new(HashMap::new()),
@@ -328,6 +363,8 @@ impl BlockCache {
                 budget: config.memory_bytes,
             }),
             disk,
+            writer,
+            disk_unusable,
             queue: queue.clone(),
             counters: Counters::default(),
             runtime: runtime.clone(),
@@ -451,8 +488,8 @@ impl BlockCache {
     }
 
     /// Queues `blocks` of `source` for prefetch at `priority` and waits until each is cached or
-    /// failed; the first failure is returned. Blocks already cached or under way are not fetched
-    /// again. Dropping the future does not cancel the queued work.
+    /// failed; the first failure is returned. Blocks already cached (in memory or on disk) or
+    /// under way are not fetched again. Dropping the future does not cancel the queued work.
     pub async fn prefetch(
         &self,
         source: &DynSource,
@@ -496,7 +533,14 @@ impl BlockCache {
                 let key = BlockKey { blob: blob.clone(), index };
                 if let Some(flight) = flights.get(&key) {
                     waiting.push((index, flight.tx.subscribe()));
-                } else if !lock(&inner.mem).blocks.contains(&key) {
+                } else if !lock(&inner.mem).blocks.contains(&key)
+                    && !inner
+                        .disk
+                        .as_ref()
+                        .is_some_and(|d| d.contains(&disk::disk_key(&blob, index)))
+                {
+                    // Not in memory and not on disk (a block on disk is local already: prefetch
+                    // would only copy it into memory, where readers do not need it).
                     let (tx, rx) = watch::channel(None);
                     flights.insert(key, Flight { tx, running: false });
                     waiting.push((index, rx));
@@ -557,6 +601,55 @@ impl BlockCache {
             || self.inner.disk.as_ref().is_some_and(|d| d.contains(&disk::disk_key(blob, index)))
     }
 
+    /// Bytes `within` each block `index` of `source`, from the disk tier alone, reading and
+    /// checking only the chunks they fall in and leaving the memory tier alone (the kernel's page
+    /// cache over the disk tier holds them): `None` for a block the disk does not have, or whose
+    /// entry failed its check (removed; the caller then fetches it). One hop to a blocking
+    /// thread for all of them. Counts disk hits.
+    pub async fn load_disk_ranges(
+        &self,
+        source: &DynSource,
+        wanted: Vec<(u64, std::ops::Range<usize>)>,
+    ) -> Vec<Option<Bytes>> {
+        let Some(tier) = self.inner.disk.clone() else { return vec![None; wanted.len()] };
+        let blob: Arc<str> = source.id().into();
+        let n = wanted.len();
+        let blob2 = blob.clone();
+        let loads = self
+            .inner
+            .runtime
+            .spawn_blocking(move || {
+                wanted
+                    .into_iter()
+                    .map(|(i, within)| tier.load_range(&disk::disk_key(&blob2, i), i, within))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_else(|_| (0..n).map(|_| disk::Load::Miss).collect());
+        loads
+            .into_iter()
+            .map(|load| match load {
+                disk::Load::Hit(data) => {
+                    bump(&self.inner.counters.hits_disk, 1);
+                    ::metrics::counter!(m::CACHE_HIT_DISK).increment(1);
+                    Some(data)
+                }
+                disk::Load::Corrupt(why) => {
+                    bump(&self.inner.counters.corrupt, 1);
+                    ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
+                    tracing::warn!(blob = %blob, why, "dropped corrupt disk cache entry");
+                    None
+                }
+                disk::Load::Miss => None,
+            })
+            .collect()
+    }
+
+    /// Fetches running now (joined readers count once; queued prefetch not at all).
+    pub fn fetches_running(&self) -> usize {
+        lock(&self.inner.flights).values().filter(|f| f.running).count()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> CacheStats {
         let c = &self.inner.counters;
@@ -579,7 +672,57 @@ impl BlockCache {
             cancelled: get(&c.cancelled),
             memory_bytes: lock(&self.inner.mem).bytes,
             disk_bytes: self.inner.disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_written: self.writer_count(|w| &w.written),
+            disk_dropped: self.writer_count(|w| &w.dropped),
+            disk_failed: self.writer_count(|w| &w.failed),
+            disk_unusable: self.inner.disk_unusable.clone(),
         }
+    }
+
+    fn writer_count(&self, f: impl Fn(&disk::WriterCounters) -> &AtomicU64) -> u64 {
+        self.inner.writer.as_ref().map_or(0, |w| f(w.counters()).load(Ordering::Relaxed))
+    }
+
+    /// Waits until every block queued for the disk tier so far is written (or dropped).
+    pub fn flush_disk(&self) {
+        if let Some(w) = &self.inner.writer {
+            w.flush();
+        }
+    }
+
+    /// Block `index` of `source` if it is in the memory tier (counted as a hit).
+    pub fn peek(&self, source: &DynSource, index: u64) -> Option<Bytes> {
+        let key = BlockKey { blob: source.id().into(), index };
+        let found = lock(&self.inner.mem).blocks.get(&key).cloned();
+        if found.is_some() {
+            bump(&self.inner.counters.hits_memory, 1);
+            ::metrics::counter!(m::CACHE_HIT_MEMORY).increment(1);
+        }
+        found
+    }
+
+    /// Blocks `blocks` of `source` if every one is in the memory tier (counted as hits), else
+    /// `None` (nothing counted): the answer a FUSE thread may give without waiting on anything.
+    pub fn peek_many(
+        &self,
+        source: &DynSource,
+        blocks: std::ops::Range<u64>,
+    ) -> Option<Vec<Bytes>> {
+        if blocks.end > source.block_count() {
+            return None;
+        }
+        let blob: Arc<str> = source.id().into();
+        let found: Option<Vec<Bytes>> = {
+            let mut mem = lock(&self.inner.mem);
+            blocks
+                .map(|index| mem.blocks.get(&BlockKey { blob: blob.clone(), index }).cloned())
+                .collect()
+        };
+        if let Some(found) = &found {
+            bump(&self.inner.counters.hits_memory, found.len() as u64);
+            ::metrics::counter!(m::CACHE_HIT_MEMORY).increment(found.len() as u64);
+        }
+        found
     }
 
     /// The disk tier, if there is one.
@@ -668,19 +811,17 @@ async fn fill(inner: &Arc<Inner>, source: DynSource, blocks: Vec<u64>, priority:
     let mut done = Completer { inner, blob: blob.clone(), pending: blocks.clone() };
     let mut missing = blocks;
     if let Some(tier) = inner.disk.clone() {
-        let candidates: Vec<(u64, Option<Digest>)> = missing
-            .iter()
-            .filter(|&&i| tier.contains(&disk::disk_key(&blob, i)))
-            .map(|&i| (i, source.block_digest(i)))
-            .collect();
-        if !candidates.is_empty() {
+        // Every block is tried, indexed or not: another daemon on the same directory may have
+        // written it (a miss costs one failed open, next to a network fetch).
+        let candidates = missing.clone();
+        {
             let blob2 = blob.clone();
             let loads = inner
                 .runtime
                 .spawn_blocking(move || {
                     candidates
                         .into_iter()
-                        .map(|(i, d)| (i, tier.load(&disk::disk_key(&blob2, i), i, d)))
+                        .map(|i| (i, tier.load(&disk::disk_key(&blob2, i), i)))
                         .collect::<Vec<_>>()
                 })
                 .await
@@ -752,38 +893,73 @@ async fn fetch_run(
             return;
         }
     };
-    for (index, data) in run.zip(blocks) {
-        if let Some(expected) = source.block_digest(index) {
-            let actual = Digest::of(&data);
-            if actual != expected {
-                bump(&c.corrupt, 1);
-                ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "fetch").increment(1);
-                let err = CacheError::Corrupt {
-                    blob: source.id().into(),
-                    block: index,
-                    expected,
-                    actual,
-                };
-                tracing::error!(error = %err, "fetched block failed verification");
+    let checked = decode_and_verify(inner, source, run.clone(), blocks).await;
+    for (index, result) in run.zip(checked) {
+        let data = match result {
+            Ok(data) => data,
+            Err(err) => {
+                if let CacheError::Corrupt { .. } = err {
+                    bump(&c.corrupt, 1);
+                    ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "fetch").increment(1);
+                    tracing::error!(error = %err, "fetched block failed verification");
+                } else {
+                    bump(&c.fetch_errors, 1);
+                    tracing::warn!(error = %err, "fetched block could not be decoded");
+                }
                 done.complete(index, Err(err));
                 continue;
             }
-        }
+        };
         bump(&c.fetched[lane], 1);
         bump(&c.bytes[lane], data.len() as u64);
         ::metrics::counter!(m::FETCH_BYTES, "priority" => priority.label())
             .increment(data.len() as u64);
-        if let Some(tier) = inner.disk.clone() {
-            let key = disk::disk_key(source.id(), index);
-            let copy = data.clone();
-            // Off the request path: a failed disk write costs a refetch later, never a read.
-            inner.runtime.spawn_blocking(move || {
-                if let Err(e) = tier.store(&key, index, &copy) {
-                    tracing::warn!(error = %e, "disk cache write failed");
-                }
-            });
+        if let Some(writer) = &inner.writer {
+            // Off the request path: a dropped write costs a refetch later, never a read.
+            writer.submit(disk::disk_key(source.id(), index), index, data.clone());
         }
         done.complete(index, Ok(data));
+    }
+}
+
+/// Decodes each fetched block and checks it against its digest: once per block, on a blocking
+/// thread when there is work to do (decompression or hashing), inline otherwise.
+async fn decode_and_verify(
+    inner: &Arc<Inner>,
+    source: &DynSource,
+    run: std::ops::Range<u64>,
+    fetched: Vec<Bytes>,
+) -> Vec<Result<Bytes, CacheError>> {
+    let check = |source: &DynSource, run: std::ops::Range<u64>, fetched: Vec<Bytes>| {
+        run.zip(fetched)
+            .map(|(index, raw)| {
+                let data = source.decode(index, raw)?;
+                if let Some(expected) = source.block_digest(index) {
+                    let actual = Digest::of(&data);
+                    if actual != expected {
+                        let blob = source.id().into();
+                        return Err(CacheError::Corrupt { blob, block: index, expected, actual });
+                    }
+                }
+                Ok(data)
+            })
+            .collect::<Vec<_>>()
+    };
+    if !source.decodes() && source.block_digest(run.start).is_none() {
+        return check(source, run, fetched);
+    }
+    let (source2, run2) = (source.clone(), run.clone());
+    match inner.runtime.spawn_blocking(move || check(&source2, run2, fetched)).await {
+        Ok(checked) => checked,
+        Err(e) => run
+            .map(|block| {
+                Err(CacheError::Malformed {
+                    blob: source.id().into(),
+                    block,
+                    message: format!("decoding failed: {e}"),
+                })
+            })
+            .collect(),
     }
 }
 

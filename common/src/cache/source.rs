@@ -3,8 +3,10 @@
 //!
 //! A source knows how its blob is laid out (fixed slices of an HDFS file; independently
 //! compressed blocks of an image blob) and turns a run of block indexes into as few store reads
-//! as it can. The cache owns everything else: single-flight, priorities, tiers and verification
-//! against [`BlockSource::block_digest`].
+//! as it can ([`BlockSource::fetch`], async, on the runtime's workers), and fetched bytes into
+//! served bytes ([`BlockSource::decode`], CPU, on a blocking thread). The cache owns everything
+//! else: single-flight, priorities, tiers and verification against
+//! [`BlockSource::block_digest`].
 
 use std::fmt;
 use std::ops::Range;
@@ -32,8 +34,23 @@ pub trait BlockSource: Send + Sync + fmt::Debug + 'static {
     fn block_digest(&self, index: u64) -> Option<Digest>;
 
     /// Fetches blocks `blocks` (non-empty, within `block_count`), returning one buffer per block
-    /// in order. Implementations read neighbours in as few backend requests as they can.
+    /// in order, as stored (see [`BlockSource::decode`]). Implementations read neighbours in as
+    /// few backend requests as they can, and do no CPU-heavy work here: this runs on the async
+    /// workers.
     async fn fetch(&self, blocks: Range<u64>) -> Result<Vec<Bytes>, CacheError>;
+
+    /// Whether [`BlockSource::decode`] does work (decompression); when neither it nor a digest
+    /// check is needed, the cache skips the hop to a blocking thread.
+    fn decodes(&self) -> bool {
+        false
+    }
+
+    /// Turns block `index` as fetched into the bytes served (decompresses, checks the length).
+    /// The cache calls it once per fetched block, on a blocking thread, right before the digest
+    /// check. The default serves what was fetched.
+    fn decode(&self, _index: u64, fetched: Bytes) -> Result<Bytes, CacheError> {
+        Ok(fetched)
+    }
 }
 
 /// A shared block source.

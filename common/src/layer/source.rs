@@ -1,6 +1,7 @@
 //! [`LayerBlob`]: the [`BlockSource`] of one data blob. A run of blocks is one `read_range` of
-//! their compressed span (blocks are packed back to back); each block is then decompressed on its
-//! own, its length checked, and handed to the cache, which checks its digest.
+//! their compressed span (blocks are packed back to back), cut into one slice per block
+//! (`fetch`, async); the cache then has each block decompressed and its length checked
+//! (`decode`) and its digest checked, once, on a blocking thread.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -72,11 +73,6 @@ impl BlockSource for LayerBlob {
     }
 
     async fn fetch(&self, blocks: Range<u64>) -> Result<Vec<Bytes>, CacheError> {
-        let malformed = |block: u64, message: String| CacheError::Malformed {
-            blob: self.id.clone(),
-            block,
-            message,
-        };
         let (Some(first), Some(last)) = (
             self.blocks.get(blocks.start as usize),
             blocks.end.checked_sub(1).and_then(|l| self.blocks.get(l as usize)),
@@ -103,20 +99,32 @@ impl BlockSource for LayerBlob {
                 source: Arc::new(e),
             });
         }
-        let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
-        for index in blocks {
-            let (offset, len, _) = self.blocks[index as usize];
-            let start = (offset - span.start) as usize;
-            let compressed = &data[start..start + len as usize];
-            let want = self.block_len(index) as usize;
-            // A capacity of exactly the expected length: a block that inflates to more is refused.
-            let plain = zstd::bulk::decompress(compressed, want)
-                .map_err(|e| malformed(index, format!("zstd: {e}")))?;
-            if plain.len() != want {
-                return Err(malformed(index, format!("{} bytes, expected {want}", plain.len())));
-            }
-            out.push(Bytes::from(plain));
+        Ok(blocks
+            .map(|index| {
+                let (offset, len, _) = self.blocks[index as usize];
+                let start = (offset - span.start) as usize;
+                data.slice(start..start + len as usize)
+            })
+            .collect())
+    }
+
+    fn decodes(&self) -> bool {
+        true
+    }
+
+    fn decode(&self, index: u64, compressed: Bytes) -> Result<Bytes, CacheError> {
+        let want = self.block_len(index) as usize;
+        let malformed = |message: String| CacheError::Malformed {
+            blob: self.id.clone(),
+            block: index,
+            message,
+        };
+        // A capacity of exactly the expected length: a block that inflates to more is refused.
+        let plain = zstd::bulk::decompress(&compressed, want)
+            .map_err(|e| malformed(format!("zstd: {e}")))?;
+        if plain.len() != want {
+            return Err(malformed(format!("{} bytes, expected {want}", plain.len())));
         }
-        Ok(out)
+        Ok(Bytes::from(plain))
     }
 }
