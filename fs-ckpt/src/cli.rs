@@ -227,7 +227,6 @@ impl MountOptions {
 
 /// The binary's entry point: parses either calling form and mounts.
 pub fn run() -> ExitCode {
-    return_freed_buffers();
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let helper_form = args
         .first()
@@ -266,21 +265,15 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// Makes glibc's malloc give every buffer of 256 KiB or more its own mapping, returned to the
-/// kernel when freed. Its default raises that threshold as large blocks are freed, after which
-/// range-read buffers (up to a stripe) are carved from per-thread arenas that keep the memory:
-/// the daemon's RSS then grows past `--memory` although what it holds stays within it.
-fn return_freed_buffers() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a malloc tunable; called first thing in main, before any other
-    // thread exists, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-    }
-}
-
 /// Mounts and serves until unmounted; see the module doc for the order of steps.
 pub fn mount(options: MountOptions) -> anyhow::Result<()> {
+    // The daemon changes to `/` once forked: relative paths are taken from where it was run.
+    let options = MountOptions {
+        mountpoint: mount::absolute(&options.mountpoint),
+        summary: options.summary.as_deref().map(mount::absolute),
+        conf_dir: options.conf_dir.as_deref().map(mount::absolute),
+        ..options
+    };
     let run = DaemonOptions {
         foreground: options.foreground,
         log: options.log.clone(),

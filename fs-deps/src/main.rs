@@ -274,7 +274,8 @@ fn serve_helper(args: &MountArgs) -> anyhow::Result<()> {
         mount: config,
         summary: parsed.daemon.summary.clone(),
         print_summary: parsed.daemon.foreground,
-    };
+    }
+    .absolute();
     let run = DaemonOptions {
         foreground: parsed.daemon.foreground,
         log: parsed.daemon.log.clone(),

@@ -51,9 +51,10 @@ enum Command {
         /// Disk cache size (k/M/G).
         #[arg(long, default_value = "10G")]
         cache_size: String,
-        /// Memory budget for blocks (k/M/G).
-        #[arg(long, default_value = "512M")]
-        memory: String,
+        /// Memory budget for blocks (k/M/G); default 32M with --cache-dir (the disk tier holds
+        /// the blocks), 512M without.
+        #[arg(long)]
+        memory: Option<String>,
         /// Trace mode: auto (replay a stored trace, record and store), record, replay, off.
         #[arg(long, default_value = "auto")]
         trace: TraceMode,
@@ -172,7 +173,7 @@ fn main() -> anyhow::Result<()> {
                 session: SessionConfig {
                     cache_dir,
                     cache_size: parse_size(&cache_size)?,
-                    memory: parse_size(&memory)?,
+                    memory: memory.as_deref().map(parse_size).transpose()?,
                     trace,
                     workload,
                     trace_window: trace_window.map(std::time::Duration::from_secs),

@@ -89,7 +89,8 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         mount: config,
         summary: daemon.summary.clone(),
         print_summary: daemon.foreground,
-    };
+    }
+    .absolute();
     let run = DaemonOptions {
         foreground: daemon.foreground,
         log: daemon.log.clone(),
@@ -120,7 +121,7 @@ mod tests {
         };
         let o = helper_options(&args).expect("options");
         assert_eq!(o.session.trace, TraceMode::Replay);
-        assert_eq!(o.session.memory, 1 << 30);
+        assert_eq!(o.session.memory, Some(1 << 30));
         assert_eq!(o.session.cache_dir, Some(PathBuf::from("/c")));
         assert!(o.parsed.flags.suid && !o.parsed.flags.dev && !o.parsed.flags.allow_other);
         let typo = MountArgs { options: vec![("cache-dir".into(), "/c".into())], ..args };

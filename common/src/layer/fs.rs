@@ -2,9 +2,12 @@
 //!
 //! ```text
 //!  lookup/getattr/readdir/readlink/xattrs ──► Metadata (all in memory since mount)
-//!  read(ino, off, len) ──► file range in blob stream ──► blocks b0..bn
-//!        └─ per block: Recorder::record (first access only) ──► BlockCache::get (on demand)
-//!                         └─ miss: LayerBlob::fetch (one range read, zstd, length) → digest check
+//!  plan_read(ino, off, len) ──► file range in blob stream ──► blocks b0..bn (a PlannedRead)
+//!        └─ per block: Recorder::record (first access only); sequential window (below)
+//!  read_cached(planned) ──► every block in the memory tier? bytes : None   (never waits)
+//!  read_planned(planned) ──► BlockCache::get_many (on demand; one fill for the missing run)
+//!                         └─ miss: disk tier, or LayerBlob::fetch (one range read) → decode
+//!                            (zstd, length) → digest check, on a blocking thread
 //!        └─ a read that continues the file's previous one: queue the next blocks of the file
 //!           at Background priority, a window that doubles per sequential read (2 → 16);
 //!           not while a trace replays (the trace knows better, and shares the link)
@@ -110,6 +113,57 @@ struct Stream {
     queued_end: u64,
     /// Blocks to keep queued ahead.
     window: u64,
+}
+
+/// A read resolved against the metadata ([`LayerFs::plan_read`]): the blocks of one blob it
+/// covers and where in the blob's byte stream it starts and stops. Owns what it needs, so a FUSE
+/// callback can hand it to a task.
+#[derive(Debug)]
+pub struct PlannedRead {
+    source: DynSource,
+    /// Blob blocks, end exclusive.
+    blocks: std::ops::Range<u64>,
+    /// Offsets in the blob's uncompressed stream, end exclusive.
+    start: u64,
+    stop: u64,
+    block_size: u64,
+    /// When the read arrived (for the timeline's read latency).
+    t0: Instant,
+}
+
+impl PlannedRead {
+    /// The bytes of block `index` this read needs, as offsets within the block.
+    fn within(&self, index: u64) -> std::ops::Range<usize> {
+        let base = index * self.block_size;
+        (self.start.max(base) - base) as usize
+            ..(self.stop.min(base + self.block_size) - base) as usize
+    }
+
+    /// Copies the read's bytes out of its pieces: `pieces[k]` holds block `self.blocks.start +
+    /// k` from the offset it names (0 for a whole block; a disk range load starts later).
+    fn assemble(&self, pieces: &[(usize, bytes::Bytes)]) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity((self.stop - self.start) as usize);
+        let mut pos = self.start;
+        for (index, (base, block)) in self.blocks.clone().zip(pieces) {
+            let within =
+                ((pos - index * self.block_size) as usize).checked_sub(*base).ok_or_else(|| {
+                    LayerError::malformed("block", format!("block {index}: piece starts late"))
+                })?;
+            let take = ((self.stop - pos) as usize).min(block.len().saturating_sub(within));
+            if take == 0 {
+                return Err(LayerError::malformed(
+                    "block",
+                    format!("block {index} shorter than its table says"),
+                ));
+            }
+            out.extend_from_slice(&block[within..within + take]);
+            pos += take as u64;
+        }
+        if pos != self.stop || pieces.len() as u64 != self.blocks.end - self.blocks.start {
+            return Err(LayerError::malformed("block", "blocks end before the read".to_string()));
+        }
+        Ok(out)
+    }
 }
 
 /// First and largest sequential window, in blocks.
@@ -310,15 +364,23 @@ impl LayerFs {
         }
     }
 
-    /// Up to `size` bytes of file `ino` from `offset`; shorter only at end of file.
+    /// Up to `size` bytes of file `ino` from `offset`; shorter only at end of file. The whole
+    /// read in one call: [`LayerFs::plan_read`], then the memory tier or the fetch.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let t0 = Instant::now();
-        let out = self.read_inner(ino, offset, size).await;
-        crate::timeline::read_done(t0.elapsed());
-        out
+        match self.plan_read(ino, offset, size)? {
+            None => Ok(Vec::new()),
+            Some(planned) => match self.read_cached(&planned) {
+                Some(done) => done,
+                None => self.read_planned(planned).await,
+            },
+        }
     }
 
-    async fn read_inner(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Resolves a read against the metadata, without waiting on anything: which blocks it needs
+    /// (recorded in the trace, first access only), and the next blocks of a sequential stream
+    /// queued. `None`: nothing to read (at or past the end of the file).
+    pub fn plan_read(&self, ino: u64, offset: u64, size: u32) -> Result<Option<PlannedRead>> {
+        let t0 = Instant::now();
         if self.first_read_us.load(Ordering::Relaxed) == 0 {
             let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
             let _ = self.first_read_us.compare_exchange(
@@ -336,40 +398,84 @@ impl LayerFs {
         };
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if offset >= end {
-            return Ok(Vec::new());
+            crate::timeline::read_done(t0.elapsed());
+            return Ok(None);
         }
         let source = &self.sources[blob];
         let bs = u64::from(self.meta.block_size);
         let (start, stop) = (file_off + offset, file_off + end);
-        let file_id = self.file_id(i);
+        let blocks = start / bs..(stop - 1) / bs + 1;
         self.stream_ahead(
             ino,
             source,
-            start / bs..(stop - 1) / bs,
+            blocks.start..blocks.end - 1,
             (file_off + file_size - 1) / bs,
         );
-        let mut out = Vec::with_capacity((stop - start) as usize);
-        let mut pos = start;
-        while pos < stop {
-            let index = pos / bs;
-            if let (Some(rec), Some(Some(slot)), Some(file)) =
-                (&self.recorder, self.slots.get(blob), file_id)
-            {
+        if let (Some(rec), Some(Some(slot)), Some(file)) =
+            (&self.recorder, self.slots.get(blob), self.file_id(i))
+        {
+            for index in blocks.clone() {
                 rec.record(slot, index, file);
             }
-            let block = self.cache.get(source, index).await?;
-            let within = (pos - index * bs) as usize;
-            let take = ((stop - pos) as usize).min(block.len().saturating_sub(within));
-            if take == 0 {
-                return Err(LayerError::malformed(
-                    "block",
-                    format!("block {index} shorter than its table says"),
-                ));
-            }
-            out.extend_from_slice(&block[within..within + take]);
-            pos += take as u64;
         }
-        Ok(out)
+        Ok(Some(PlannedRead { source: source.clone(), blocks, start, stop, block_size: bs, t0 }))
+    }
+
+    /// The planned read from the memory tier alone, if every block it needs is there: what a
+    /// FUSE thread answers without waiting. `None`: some block must be loaded or fetched.
+    pub fn read_cached(&self, planned: &PlannedRead) -> Option<Result<Vec<u8>>> {
+        let blocks = self.cache.peek_many(&planned.source, planned.blocks.clone())?;
+        let pieces: Vec<(usize, bytes::Bytes)> = blocks.into_iter().map(|b| (0, b)).collect();
+        let out = planned.assemble(&pieces);
+        crate::timeline::read_done(planned.t0.elapsed());
+        Some(out)
+    }
+
+    /// The planned read, with what the memory tier lacks taken from the disk tier (only the
+    /// bytes the read needs, not kept in memory: the page cache over the disk tier holds them)
+    /// or else fetched on demand (consecutive missing blocks in one fill, so neighbours are one
+    /// store request).
+    pub async fn read_planned(&self, planned: PlannedRead) -> Result<Vec<u8>> {
+        let out = self.gather(&planned).await.and_then(|pieces| planned.assemble(&pieces));
+        crate::timeline::read_done(planned.t0.elapsed());
+        out
+    }
+
+    async fn gather(&self, planned: &PlannedRead) -> Result<Vec<(usize, bytes::Bytes)>> {
+        let source = &planned.source;
+        let mut pieces: Vec<Option<(usize, bytes::Bytes)>> =
+            planned.blocks.clone().map(|i| self.cache.peek(source, i).map(|b| (0, b))).collect();
+        let wanted: Vec<(u64, std::ops::Range<usize>)> = planned
+            .blocks
+            .clone()
+            .zip(&pieces)
+            .filter(|(_, p)| p.is_none())
+            .map(|(i, _)| (i, planned.within(i)))
+            .collect();
+        if !wanted.is_empty() {
+            let loaded = self.cache.load_disk_ranges(source, wanted.clone()).await;
+            for ((i, within), data) in wanted.into_iter().zip(loaded) {
+                if let Some(data) = data {
+                    pieces[(i - planned.blocks.start) as usize] = Some((within.start, data));
+                }
+            }
+        }
+        // What neither tier had: fetched, one fill per run of consecutive blocks.
+        let mut k = 0;
+        while k < pieces.len() {
+            if pieces[k].is_some() {
+                k += 1;
+                continue;
+            }
+            let run_end = (k..pieces.len()).find(|&j| pieces[j].is_some()).unwrap_or(pieces.len());
+            let first = planned.blocks.start + k as u64;
+            let fetched = self.cache.get_many(source, first..first + (run_end - k) as u64).await?;
+            for (j, block) in (k..run_end).zip(fetched) {
+                pieces[j] = Some((0, block));
+            }
+            k = run_end;
+        }
+        Ok(pieces.into_iter().flatten().collect())
     }
 
     /// Updates `ino`'s stream with a read of `blocks` (inclusive) and, if it continues the

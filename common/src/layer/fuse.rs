@@ -1,9 +1,13 @@
 //! [`LayerFuse`]: the fuser adapter over [`LayerFs`] — the only file that touches `Reply*`.
 //!
 //! Every callback: a `tracing` span, one call into [`LayerFs`], one reply; errors go through
-//! [`fuse_error`]. Reads `block_on` the session's tokio handle from fuser's worker threads
-//! (never a runtime thread). The tree is immutable, so entries and attributes get long TTLs and
-//! opened files keep the page cache across opens.
+//! [`fuse_error`]. Metadata is all in memory, so lookups, attributes, listings and xattrs answer
+//! on fuser's worker thread. A read is planned there too ([`LayerFs::plan_read`]) and answered
+//! there when its blocks are in the memory tier; otherwise the reply is handed to a task on the
+//! session's runtime, which loads or fetches the blocks and replies (fuser replies are `Send`).
+//! So no FUSE worker ever waits on the disk or the network: 8 cold reads on a stalled store do
+//! not hold up a cached read or a `stat`. The tree is immutable, so entries and attributes get
+//! long TTLs and opened files keep the page cache across opens.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -12,11 +16,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::errno::fuse_error;
 use crate::mount::MountConfig;
 use fuser::{
-    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr,
-    Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
+    ReplyOpen, ReplyXattr, Request,
 };
-use tracing::debug_span;
+use tracing::{Instrument, debug_span};
 
 use crate::layer::error::LayerError;
 use crate::layer::fs::{Attr, LayerFs};
@@ -37,6 +41,17 @@ impl LayerFuse {
     /// An adapter over `fs`, reading through `runtime`.
     pub fn new(fs: Arc<LayerFs>, runtime: tokio::runtime::Handle, mount: MountConfig) -> Self {
         Self { fs, runtime, mount }
+    }
+
+    /// Whether opens are zero-message: ENOSYS to OPEN/OPENDIR makes the kernel stop sending
+    /// them (and RELEASE) for the mount and treat every open as FOPEN_KEEP_CACHE, directories
+    /// as FOPEN_CACHE_DIR (fuse_do_open's default for no_open). A tree that never changes needs
+    /// no per-open state, and a Python start saves two round trips for each of its thousands of
+    /// files. Only with `allow_other`: otherwise the kernel lets every uid in (auto_unmount
+    /// needs the mount made with allow_other) and fuser turns other users away at their
+    /// LOOKUP/OPEN/OPENDIR, never at READ, so an open must keep reaching us to be refused.
+    fn zero_message_open(&self) -> bool {
+        self.mount.flags.allow_other
     }
 }
 
@@ -80,6 +95,34 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// What a negative entry carries: inode 0 (the kernel reads it as "no such entry").
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
+fn reply_read(result: Result<Vec<u8>, LayerError>, reply: ReplyData) {
+    match result {
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(fuse_error("read", &e)),
+    }
+}
+
 fn name_str(name: &OsStr) -> Result<&str, LayerError> {
     // Every name in an image is UTF-8; anything else cannot be in it.
     name.to_str().ok_or(LayerError::NotFound)
@@ -98,6 +141,8 @@ fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr, op: &'static str) {
 impl Filesystem for LayerFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         self.mount.kernel_init(config);
+        // Symlink targets never change under a mount: let the kernel keep them.
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         Ok(())
     }
 
@@ -105,6 +150,10 @@ impl Filesystem for LayerFuse {
         let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
         match name_str(name).and_then(|n| self.fs.lookup(parent.0, n)) {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            // A name that is not there never will be: an entry with inode 0 is a negative
+            // dentry the kernel keeps for the TTL, so the loader's and Python's probes of
+            // missing paths (and overlayfs's of lower layers) ask once.
+            Err(LayerError::NotFound) => reply.entry(&TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(fuse_error("lookup", &e)),
         }
     }
@@ -128,8 +177,19 @@ impl Filesystem for LayerFuse {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _span = debug_span!("open", ino = ino.0).entered();
         match self.fs.open(ino.0) {
+            Ok(()) if self.zero_message_open() => reply.error(Errno::ENOSYS),
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(fuse_error("open", &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.zero_message_open() {
+            // As for open: no OPENDIR/RELEASEDIR from now on, and FOPEN_CACHE_DIR implied, so
+            // the kernel keeps each directory's listing in its page cache after the first one.
+            reply.error(Errno::ENOSYS);
+        } else {
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
         }
     }
 
@@ -144,11 +204,21 @@ impl Filesystem for LayerFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _span = debug_span!("read", ino = ino.0, offset, size).entered();
-        match self.runtime.block_on(self.fs.read(ino.0, offset, size)) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(fuse_error("read", &e)),
+        let span = debug_span!("read", ino = ino.0, offset, size);
+        let planned = match span.in_scope(|| self.fs.plan_read(ino.0, offset, size)) {
+            Ok(Some(planned)) => planned,
+            Ok(None) => return reply.data(&[]),
+            Err(e) => return reply.error(fuse_error("read", &e)),
+        };
+        if let Some(done) = span.in_scope(|| self.fs.read_cached(&planned)) {
+            return reply_read(done, reply);
         }
+        // A block must come from disk or the store: the reply is sent from a task, and this
+        // thread goes back to serving the kernel (cached reads, lookups) meanwhile.
+        let fs = self.fs.clone();
+        self.runtime.spawn(
+            async move { reply_read(fs.read_planned(planned).await, reply) }.instrument(span),
+        );
     }
 
     fn readdir(

@@ -40,7 +40,7 @@ pub fn apply_layer_option(
     match key {
         "cache_dir" => session.cache_dir = Some(value.into()),
         "cache_size" => session.cache_size = size(value).context("cache_size")?,
-        "memory" => session.memory = size(value).context("memory")?,
+        "memory" => session.memory = Some(size(value).context("memory")?),
         "trace" => {
             session.trace = value.parse().map_err(|e| anyhow::anyhow!("trace={value}: {e}"))?
         }
@@ -69,6 +69,18 @@ pub struct LayerMount {
     pub summary: Option<PathBuf>,
     /// Print the summary on stdout at unmount (foreground runs).
     pub print_summary: bool,
+}
+
+impl LayerMount {
+    /// The mount point, cache directory and summary made absolute: call before
+    /// [`mount::run_daemon`], which changes to `/` (`bootseer-image mount REF mnt` must mount
+    /// at `./mnt`, not `/mnt`).
+    pub fn absolute(mut self) -> Self {
+        self.mountpoint = mount::absolute(&self.mountpoint);
+        self.summary = self.summary.as_deref().map(mount::absolute);
+        self.session.cache_dir = self.session.cache_dir.as_deref().map(mount::absolute);
+        self
+    }
 }
 
 /// A multi-threaded runtime named after `what`.

@@ -134,6 +134,10 @@ impl MountConfig {
         if let Err(max) = kernel.set_max_readahead(u32::MAX) {
             let _ = kernel.set_max_readahead(max);
         }
+        // Lookups and listings in one directory may run at once (the kernel otherwise holds the
+        // directory's lock across each round trip); every bootseer filesystem answers them
+        // from shared, read-only state.
+        let _ = kernel.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
     }
 }
 
@@ -507,6 +511,26 @@ pub fn serve(
     }
 }
 
+/// Makes glibc's malloc give every buffer of 256 KiB or more its own mapping, returned to the
+/// kernel when freed. Its default raises that threshold as large blocks are freed, after which
+/// block and stripe buffers (64 KiB – 8 MiB) are carved from per-thread arenas that keep the
+/// memory: a daemon's RSS then grows past `--memory` although what it holds stays within it.
+/// [`run_daemon`] calls it before any thread exists.
+pub fn return_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc tunable; called before any other thread exists, and
+    // any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
+/// `path` made absolute against the current directory (not resolving symlinks), for paths a
+/// daemon uses after it has changed to `/`. A path that cannot be made absolute is kept.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// How a binary runs as a mount daemon (from its CLI or `-o` keys).
 #[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {
@@ -539,6 +563,14 @@ pub fn run_daemon(
         // precondition, the same as daemonize's), so nothing reads the environment meanwhile.
         unsafe { std::env::set_var("PATH", DEFAULT_PATH) };
     }
+    return_freed_buffers();
+    // The daemon changes to `/` once forked: a relative path given on the command line must be
+    // taken from where the user ran it, now.
+    let options = &DaemonOptions {
+        log: options.log.as_deref().map(absolute),
+        pidfile: options.pidfile.as_deref().map(absolute),
+        ..options.clone()
+    };
     let mut ready = if options.foreground {
         Ready::foreground()
     } else {
