@@ -445,7 +445,7 @@ fn a_killed_daemon_leaves_no_stuck_mount_and_a_restart_reuses_the_disk_cache() {
     assert_eq!(std::fs::read(mnt.path().join("f")).expect("read"), data);
     // The disk tier writes behind the reply; wait until all four blocks are persisted.
     let persisted = || {
-        let Ok(shards) = std::fs::read_dir(cache.path().join("v1")) else { return 0 };
+        let Ok(shards) = std::fs::read_dir(cache.path().join("v2")) else { return 0 };
         shards
             .filter_map(|d| std::fs::read_dir(d.ok()?.path()).ok())
             .flatten()
@@ -920,4 +920,349 @@ fn a_mount_without_fusermount3_keeps_its_subtype() {
     assert!(!fields[3].contains("allow_other"), "{line}");
     assert_eq!(read.expect("read"), b"no fusermount3\n");
     drop(rt.block_on(session.finish()));
+}
+
+/// Issue 10 item 2: no FUSE worker waits on the network. With the registry silenced (its port
+/// dropped by `tc` in a private namespace) and 64 cold reads waiting on it, 8 FUSE threads are
+/// still free: a lookup and a read served from the memory tier answer at once. On a daemon
+/// whose workers block on fetches, at most 8 cold reads are ever in flight (the wait below
+/// fails) and the probes wait for the store.
+#[test]
+fn a_silent_registry_holds_up_no_cached_read_or_lookup() {
+    let _shared = shared();
+    use bootseer_common::store::{OpenOptions, RetryConfig};
+    use bootseer_common::testing::netns::NetNs;
+    use bootseer_common::testing::registry::Registry;
+    let Some(ns) = require_real("network namespace", NetNs::create()) else { return };
+    ns.enter().expect("enter the namespace");
+    let Some(reg) = require_real("docker-registry", Registry::start()) else { return };
+    const COLD: usize = 64;
+    let src = tempfile::tempdir().expect("src");
+    // Two small files share block 0; every cold file fills blocks of its own.
+    std::fs::write(src.path().join("a-hot"), pattern(1, 1000)).expect("write");
+    std::fs::write(src.path().join("b-neighbour"), pattern(2, 1000)).expect("write");
+    std::fs::write(src.path().join("b-unlooked"), pattern(3, 10)).expect("write");
+    for i in 0..COLD {
+        std::fs::write(src.path().join(format!("c{i:02}")), pattern(10 + i as u64, BLOCK as usize))
+            .expect("write");
+    }
+    let reference = format!("docker://{}/team/stall:v1", reg.host_port());
+    bootseer_image::convert::convert(
+        &format!("dir:{}", src.path().display()),
+        &reference,
+        &bootseer_image::convert::ConvertConfig {
+            block_size: BLOCK,
+            level: 3,
+            ..Default::default()
+        },
+    )
+    .expect("convert");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let image = LayerRef::parse(&reference).expect("reference");
+    // Long enough that the silence does not fail the reads: they wait on the store.
+    let retry = RetryConfig {
+        op_timeout: Duration::from_secs(2),
+        max_attempts: 100,
+        base_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        total_deadline: Duration::from_secs(60),
+    };
+    let store = rt
+        .block_on(bootseer_common::store::open(
+            &image.store_url,
+            &OpenOptions { retry, ..OpenOptions::default() },
+        ))
+        .expect("store");
+    let session = rt
+        .block_on(LayerSession::open_with_store(
+            image,
+            store,
+            SessionConfig { trace: TraceMode::Off, ..SessionConfig::default() },
+        ))
+        .expect("open session");
+    // Production's worker count (8), not the 2 the other tests use.
+    let mount_config = MountConfig::default();
+    let fs = session.fs();
+    let fuse = LayerFuse::new(fs.clone(), rt.handle().clone(), mount_config.clone());
+    let Some(guard) = require_real("FUSE", MountGuard::mount(fuse, &mount_config)) else { return };
+    let root = guard.path().to_path_buf();
+    assert_eq!(std::fs::read(root.join("a-hot")).expect("hot read"), pattern(1, 1000));
+
+    ns.silence_port(reg.port()).expect("silence the registry");
+    let readers: Vec<_> = (0..COLD)
+        .map(|i| {
+            let path = root.join(format!("c{i:02}"));
+            std::thread::spawn(move || std::fs::read(path))
+        })
+        .collect();
+    // The kernel keeps at most `max_background` (64) reads in flight and leaves a few to its
+    // own queue; far more than the 8 FUSE workers is what the old design could never reach.
+    let in_flight = COLD * 3 / 4;
+    let started = std::time::Instant::now();
+    while fs.cache().fetches_running() < in_flight {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "only {} cold reads reached the store; FUSE workers are blocked",
+            fs.cache().fetches_running()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Never looked up (the kernel must ask), and served from block 0 in memory.
+    let t = std::time::Instant::now();
+    let md = std::fs::metadata(root.join("b-unlooked")).expect("stat");
+    let stat_took = t.elapsed();
+    assert_eq!(md.len(), 10);
+    let t = std::time::Instant::now();
+    assert_eq!(std::fs::read(root.join("b-neighbour")).expect("cached read"), pattern(2, 1000));
+    let read_took = t.elapsed();
+    assert!(
+        stat_took < Duration::from_millis(100) && read_took < Duration::from_millis(100),
+        "stat took {stat_took:?}, cached read {read_took:?} with {COLD} cold reads waiting"
+    );
+    assert!(fs.cache().fetches_running() >= in_flight, "the stall ended early");
+
+    ns.clear().expect("lift the silence");
+    for (i, r) in readers.into_iter().enumerate() {
+        let want = pattern(10 + i as u64, BLOCK as usize);
+        match r.join().expect("reader") {
+            Ok(got) => assert!(got == want, "c{i:02}: wrong bytes"),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "c{i:02}: {e}"),
+        }
+        assert_eq!(std::fs::read(root.join(format!("c{i:02}"))).expect("read again"), want);
+    }
+    eprintln!("with {COLD} cold reads stalled: stat {stat_took:?}, cached read {read_took:?}");
+    drop(guard);
+    drop(reg);
+}
+
+/// The daemon's pid from the `pidfile=` it was mounted with.
+fn daemon_pid(pidfile: &Path) -> u32 {
+    wait_for("the pidfile", || {
+        std::fs::read_to_string(pidfile).is_ok_and(|s| !s.trim().is_empty())
+    });
+    std::fs::read_to_string(pidfile).expect("pidfile").trim().parse().expect("pid")
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?.trim_start_matches(':').split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Reads the summary a daemon wrote at unmount.
+fn summary_json(path: &Path) -> serde_json::Value {
+    wait_for("the summary", || std::fs::metadata(path).is_ok_and(|m| m.len() > 0));
+    serde_json::from_slice(&std::fs::read(path).expect("summary")).expect("summary JSON")
+}
+
+/// Issue 10 item 4: a cache directory on a filesystem far smaller than the workload (a 32 MiB
+/// tmpfs under 2 × 160 MiB of reads, `cache_size` left at its 10 GiB default, a 16 MiB memory
+/// budget) costs readers nothing:
+/// every byte right, no error, the log says so once, the daemon's memory stays within its
+/// budget plus a fixed overhead, and the next start still hits what the disk kept.
+#[test]
+fn a_cache_dir_on_a_full_filesystem_costs_readers_nothing() {
+    let _shared = shared();
+    let Some(()) = require_root_fuse(&["mount", "umount"]) else { return };
+    const FILES: usize = 20;
+    const FILE: usize = 8 << 20;
+    let src = tempfile::tempdir().expect("src");
+    for i in 0..FILES {
+        std::fs::write(src.path().join(format!("f{i:02}")), pattern(100 + i as u64, FILE))
+            .expect("write");
+    }
+    let store = tempfile::tempdir().expect("store");
+    let reference = convert_with_binary(src.path(), store.path(), "full:v1");
+    let tmpfs = tempfile::tempdir().expect("tmpfs dir");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+        .arg(tmpfs.path())
+        .status()
+        .expect("mount tmpfs");
+    assert!(ok.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(tmpfs.path().to_path_buf());
+    let work = tempfile::tempdir().expect("work");
+    let (log, summary, pidfile) =
+        (work.path().join("log"), work.path().join("s.json"), work.path().join("pid"));
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mnt");
+    let memory_mib = 16;
+    let options = format!(
+        "cache_dir={},memory={memory_mib}M,log={},summary={},pidfile={},trace=off",
+        tmpfs.path().display(),
+        log.display(),
+        summary.display(),
+        pidfile.display()
+    );
+    let guard = mount_with_binary(true, &reference, &mnt, &options);
+    let pid = daemon_pid(&pidfile);
+    let mut rss_max = 0;
+    for pass in 0..2 {
+        // The second pass backwards: the newest blocks are in memory, the ones before them on
+        // disk (the tmpfs keeps more than the memory budget), the rest come from the store.
+        let order: Vec<usize> =
+            if pass == 0 { (0..FILES).collect() } else { (0..FILES).rev().collect() };
+        for i in order {
+            let got = std::fs::read(mnt.join(format!("f{i:02}"))).expect("read");
+            assert!(got == pattern(100 + i as u64, FILE), "pass {pass} f{i:02}: wrong bytes");
+            rss_max = rss_max.max(status_kib(pid, "VmRSS"));
+        }
+        // Drop the page cache of the mount so the second pass reads through the daemon again.
+        std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop caches");
+    }
+    let hwm = status_kib(pid, "VmHWM");
+    unmount_now(guard);
+    let s = summary_json(&summary);
+    let cache = &s["cache"];
+    assert_eq!(cache["fetch_errors"], 0, "{cache}");
+    assert_eq!(cache["disk_failed"], 0, "a full disk is not a failed write: {cache}");
+    assert!(cache["disk_written"].as_u64().unwrap_or(0) > 0, "{cache}");
+    assert!(
+        cache["hits_disk"].as_u64().unwrap_or(0) > 0,
+        "the second pass reads the disk: {cache}"
+    );
+    let log = std::fs::read_to_string(&log).expect("log");
+    let said = log.matches("disk cache filled its filesystem").count();
+    assert_eq!(said, 1, "the full disk is said once:\n{log}");
+    assert!(!log.contains("disk cache write failed"), "{log}");
+    // The budget plus a fixed overhead: the runtime, the metadata, FUSE buffers and the disk
+    // writer's queue (16 MiB at this budget).
+    let overhead_mib = 64;
+    eprintln!(
+        "daemon RSS: max sampled {rss_max} KiB, high-water {hwm} KiB (budget {memory_mib} MiB)"
+    );
+    assert!(
+        hwm < (memory_mib + overhead_mib) << 10,
+        "daemon high-water {hwm} KiB over {memory_mib} MiB + {overhead_mib} MiB"
+    );
+}
+
+/// Issue 10 item 4: two daemons on one cache directory share it: what one wrote, the other
+/// reads from disk instead of the store; both serve the right bytes while each evicts; and the
+/// directory stays near its budget although neither daemon wrote all of it.
+#[test]
+fn two_mounts_share_one_cache_dir_and_its_budget() {
+    let _shared = shared();
+    let Some(()) = require_root_fuse(&["mount", "umount"]) else { return };
+    const FILES: usize = 12;
+    const FILE: usize = 2 << 20;
+    let src = tempfile::tempdir().expect("src");
+    for i in 0..FILES {
+        std::fs::write(src.path().join(format!("f{i:02}")), pattern(200 + i as u64, FILE))
+            .expect("write");
+    }
+    let store = tempfile::tempdir().expect("store");
+    let reference = convert_with_binary(src.path(), store.path(), "shared:v1");
+    let work = tempfile::tempdir().expect("work");
+    let cache = work.path().join("cache");
+    let budget: u64 = 8 << 20;
+    let mounts: Vec<(PathBuf, PathBuf, UmountOnDrop)> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let mnt = work.path().join(name);
+            std::fs::create_dir(&mnt).expect("mnt");
+            let summary = work.path().join(format!("{name}.json"));
+            let options = format!(
+                "cache_dir={},cache_size={budget},summary={},trace=off",
+                cache.display(),
+                summary.display()
+            );
+            let guard = mount_with_binary(true, &reference, &mnt, &options);
+            (mnt, summary, guard)
+        })
+        .collect();
+    // `a` reads f00 first; `b` then finds its blocks on disk.
+    let first = std::fs::read(mounts[0].0.join("f00")).expect("read");
+    assert!(first == pattern(200, FILE));
+    let entries =
+        || walkdir_files(&cache.join("v2")).into_iter().filter(|p| !p.ends_with("lock")).count();
+    wait_for("a's blocks on disk", || entries() >= FILE / BLOCK_DEFAULT);
+    assert!(std::fs::read(mounts[1].0.join("f00")).expect("read") == pattern(200, FILE));
+    // Both read everything at once, twice the budget each.
+    std::thread::scope(|s| {
+        for (mnt, _, _) in &mounts {
+            s.spawn(move || {
+                for i in 0..FILES {
+                    let got = std::fs::read(mnt.join(format!("f{i:02}"))).expect("read");
+                    assert!(got == pattern(200 + i as u64, FILE), "f{i:02}: wrong bytes");
+                }
+            });
+        }
+    });
+    let mut summaries = Vec::new();
+    for (_, summary, guard) in mounts {
+        unmount_now(guard);
+        summaries.push(summary_json(&summary));
+    }
+    assert!(
+        summaries[1]["cache"]["hits_disk"].as_u64().unwrap_or(0) >= (FILE / BLOCK_DEFAULT) as u64,
+        "b read a's blocks from disk: {}",
+        summaries[1]["cache"]
+    );
+    let on_disk: u64 = walkdir_files(&cache.join("v2"))
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    // Each daemon may overshoot by the quarter budget it writes between rescans.
+    assert!(on_disk <= budget + budget / 2, "{on_disk} bytes on disk, budget {budget}");
+}
+
+/// The default block size of `convert` (1 MiB), which the binary-converted images use.
+const BLOCK_DEFAULT: usize = 1 << 20;
+
+fn walkdir_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The daemon changes to `/` once forked, so paths given relative to where the user ran the
+/// command must be resolved before: `bootseer-image mount REF mnt --summary s.json` mounts
+/// `./mnt` (not `/mnt`) and writes `./s.json`.
+#[test]
+fn relative_paths_are_taken_from_where_the_command_ran() {
+    let _shared = shared();
+    let Some(()) = require_root_fuse(&["umount"]) else { return };
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("f"), b"relative").expect("write");
+    let store = tempfile::tempdir().expect("store");
+    let reference = convert_with_binary(src.path(), store.path(), "rel:v1");
+    let cwd = tempfile::tempdir().expect("cwd");
+    std::fs::create_dir(cwd.path().join("mnt")).expect("mnt");
+    let out = run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+            .current_dir(cwd.path())
+            .args(["mount", &reference, "mnt", "--summary", "s.json", "--cache-dir", "cache"])
+            .args(["--trace", "off"]),
+        "mount with relative paths",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let guard = UmountOnDrop(cwd.path().join("mnt"));
+    assert!(is_mounted(&cwd.path().join("mnt")), "not mounted at ./mnt");
+    assert_eq!(std::fs::read(cwd.path().join("mnt/f")).expect("read"), b"relative");
+    unmount_now(guard);
+    let s = summary_json(&cwd.path().join("s.json"));
+    assert_eq!(s["cache"]["blocks_on_demand"], 1, "{s}");
+    assert!(cwd.path().join("cache/v2").is_dir(), "the cache directory is ./cache");
 }

@@ -78,6 +78,11 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `docker://127.0.0.1:PORT/REPO`: the store URL of `repo` in this registry.
     pub fn url(&self, repo: &str) -> String {
         format!("docker://{}/{repo}", self.host_port())
