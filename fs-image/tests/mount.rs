@@ -656,6 +656,24 @@ fn convert_with_binary(src: &Path, store_dir: &Path, name_tag: &str) -> String {
     reference
 }
 
+/// Converts a tree of `files` files of `size` pattern bytes (`f00`, `f01`, …; file `i` holds
+/// `pattern(seed + i, size)`) into a local store; returns the store and the reference.
+fn pattern_image(
+    files: usize,
+    size: usize,
+    seed: u64,
+    name_tag: &str,
+) -> (tempfile::TempDir, String) {
+    let src = tempfile::tempdir().expect("src");
+    for i in 0..files {
+        std::fs::write(src.path().join(format!("f{i:02}")), pattern(seed + i as u64, size))
+            .expect("write");
+    }
+    let store = tempfile::tempdir().expect("store");
+    let reference = convert_with_binary(src.path(), store.path(), name_tag);
+    (store, reference)
+}
+
 /// Mounts `reference` at `mnt` through the binary's helper form (`direct`) or through
 /// `mount.fuse3 -t bootseer-image` (what `mount -t fuse.bootseer-image` runs), with `options`.
 fn mount_with_binary(direct: bool, reference: &str, mnt: &Path, options: &str) -> UmountOnDrop {
@@ -909,8 +927,9 @@ fn a_mount_without_fusermount3_keeps_its_subtype() {
         .expect("in /proc/mounts")
         .to_string();
     let read = std::fs::read(mnt.path().join("hello"));
-    let unmounted = bootseer_common::mount::unmount(mnt.path()).expect("unmount");
-    assert_eq!(unmounted, bootseer_common::mount::Unmounted::Fully);
+    // Fully or lazily: the kernel holds the mount until the daemon has answered the read's
+    // asynchronous RELEASE, which on a loaded machine may come after the umount.
+    bootseer_common::mount::unmount(mnt.path()).expect("unmount");
     let _ = bg.join();
     drop(guard);
     let fields: Vec<&str> = line.split(' ').collect();
@@ -1071,13 +1090,7 @@ fn a_cache_dir_on_a_full_filesystem_costs_readers_nothing() {
     let Some(()) = require_root_fuse(&["mount", "umount"]) else { return };
     const FILES: usize = 20;
     const FILE: usize = 8 << 20;
-    let src = tempfile::tempdir().expect("src");
-    for i in 0..FILES {
-        std::fs::write(src.path().join(format!("f{i:02}")), pattern(100 + i as u64, FILE))
-            .expect("write");
-    }
-    let store = tempfile::tempdir().expect("store");
-    let reference = convert_with_binary(src.path(), store.path(), "full:v1");
+    let (_store, reference) = pattern_image(FILES, FILE, 100, "full:v1");
     let tmpfs = tempfile::tempdir().expect("tmpfs dir");
     let ok = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
@@ -1157,13 +1170,7 @@ fn two_mounts_share_one_cache_dir_and_its_budget() {
     let Some(()) = require_root_fuse(&["mount", "umount"]) else { return };
     const FILES: usize = 12;
     const FILE: usize = 2 << 20;
-    let src = tempfile::tempdir().expect("src");
-    for i in 0..FILES {
-        std::fs::write(src.path().join(format!("f{i:02}")), pattern(200 + i as u64, FILE))
-            .expect("write");
-    }
-    let store = tempfile::tempdir().expect("store");
-    let reference = convert_with_binary(src.path(), store.path(), "shared:v1");
+    let (_store, reference) = pattern_image(FILES, FILE, 200, "shared:v1");
     let work = tempfile::tempdir().expect("work");
     let cache = work.path().join("cache");
     let budget: u64 = 8 << 20;
