@@ -534,6 +534,167 @@ impl OciStore {
         Ok(())
     }
 
+    /// A blob from a file: skipped when the registry has it, else a chunked upload (`POST`, a
+    /// `PATCH` per [`super::PUT_PIECE`], `PUT ?digest=`); a registry that refuses the first
+    /// `PATCH` gets one monolithic `PUT` whose body streams from the file. The registry checks
+    /// the digest when the upload closes (the caller computed it while writing the file).
+    async fn put_blob_file(
+        &self,
+        key: &str,
+        digest: &Digest,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<()> {
+        const OP: &str = "put_file";
+        match self.blob_len(OP, key, digest).await {
+            Ok(have) if have == len => return Ok(()),
+            Ok(_) => self.forget_len(digest),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let location = self.start_upload(OP, key).await?;
+        let location = match self.patch_pieces(OP, key, location, file, len).await? {
+            Chunked::Sent(location) => location,
+            Chunked::Refused(why) => {
+                tracing::debug!(key, why, "registry refused a chunked upload; sending one PUT");
+                let location = self.start_upload(OP, key).await?;
+                let file =
+                    std::sync::Arc::new(file.try_clone().map_err(|source| StoreError::Io {
+                        op: OP,
+                        key: key.to_string(),
+                        source,
+                    })?);
+                let url = with_digest(&location, digest);
+                let key_owned = key.to_string();
+                let response = self
+                    .send(OP, key, RegistryOperation::Push, || {
+                        let body =
+                            reqwest::Body::wrap_stream(file_stream(file.clone(), len, &key_owned));
+                        self.http
+                            .put(&url)
+                            .header(header::CONTENT_TYPE, "application/octet-stream")
+                            .header(header::CONTENT_LENGTH, len)
+                            .body(body)
+                    })
+                    .await?;
+                return self.upload_closed(OP, key, digest, len, response).await;
+            }
+        };
+        let url = with_digest(&location, digest);
+        let response = self
+            .send(OP, key, RegistryOperation::Push, || {
+                self.http.put(&url).header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        self.upload_closed(OP, key, digest, len, response).await
+    }
+
+    /// `POST …/blobs/uploads/`: the upload's location.
+    async fn start_upload(&self, op: &'static str, key: &str) -> StoreResult<String> {
+        let url = format!("{}/blobs/uploads/", self.base);
+        let mut response = self
+            .send(op, key, RegistryOperation::Push, || {
+                self.http.post(&url).header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        let status = response.status();
+        if status != StatusCode::ACCEPTED {
+            let body = read_body(&mut response, op, key, 4096, false).await.unwrap_or_default();
+            return Err(status_error(op, key, status, &String::from_utf8_lossy(&body)));
+        }
+        self.location(op, key, &response)
+    }
+
+    /// Sends `file` in pieces to the upload at `location`.
+    async fn patch_pieces(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut location: String,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<Chunked> {
+        for (offset, n) in super::pieces(len) {
+            let piece = super::read_piece(op, key, file, offset, n).await?;
+            let range = format!("{offset}-{}", offset + n - 1);
+            let url = location.clone();
+            let mut response = self
+                .send(op, key, RegistryOperation::Push, || {
+                    self.http
+                        .patch(&url)
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(header::CONTENT_RANGE, range.clone())
+                        .header(header::CONTENT_LENGTH, n)
+                        .body(piece.clone())
+                })
+                .await?;
+            let status = response.status();
+            if status == StatusCode::ACCEPTED {
+                location = self.location(op, key, &response)?;
+                continue;
+            }
+            let body = read_body(&mut response, op, key, 4096, false).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            // Registries without chunked uploads answer the first PATCH with one of these.
+            if offset == 0 && matches!(status.as_u16(), 400 | 404 | 405 | 411 | 413 | 416 | 501) {
+                return Ok(Chunked::Refused(format!("PATCH: HTTP {status}: {text}")));
+            }
+            return Err(status_error(op, key, status, &text));
+        }
+        Ok(Chunked::Sent(location))
+    }
+
+    /// The final reply of an upload: `201` and the blob is there.
+    async fn upload_closed(
+        &self,
+        op: &'static str,
+        key: &str,
+        digest: &Digest,
+        len: u64,
+        mut response: Response,
+    ) -> StoreResult<()> {
+        let status = response.status();
+        if status == StatusCode::CREATED {
+            if let Ok(mut cache) = self.lens.lock() {
+                cache.put(*digest, len);
+            }
+            return Ok(());
+        }
+        let body = read_body(&mut response, op, key, 4096, false).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        if status == StatusCode::BAD_REQUEST && text.contains("DIGEST_INVALID") {
+            return Err(StoreError::InvalidKey {
+                key: key.to_string(),
+                reason: format!(
+                    "the registry says the data does not hash to the key's digest: {text}"
+                ),
+            });
+        }
+        Err(status_error(op, key, status, &text))
+    }
+
+    /// The absolute URL of a reply's `Location` (registries may send a path).
+    fn location(&self, op: &'static str, key: &str, response: &Response) -> StoreResult<String> {
+        let value =
+            response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(
+                || StoreError::BadReply {
+                    op,
+                    key: key.to_string(),
+                    message: format!("HTTP {} without a valid Location", response.status()),
+                },
+            )?;
+        let base = url::Url::parse(&self.base).map_err(|e| StoreError::Other {
+            op,
+            key: key.to_string(),
+            message: format!("bad base URL: {e}"),
+        })?;
+        base.join(value).map(String::from).map_err(|e| StoreError::BadReply {
+            op,
+            key: key.to_string(),
+            message: format!("Location {value:?}: {e}"),
+        })
+    }
+
     async fn put_manifest(&self, key: &str, reference: &str, data: Bytes) -> StoreResult<()> {
         const OP: &str = "put";
         let invalid = |reason: String| StoreError::InvalidKey { key: key.to_string(), reason };
@@ -646,6 +807,17 @@ impl Store for OciStore {
         }
     }
 
+    async fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> StoreResult<()> {
+        match parse_key(key)? {
+            Target::Blob(digest) => self.put_blob_file(key, &digest, file, len).await,
+            // Manifests are small: read whole, sent as `put` sends them.
+            Target::Manifest(reference) => {
+                let data = super::read_piece("put_file", key, file, 0, len).await?;
+                self.put_manifest(key, &reference, data).await
+            }
+        }
+    }
+
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         if let Some(tag_prefix) = prefix.strip_prefix("manifests/") {
             return self.list_tags(prefix, tag_prefix).await;
@@ -659,6 +831,33 @@ impl Store for OciStore {
         }
         Ok(Vec::new())
     }
+}
+
+/// How a chunked upload went.
+enum Chunked {
+    /// Every piece is in; the upload is at this location.
+    Sent(String),
+    /// The registry refused the first piece: why.
+    Refused(String),
+}
+
+/// `location` with the `digest` query parameter that closes an upload.
+fn with_digest(location: &str, digest: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={digest}")
+}
+
+/// Bytes `0..len` of `file` as a body stream, one [`super::PUT_PIECE`] at a time.
+fn file_stream(
+    file: std::sync::Arc<std::fs::File>,
+    len: u64,
+    key: &str,
+) -> impl futures::Stream<Item = StoreResult<Bytes>> + Send + 'static {
+    let key = key.to_string();
+    futures::stream::iter(super::pieces(len)).then(move |(offset, n)| {
+        let (file, key) = (file.clone(), key.clone());
+        async move { super::read_piece("put_file", &key, &file, offset, n).await }
+    })
 }
 
 /// Splits `docker://host[:port]/repo[/path]` into `host[:port]` and the repository.
