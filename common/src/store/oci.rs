@@ -1508,4 +1508,150 @@ mod tests {
             assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
         }
     }
+
+    /// `put_file` against a fake registry: a chunked upload in PATCH pieces, and the one
+    /// streamed PUT when the registry refuses PATCH.
+    mod upload {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+
+        use super::*;
+        use crate::store::PUT_PIECE;
+
+        #[derive(Default)]
+        struct Fake {
+            refuse_patch: AtomicBool,
+            patches: AtomicUsize,
+            puts: AtomicUsize,
+            received: Mutex<Vec<u8>>,
+            stored: Mutex<Option<(String, Vec<u8>)>>,
+        }
+
+        impl Fake {
+            fn answer(&self, method: &str, path: &str, body: &[u8]) -> String {
+                let reply = |status: &str, extra: &str| {
+                    format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                };
+                let upload = "Location: /v2/repo/blobs/uploads/u1\r\n";
+                match method {
+                    "GET" if path == "/v2/" => reply("200 OK", ""),
+                    "HEAD" => reply("404 Not Found", ""),
+                    "POST" => {
+                        self.received.lock().expect("lock").clear();
+                        reply("202 Accepted", upload)
+                    }
+                    "PATCH" if self.refuse_patch.load(Ordering::SeqCst) => {
+                        self.patches.fetch_add(1, Ordering::SeqCst);
+                        reply("405 Method Not Allowed", "")
+                    }
+                    "PATCH" => {
+                        self.patches.fetch_add(1, Ordering::SeqCst);
+                        self.received.lock().expect("lock").extend_from_slice(body);
+                        reply("202 Accepted", upload)
+                    }
+                    "PUT" => {
+                        self.puts.fetch_add(1, Ordering::SeqCst);
+                        let mut all = self.received.lock().expect("lock").clone();
+                        all.extend_from_slice(body);
+                        let digest = path.split_once("digest=").map_or("", |(_, d)| d);
+                        if Digest::of(&all).to_string() != digest {
+                            return reply("400 Bad Request", "");
+                        }
+                        *self.stored.lock().expect("lock") = Some((digest.to_string(), all));
+                        reply("201 Created", "")
+                    }
+                    _ => reply("404 Not Found", ""),
+                }
+            }
+        }
+
+        async fn serve(fake: Arc<Fake>) -> u16 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let fake = fake.clone();
+                    tokio::spawn(async move {
+                        let mut data = Vec::new();
+                        let mut buf = vec![0u8; 64 << 10];
+                        let end = loop {
+                            if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break at + 4;
+                            }
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => data.extend_from_slice(&buf[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&data[..end]).to_string();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0usize);
+                        while data.len() < end + len {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => data.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let mut first = head.lines().next().unwrap_or_default().split(' ');
+                        let (method, path) =
+                            (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                        let answer = fake.answer(method, path, &data[end..end + len]);
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    });
+                }
+            });
+            port
+        }
+
+        async fn put_via(fake: &Arc<Fake>, data: &[u8]) -> StoreResult<()> {
+            let port = serve(fake.clone()).await;
+            let store = OciStore::open_with_auth(
+                &format!("docker://127.0.0.1:{port}/repo"),
+                &[],
+                RegistryAuth::Anonymous,
+            )
+            .expect("open");
+            let mut file = crate::layer::blob::temp_file(&std::env::temp_dir()).expect("tmp");
+            std::io::Write::write_all(&mut file, data).expect("write");
+            store.put_file(&format!("blobs/{}", Digest::of(data)), &file, data.len() as u64).await
+        }
+
+        fn data() -> Vec<u8> {
+            (0..2 * PUT_PIECE + 1000).map(|i| (i % 251) as u8).collect()
+        }
+
+        #[tokio::test]
+        async fn chunked_in_pieces() {
+            let fake = Arc::new(Fake::default());
+            let data = data();
+            put_via(&fake, &data).await.expect("put_file");
+            assert_eq!(fake.patches.load(Ordering::SeqCst), 3, "one PATCH per piece");
+            assert_eq!(fake.puts.load(Ordering::SeqCst), 1);
+            let stored = fake.stored.lock().expect("lock").clone().expect("stored");
+            assert!(stored.1 == data && stored.0 == Digest::of(&data).to_string());
+        }
+
+        #[tokio::test]
+        async fn refused_patch_falls_back_to_one_streamed_put() {
+            let fake = Arc::new(Fake::default());
+            fake.refuse_patch.store(true, Ordering::SeqCst);
+            let data = data();
+            put_via(&fake, &data).await.expect("put_file");
+            assert_eq!(fake.patches.load(Ordering::SeqCst), 1, "gives up on PATCH at once");
+            assert_eq!(fake.puts.load(Ordering::SeqCst), 1);
+            let stored = fake.stored.lock().expect("lock").clone().expect("stored");
+            assert!(stored.1 == data, "the monolithic PUT carried the whole file");
+        }
+    }
 }
