@@ -177,6 +177,10 @@ impl Sink {
     }
 }
 
+/// Bytes of blocks (plain and compressed, so twice the block size each) a writer's pool holds at
+/// most: with 1 MiB blocks 64 in flight, far more than 2 cores need; with 64 MiB blocks 2.
+const IN_FLIGHT_BUDGET: usize = 256 << 20;
+
 /// One compressed block: its bytes and the digest of its plain bytes.
 type Compressed = Result<(Vec<u8>, Digest)>;
 
@@ -202,7 +206,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(threads: usize, level: i32) -> Result<Self> {
+    fn start(threads: usize, level: i32, block_size: usize) -> Result<Self> {
         // Unbounded channels: what is in them is bounded by `limit` (the writer never sends a
         // block while `limit` are out), and a worker never blocks on a writer that went away.
         let (jobs, jobs_rx) = crossbeam_channel::unbounded::<(u64, Vec<u8>)>();
@@ -223,7 +227,8 @@ impl Pool {
             workers.push(worker);
         }
         // Two blocks per thread: one being compressed, one queued, so no thread waits for work
-        // while the writer is busy writing.
+        // while the writer is busy writing; fewer where large blocks would pass the budget.
+        let budget = (IN_FLIGHT_BUDGET / (2 * block_size.max(1))).max(1);
         Ok(Self {
             jobs: Some(jobs),
             done,
@@ -231,7 +236,7 @@ impl Pool {
             sent: 0,
             next: 0,
             ready: Default::default(),
-            limit: 2 * threads,
+            limit: (2 * threads).min(budget),
         })
     }
 }
@@ -270,10 +275,14 @@ impl BlobWriter {
         Ok(writer)
     }
 
-    /// Compresses on `threads` threads from now on (1: on the calling thread). Only before the
-    /// first write.
-    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
-        self.pool = if threads > 1 { Some(Pool::start(threads, self.level)?) } else { None };
+    /// Compresses on `threads` threads (1: on the calling thread). Only before the first write
+    /// (a pool replaced later would lose its blocks), so not public.
+    fn set_threads(&mut self, threads: usize) -> Result<()> {
+        self.pool = if threads > 1 {
+            Some(Pool::start(threads, self.level, self.block_size)?)
+        } else {
+            None
+        };
         Ok(())
     }
 
@@ -719,4 +728,40 @@ pub async fn put_index(store: &DynStore, registry: bool, key: &str, index: &Inde
     let json = serde_json::to_vec(index)
         .map_err(|e| LayerError::malformed("index", format!("cannot serialize: {e}")))?;
     store.put(key, Bytes::from(json)).await.map_err(|e| LayerError::store(key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same bytes in any thread count and either sink: blocks are written in order.
+    #[test]
+    fn threads_and_sinks_give_the_same_blob() {
+        let data: Vec<u8> =
+            (0..700_000u64).map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8).collect();
+        let tmp = std::env::temp_dir();
+        let mut want = None;
+        for threads in [1, 2, 4, 7] {
+            for spooled in [false, true] {
+                let mut w = if spooled {
+                    BlobWriter::spooled(4096, 3, threads, &tmp).expect("spooled")
+                } else {
+                    let mut w = BlobWriter::new(4096, 3);
+                    w.set_threads(threads).expect("threads");
+                    w
+                };
+                assert!(w.in_flight_limit() <= 2 * threads);
+                // Uneven writes, so blocks fill across calls.
+                for piece in data.chunks(1234) {
+                    w.write(piece).expect("write");
+                }
+                let got = w.finish().expect("finish");
+                assert_eq!(got.0.blocks.len(), 700_000usize.div_ceil(4096));
+                match &want {
+                    None => want = Some(got),
+                    Some(w) => assert!(*w == got, "threads {threads}, spooled {spooled} differ"),
+                }
+            }
+        }
+    }
 }
