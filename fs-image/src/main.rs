@@ -38,6 +38,14 @@ enum Command {
         /// host's, e.g. linux/amd64].
         #[arg(long)]
         platform: Option<String>,
+        /// Threads that compress blocks [default: the CPUs available]; the image is the same
+        /// whatever the count.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Directory for the unlinked temp files that hold layers and blobs while they are
+        /// converted [default: $TMPDIR, else /var/tmp].
+        #[arg(long)]
+        tmp_dir: Option<PathBuf>,
     },
     /// Mounts REF at MOUNTPOINT; returns once the mount is ready.
     Mount {
@@ -127,13 +135,18 @@ fn main() -> anyhow::Result<()> {
         return mount::mount(mount::helper_options(&helper)?);
     }
     match Cli::parse().command {
-        Command::Convert { source, dest, block_size, json, platform } => {
+        Command::Convert { source, dest, block_size, json, platform, threads, tmp_dir } => {
             let block_size = u32::try_from(parse_size(&block_size)?)
                 .map_err(|_| anyhow::anyhow!("block size too large"))?;
             let mut config = ConvertConfig { block_size, ..Default::default() };
             if let Some(platform) = platform {
                 config.platform = platform;
             }
+            if let Some(threads) = threads {
+                anyhow::ensure!(threads > 0, "--threads must be at least 1");
+                config.threads = threads;
+            }
+            config.tmp_dir = tmp_dir;
             // The progress line goes to stderr, and only when it is a terminal.
             let report = convert::convert_with(&source, &dest, &config, !json)?;
             if json {

@@ -21,13 +21,14 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::store::DynStore;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::layer::blob::{self, BlobFile, HashingWriter};
 use crate::layer::error::{LayerError, Result};
 use crate::layer::format::{
     BlobInfo, BlockInfo, DEFAULT_BLOCK_SIZE, Descriptor, EMPTY_CONFIG, Entry, Index, Inode, Kind,
@@ -50,6 +51,29 @@ pub struct ConvertConfig {
     /// The image picked from a multi-platform index, `OS/ARCH[/VARIANT]` as OCI names them
     /// (`linux/amd64`, `linux/arm64/v8`); default: this host's ([`host_platform`]).
     pub platform: String,
+    /// Threads that compress data blocks (1: the converting thread does it); the output is the
+    /// same whatever the count.
+    pub threads: usize,
+    /// Where blobs are spooled while they are built ([`blob::default_tmp_dir`] when `None`):
+    /// unlinked files, freed on exit however it exits.
+    pub tmp_dir: Option<PathBuf>,
+}
+
+impl ConvertConfig {
+    /// The directory for temp files: `tmp_dir`, else [`blob::default_tmp_dir`].
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.tmp_dir.clone().unwrap_or_else(blob::default_tmp_dir)
+    }
+
+    /// A blob writer into a temp file, as configured.
+    pub fn spooled_writer(&self) -> Result<BlobWriter> {
+        BlobWriter::spooled(self.block_size, self.level, self.threads.max(1), &self.tmp_dir())
+    }
+}
+
+/// The threads there are to compress on: what the OS says is available, 1 if it cannot say.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Default for ConvertConfig {
@@ -60,6 +84,8 @@ impl Default for ConvertConfig {
             level: 3,
             overlay_upper: false,
             platform: host_platform(),
+            threads: default_threads(),
+            tmp_dir: None,
         }
     }
 }
@@ -108,27 +134,161 @@ pub struct BlobReport {
     pub blocks: usize,
 }
 
-/// Packs file data into independently compressed blocks.
+/// Packs file data into independently compressed blocks, in order.
+///
+/// With `threads > 1` full blocks go to a pool of compression threads and come back in any
+/// order; they are written in block order, so the blob is the same bytes whatever the thread
+/// count. At most [`BlobWriter::in_flight_limit`] blocks are out at once (each one plain block
+/// and its compressed form): that, not the blob's size, bounds the memory a writer holds. The
+/// output is a `Vec` ([`BlobWriter::new`]) or an unlinked temp file ([`BlobWriter::spooled`]),
+/// hashed as it is written.
 #[derive(Debug)]
 pub struct BlobWriter {
     block_size: usize,
     level: i32,
     pending: Vec<u8>,
     pub data_len: u64,
-    out: Vec<u8>,
+    out: Sink,
     blocks: Vec<BlockInfo>,
+    pool: Option<Pool>,
+}
+
+#[derive(Debug)]
+enum Sink {
+    Mem(Vec<u8>),
+    File(HashingWriter<std::io::BufWriter<std::fs::File>>),
+}
+
+impl Sink {
+    fn len(&self) -> u64 {
+        match self {
+            Sink::Mem(v) => v.len() as u64,
+            Sink::File(w) => w.len(),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        match self {
+            Sink::Mem(v) => v.extend_from_slice(data),
+            Sink::File(w) => std::io::Write::write_all(w, data)
+                .map_err(|e| LayerError::io("blob temp file", e))?,
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of blocks (plain and compressed, so twice the block size each) a writer's pool holds at
+/// most: with 1 MiB blocks 64 in flight, far more than 2 cores need; with 64 MiB blocks 2.
+const IN_FLIGHT_BUDGET: usize = 256 << 20;
+
+/// One compressed block: its bytes and the digest of its plain bytes.
+type Compressed = Result<(Vec<u8>, Digest)>;
+
+fn compress_block(plain: &[u8], level: i32) -> Compressed {
+    let compressed = zstd::bulk::compress(plain, level)
+        .map_err(|e| LayerError::convert("data block", format!("zstd: {e}")))?;
+    Ok((compressed, Digest::of(plain)))
+}
+
+/// Compression threads: jobs `(seq, plain)` in, `(seq, compressed)` out, in any order.
+#[derive(Debug)]
+struct Pool {
+    jobs: Option<crossbeam_channel::Sender<(u64, Vec<u8>)>>,
+    done: crossbeam_channel::Receiver<(u64, Compressed)>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// Sequence number of the next block sent out.
+    sent: u64,
+    /// Sequence number of the next block to write.
+    next: u64,
+    /// Blocks back from the pool that wait for an earlier one.
+    ready: std::collections::BTreeMap<u64, Compressed>,
+    limit: usize,
+}
+
+impl Pool {
+    fn start(threads: usize, level: i32, block_size: usize) -> Result<Self> {
+        // Unbounded channels: what is in them is bounded by `limit` (the writer never sends a
+        // block while `limit` are out), and a worker never blocks on a writer that went away.
+        let (jobs, jobs_rx) = crossbeam_channel::unbounded::<(u64, Vec<u8>)>();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (rx, tx) = (jobs_rx.clone(), done_tx.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("bootseer-zstd-{i}"))
+                .spawn(move || {
+                    for (seq, plain) in rx {
+                        if tx.send((seq, compress_block(&plain, level))).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| LayerError::io("starting a compression thread", e))?;
+            workers.push(worker);
+        }
+        // Two blocks per thread: one being compressed, one queued, so no thread waits for work
+        // while the writer is busy writing; fewer where large blocks would pass the budget.
+        let budget = (IN_FLIGHT_BUDGET / (2 * block_size.max(1))).max(1);
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            workers,
+            sent: 0,
+            next: 0,
+            ready: Default::default(),
+            limit: (2 * threads).min(budget),
+        })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the job channel ends every worker after its current block.
+        self.jobs.take();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
 }
 
 impl BlobWriter {
+    /// A writer into memory, compressing on the calling thread.
     pub fn new(block_size: u32, level: i32) -> Self {
         Self {
             block_size: block_size as usize,
             level,
             pending: Vec::with_capacity(block_size as usize),
             data_len: 0,
-            out: Vec::new(),
+            out: Sink::Mem(Vec::new()),
             blocks: Vec::new(),
+            pool: None,
         }
+    }
+
+    /// A writer into an unlinked temp file in `tmp_dir`, compressing on `threads` threads
+    /// (1: on the calling thread).
+    pub fn spooled(block_size: u32, level: i32, threads: usize, tmp_dir: &Path) -> Result<Self> {
+        let sink = blob::blob_sink(tmp_dir).map_err(|e| LayerError::io(tmp_dir, e))?;
+        let mut writer = Self::new(block_size, level);
+        writer.out = Sink::File(sink);
+        writer.set_threads(threads)?;
+        Ok(writer)
+    }
+
+    /// Compresses on `threads` threads (1: on the calling thread). Only before the first write
+    /// (a pool replaced later would lose its blocks), so not public.
+    fn set_threads(&mut self, threads: usize) -> Result<()> {
+        self.pool = if threads > 1 {
+            Some(Pool::start(threads, self.level, self.block_size)?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    /// Most blocks compressed at once, each held plain and compressed until written.
+    pub fn in_flight_limit(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.limit)
     }
 
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
@@ -144,36 +304,114 @@ impl BlobWriter {
         Ok(())
     }
 
+    fn append(&mut self, compressed: Compressed) -> Result<()> {
+        let (bytes, digest) = compressed?;
+        self.blocks.push(BlockInfo {
+            offset: self.out.len(),
+            len: u32::try_from(bytes.len())
+                .map_err(|_| LayerError::convert("data block", "compressed block over 4 GiB"))?,
+            digest: digest.to_string(),
+        });
+        self.out.write(&bytes)
+    }
+
+    /// Writes every block back from the pool that is next in order; then, while more than
+    /// `keep` blocks are out, waits for one.
+    fn drain(&mut self, keep: usize) -> Result<()> {
+        loop {
+            let Some(pool) = self.pool.as_mut() else { return Ok(()) };
+            if let Some(c) = pool.ready.remove(&pool.next) {
+                pool.next += 1;
+                self.append(c)?;
+                continue;
+            }
+            if (pool.sent - pool.next) as usize <= keep {
+                return Ok(());
+            }
+            let (seq, c) = pool
+                .done
+                .recv()
+                .map_err(|_| LayerError::convert("data block", "a compression thread stopped"))?;
+            pool.ready.insert(seq, c);
+        }
+    }
+
     fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let compressed = zstd::bulk::compress(&self.pending, self.level)
-            .map_err(|e| LayerError::convert("data block", format!("zstd: {e}")))?;
-        self.blocks.push(BlockInfo {
-            offset: self.out.len() as u64,
-            len: u32::try_from(compressed.len())
-                .map_err(|_| LayerError::convert("data block", "compressed block over 4 GiB"))?,
-            digest: Digest::of(&self.pending).to_string(),
-        });
-        self.out.extend_from_slice(&compressed);
-        self.pending.clear();
+        let Some(pool) = self.pool.as_mut() else {
+            let c = compress_block(&self.pending, self.level);
+            self.pending.clear();
+            return self.append(c);
+        };
+        let plain = std::mem::replace(&mut self.pending, Vec::with_capacity(self.block_size));
+        let seq = pool.sent;
+        pool.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send((seq, plain)).ok())
+            .ok_or_else(|| LayerError::convert("data block", "the compression threads stopped"))?;
+        pool.sent += 1;
+        let keep = pool.limit - 1;
+        self.drain(keep)
+    }
+
+    /// Compresses what is left and waits for every block.
+    fn finish_blocks(&mut self) -> Result<()> {
+        self.flush()?;
+        self.drain(0)?;
+        self.pool = None;
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<(BlobInfo, Vec<u8>)> {
-        self.flush()?;
-        let digest = Digest::of(&self.out).to_string();
-        Ok((
-            BlobInfo {
-                digest,
-                size: self.out.len() as u64,
-                data_len: self.data_len,
-                blocks: self.blocks,
-            },
-            self.out,
-        ))
+    fn info(&mut self, digest: String, size: u64) -> BlobInfo {
+        let blocks = std::mem::take(&mut self.blocks);
+        BlobInfo { digest, size, data_len: self.data_len, blocks }
     }
+
+    /// The blob's description and its bytes in memory (read back if it went to a file).
+    pub fn finish(self) -> Result<(BlobInfo, Vec<u8>)> {
+        let (info, file) = match self.finish_any()? {
+            (info, Finished::Mem(bytes)) => return Ok((info, bytes)),
+            (info, Finished::File(file)) => (info, file),
+        };
+        let bytes = file.read_all().map_err(|e| LayerError::io("blob temp file", e))?;
+        Ok((info, bytes))
+    }
+
+    /// The blob's description and the temp file that holds it ([`BlobWriter::spooled`]; a
+    /// writer into memory spools its bytes into a temp file in `tmp_dir` here).
+    pub fn finish_file(self, tmp_dir: &Path) -> Result<(BlobInfo, BlobFile)> {
+        match self.finish_any()? {
+            (info, Finished::File(file)) => Ok((info, file)),
+            (info, Finished::Mem(bytes)) => {
+                let file = blob::spool_reader(&bytes[..], tmp_dir, |_| {})
+                    .map_err(|e| LayerError::io(tmp_dir, e))?;
+                Ok((info, file))
+            }
+        }
+    }
+
+    fn finish_any(mut self) -> Result<(BlobInfo, Finished)> {
+        self.finish_blocks()?;
+        match std::mem::replace(&mut self.out, Sink::Mem(Vec::new())) {
+            Sink::Mem(bytes) => {
+                let info = self.info(Digest::of(&bytes).to_string(), bytes.len() as u64);
+                Ok((info, Finished::Mem(bytes)))
+            }
+            Sink::File(sink) => {
+                let file =
+                    blob::finish_sink(sink).map_err(|e| LayerError::io("blob temp file", e))?;
+                let info = self.info(file.digest().to_string(), file.len());
+                Ok((info, Finished::File(file)))
+            }
+        }
+    }
+}
+
+enum Finished {
+    Mem(Vec<u8>),
+    File(BlobFile),
 }
 
 /// Builds the tree of a plain directory.
@@ -313,6 +551,36 @@ pub fn build_from_dir_with(
     config: &ConvertConfig,
     progress: &Progress,
 ) -> Result<(Metadata, Vec<Vec<u8>>)> {
+    let mut writer = BlobWriter::new(config.block_size, config.level);
+    writer.set_threads(config.threads)?;
+    let (meta, writer) = walk_dir(root, config, progress, writer)?;
+    let (blob, bytes) = writer.finish()?;
+    let meta = Metadata { blobs: vec![blob], ..meta };
+    meta.validate()?;
+    Ok((meta, vec![bytes]))
+}
+
+/// [`build_from_dir_with`], its data blob built in a temp file under `config.tmp_dir()`: the
+/// memory it holds is the metadata and a few blocks, whatever the tree's size.
+pub fn build_from_dir_spooled(
+    root: &Path,
+    config: &ConvertConfig,
+    progress: &Progress,
+) -> Result<(Metadata, Vec<BlobFile>)> {
+    let (meta, writer) = walk_dir(root, config, progress, config.spooled_writer()?)?;
+    let (blob, file) = writer.finish_file(&config.tmp_dir())?;
+    let meta = Metadata { blobs: vec![blob], ..meta };
+    meta.validate()?;
+    Ok((meta, vec![file]))
+}
+
+/// Walks `root` into metadata without blobs, its file bytes into `writer`.
+fn walk_dir(
+    root: &Path,
+    config: &ConvertConfig,
+    progress: &Progress,
+    writer: BlobWriter,
+) -> Result<(Metadata, BlobWriter)> {
     if config.block_size == 0 || config.block_size > MAX_BLOCK_SIZE {
         return Err(LayerError::convert(root.display(), "block size out of range"));
     }
@@ -323,15 +591,13 @@ pub fn build_from_dir_with(
     let mut walker = DirWalker {
         inodes: Vec::new(),
         links: HashMap::new(),
-        writer: BlobWriter::new(config.block_size, config.level),
+        writer,
         progress,
         overlay_upper: config.overlay_upper,
     };
     walker.add(root)?;
-    let (blob, bytes) = walker.writer.finish()?;
-    let meta = Metadata { block_size: config.block_size, blobs: vec![blob], inodes: walker.inodes };
-    meta.validate()?;
-    Ok((meta, vec![bytes]))
+    let meta = Metadata { block_size: config.block_size, blobs: Vec::new(), inodes: walker.inodes };
+    Ok((meta, walker.writer))
 }
 
 /// Writes `meta` and `blobs` to `store` as the image `dest`.
@@ -365,6 +631,45 @@ pub async fn push_annotated(
     progress: &Progress,
     annotations: std::collections::BTreeMap<String, String>,
 ) -> Result<ConvertReport> {
+    let blobs = blobs.into_iter().map(Payload::Mem).collect();
+    push_payloads(store, dest, meta, blobs, progress, annotations).await
+}
+
+/// [`push_with`] for blobs built in temp files: each goes up with [`crate::store::Store::put_file`],
+/// in pieces, never whole in memory.
+pub async fn push_files(
+    store: &DynStore,
+    dest: &LayerRef,
+    meta: &Metadata,
+    blobs: &[BlobFile],
+    progress: &Progress,
+) -> Result<ConvertReport> {
+    for (info, file) in meta.blobs.iter().zip(blobs) {
+        if info.digest != file.digest().to_string() || info.size != file.len() {
+            return Err(LayerError::convert(
+                &info.digest,
+                format!("blob file holds {} bytes hashing to {}", file.len(), file.digest()),
+            ));
+        }
+    }
+    let blobs = blobs.iter().map(Payload::File).collect();
+    push_payloads(store, dest, meta, blobs, progress, Default::default()).await
+}
+
+/// A data blob to push: in memory, or in a temp file.
+enum Payload<'a> {
+    Mem(Vec<u8>),
+    File(&'a BlobFile),
+}
+
+async fn push_payloads(
+    store: &DynStore,
+    dest: &LayerRef,
+    meta: &Metadata,
+    blobs: Vec<Payload<'_>>,
+    progress: &Progress,
+    annotations: std::collections::BTreeMap<String, String>,
+) -> Result<ConvertReport> {
     progress.set_blobs(meta.blobs.len() as u64 + 1);
     let encoded = meta.encode()?;
     let meta_digest = Digest::of(&encoded).to_string();
@@ -374,9 +679,13 @@ pub async fn push_annotated(
         size: encoded.len() as u64,
     }];
     let mut reports = Vec::new();
-    for (info, bytes) in meta.blobs.iter().zip(blobs) {
+    for (info, payload) in meta.blobs.iter().zip(blobs) {
         let key = format!("blobs/{}", info.digest);
-        store.put(&key, Bytes::from(bytes)).await.map_err(|e| LayerError::store(&key, e))?;
+        let put = match payload {
+            Payload::Mem(bytes) => store.put(&key, Bytes::from(bytes)).await,
+            Payload::File(file) => store.put_file(&key, file.file(), file.len()).await,
+        };
+        put.map_err(|e| LayerError::store(&key, e))?;
         progress.blob_pushed(info.size);
         layers.push(Descriptor {
             media_type: media::BLOB.into(),
@@ -419,4 +728,40 @@ pub async fn put_index(store: &DynStore, registry: bool, key: &str, index: &Inde
     let json = serde_json::to_vec(index)
         .map_err(|e| LayerError::malformed("index", format!("cannot serialize: {e}")))?;
     store.put(key, Bytes::from(json)).await.map_err(|e| LayerError::store(key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same bytes in any thread count and either sink: blocks are written in order.
+    #[test]
+    fn threads_and_sinks_give_the_same_blob() {
+        let data: Vec<u8> =
+            (0..700_000u64).map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8).collect();
+        let tmp = std::env::temp_dir();
+        let mut want = None;
+        for threads in [1, 2, 4, 7] {
+            for spooled in [false, true] {
+                let mut w = if spooled {
+                    BlobWriter::spooled(4096, 3, threads, &tmp).expect("spooled")
+                } else {
+                    let mut w = BlobWriter::new(4096, 3);
+                    w.set_threads(threads).expect("threads");
+                    w
+                };
+                assert!(w.in_flight_limit() <= 2 * threads);
+                // Uneven writes, so blocks fill across calls.
+                for piece in data.chunks(1234) {
+                    w.write(piece).expect("write");
+                }
+                let got = w.finish().expect("finish");
+                assert_eq!(got.0.blocks.len(), 700_000usize.div_ceil(4096));
+                match &want {
+                    None => want = Some(got),
+                    Some(w) => assert!(*w == got, "threads {threads}, spooled {spooled} differ"),
+                }
+            }
+        }
+    }
 }

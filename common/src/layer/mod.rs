@@ -19,6 +19,7 @@
 //! Sync/async bridge: fuser's threads `block_on` the runtime handle for each read (short work:
 //! a few block lookups); replay and prefetch run as tokio tasks inside the cache.
 
+pub mod blob;
 pub mod build;
 pub mod error;
 pub mod format;

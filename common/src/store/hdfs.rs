@@ -450,6 +450,30 @@ impl Store for HdfsStore {
         self.put_with_block_size(key, data, None).await
     }
 
+    async fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> StoreResult<()> {
+        const OP: &str = "put_file";
+        let path = self.path(key)?;
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+        let tmp = format!("{dir}/.{name}.tmp-{}-{:016x}", std::process::id(), fastrand::u64(..));
+        // The file is written one piece at a time (the writer's own packet buffers are small),
+        // then renamed into place like `put`.
+        let write = async {
+            let options = WriteOptions::default().create_parent(true).overwrite(false);
+            let mut writer = guarded(OP, key, self.client.create(&tmp, options)).await?;
+            for (offset, n) in super::pieces(len) {
+                let piece = super::read_piece(OP, key, file, offset, n).await?;
+                guarded(OP, key, writer.write_bytes(piece)).await?;
+            }
+            guarded(OP, key, writer.close()).await?;
+            guarded(OP, key, self.client.rename(&tmp, &path, true)).await
+        };
+        let result = write.await;
+        if result.is_err() {
+            let _ = guarded(OP, key, self.client.delete(&tmp, false)).await;
+        }
+        result
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         const OP: &str = "delete";
         let path = self.path(key)?;

@@ -84,6 +84,17 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// A hidden, unique name beside `path` for an object being written.
+fn temp_name(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    dir.join(format!(
+        ".{}.tmp-{}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
+        std::process::id(),
+        fastrand::u64(..)
+    ))
+}
+
 fn meta(key: String, md: &std::fs::Metadata) -> ObjectMeta {
     ObjectMeta { key, len: md.len(), mtime: md.modified().ok() }
 }
@@ -122,16 +133,41 @@ impl Store for LocalStore {
         blocking("put", key, move || {
             let dir = path.parent().unwrap_or(Path::new("/"));
             std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(
-                ".{}.tmp-{}-{}",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or("object"),
-                std::process::id(),
-                fastrand::u64(..)
-            ));
+            let tmp = temp_name(&path);
             let write = || -> std::io::Result<()> {
                 let mut file = std::fs::File::create(&tmp)?;
                 std::io::Write::write_all(&mut file, &data)?;
                 file.sync_all()?;
+                std::fs::rename(&tmp, &path)
+            };
+            let result = write();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await
+    }
+
+    async fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> StoreResult<()> {
+        let path = self.path(key)?;
+        let source = file.try_clone().map_err(|e| io_error("put_file", key, e))?;
+        blocking("put_file", key, move || {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            std::fs::create_dir_all(dir)?;
+            let tmp = temp_name(&path);
+            let write = || -> std::io::Result<()> {
+                use std::os::unix::fs::FileExt;
+                let mut out = std::fs::File::create(&tmp)?;
+                // Positional reads in pieces: the source's cursor stays where it is, and
+                // only one piece is in memory.
+                let mut buf = vec![0u8; (super::PUT_PIECE).min(len) as usize];
+                for (offset, n) in super::pieces(len) {
+                    let piece = &mut buf[..n as usize];
+                    source.read_exact_at(piece, offset)?;
+                    std::io::Write::write_all(&mut out, piece)?;
+                }
+                out.sync_all()?;
                 std::fs::rename(&tmp, &path)
             };
             let result = write();

@@ -113,6 +113,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Stores `data` under `key`, atomically: readers see all of it or none of it.
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()>;
 
+    /// Stores bytes `0..len` of `file` under `key`, atomically like [`Store::put`].
+    ///
+    /// Reads `file` only with positional reads (its cursor means nothing and is left alone), so
+    /// a retry may call it again with the same file. Backends that can stream send it in
+    /// pieces of at most [`PUT_PIECE`] bytes and hold one piece at a time; a file shorter than
+    /// `len` is an error ([`StoreError::Io`]). The default reads the whole range into memory and
+    /// calls `put`: right only for stores that keep objects in memory (test doubles).
+    async fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> StoreResult<()> {
+        let data = read_piece("put_file", key, file, 0, len).await?;
+        self.put(key, data).await
+    }
+
     /// Objects whose key starts with `prefix`, sorted by key. Backends that cannot list a
     /// namespace (a registry's blobs) return [`StoreError::Unsupported`].
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
@@ -131,6 +143,45 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         let _ = data;
         Err(StoreError::Unsupported { op: "create_new", key: key.to_string() })
     }
+}
+
+/// Largest piece of a file that [`Store::put_file`] holds in memory: few enough requests for a
+/// multi-GB blob (one per 4 MiB), small enough that several uploads at once stay cheap.
+pub const PUT_PIECE: u64 = 4 << 20;
+
+/// Bytes `offset..offset + len` of `file`, read with one positional read loop on tokio's
+/// blocking pool (the file is local; the read still must not stall a runtime thread). Short:
+/// [`StoreError::Io`] with `UnexpectedEof`.
+pub async fn read_piece(
+    op: &'static str,
+    key: &str,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> StoreResult<Bytes> {
+    let io = |source| StoreError::Io { op, key: key.to_string(), source };
+    let size = usize::try_from(len).map_err(|_| {
+        io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "piece larger than memory"))
+    })?;
+    let file = file.try_clone().map_err(io)?;
+    let read = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; size];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(Bytes::from(buf))
+    });
+    match read.await {
+        Ok(result) => result.map_err(io),
+        Err(join) => Err(StoreError::Other { op, key: key.to_string(), message: join.to_string() }),
+    }
+}
+
+/// The pieces `(offset, len)` that cover `0..len`, each at most [`PUT_PIECE`].
+pub fn pieces(len: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..len.div_ceil(PUT_PIECE)).map(move |i| {
+        let offset = i * PUT_PIECE;
+        (offset, PUT_PIECE.min(len - offset))
+    })
 }
 
 /// A shared, dynamically chosen store.
@@ -206,6 +257,17 @@ mod tests {
         for key in ["a", "a/b", "blobs/sha256:00ff", "refs/x:y", "...", "a..b"] {
             assert!(check_key(key).is_ok(), "{key:?} refused");
         }
+    }
+
+    #[test]
+    fn pieces_cover_the_file() {
+        assert_eq!(pieces(0).count(), 0);
+        assert_eq!(pieces(1).collect::<Vec<_>>(), [(0, 1)]);
+        assert_eq!(pieces(PUT_PIECE).collect::<Vec<_>>(), [(0, PUT_PIECE)]);
+        assert_eq!(
+            pieces(2 * PUT_PIECE + 3).collect::<Vec<_>>(),
+            [(0, PUT_PIECE), (PUT_PIECE, PUT_PIECE), (2 * PUT_PIECE, 3)]
+        );
     }
 
     #[test]

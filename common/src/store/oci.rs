@@ -534,6 +534,167 @@ impl OciStore {
         Ok(())
     }
 
+    /// A blob from a file: skipped when the registry has it, else a chunked upload (`POST`, a
+    /// `PATCH` per [`super::PUT_PIECE`], `PUT ?digest=`); a registry that refuses the first
+    /// `PATCH` gets one monolithic `PUT` whose body streams from the file. The registry checks
+    /// the digest when the upload closes (the caller computed it while writing the file).
+    async fn put_blob_file(
+        &self,
+        key: &str,
+        digest: &Digest,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<()> {
+        const OP: &str = "put_file";
+        match self.blob_len(OP, key, digest).await {
+            Ok(have) if have == len => return Ok(()),
+            Ok(_) => self.forget_len(digest),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let location = self.start_upload(OP, key).await?;
+        let location = match self.patch_pieces(OP, key, location, file, len).await? {
+            Chunked::Sent(location) => location,
+            Chunked::Refused(why) => {
+                tracing::debug!(key, why, "registry refused a chunked upload; sending one PUT");
+                let location = self.start_upload(OP, key).await?;
+                let file =
+                    std::sync::Arc::new(file.try_clone().map_err(|source| StoreError::Io {
+                        op: OP,
+                        key: key.to_string(),
+                        source,
+                    })?);
+                let url = with_digest(&location, digest);
+                let key_owned = key.to_string();
+                let response = self
+                    .send(OP, key, RegistryOperation::Push, || {
+                        let body =
+                            reqwest::Body::wrap_stream(file_stream(file.clone(), len, &key_owned));
+                        self.http
+                            .put(&url)
+                            .header(header::CONTENT_TYPE, "application/octet-stream")
+                            .header(header::CONTENT_LENGTH, len)
+                            .body(body)
+                    })
+                    .await?;
+                return self.upload_closed(OP, key, digest, len, response).await;
+            }
+        };
+        let url = with_digest(&location, digest);
+        let response = self
+            .send(OP, key, RegistryOperation::Push, || {
+                self.http.put(&url).header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        self.upload_closed(OP, key, digest, len, response).await
+    }
+
+    /// `POST …/blobs/uploads/`: the upload's location.
+    async fn start_upload(&self, op: &'static str, key: &str) -> StoreResult<String> {
+        let url = format!("{}/blobs/uploads/", self.base);
+        let mut response = self
+            .send(op, key, RegistryOperation::Push, || {
+                self.http.post(&url).header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        let status = response.status();
+        if status != StatusCode::ACCEPTED {
+            let body = read_body(&mut response, op, key, 4096, false).await.unwrap_or_default();
+            return Err(status_error(op, key, status, &String::from_utf8_lossy(&body)));
+        }
+        self.location(op, key, &response)
+    }
+
+    /// Sends `file` in pieces to the upload at `location`.
+    async fn patch_pieces(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut location: String,
+        file: &std::fs::File,
+        len: u64,
+    ) -> StoreResult<Chunked> {
+        for (offset, n) in super::pieces(len) {
+            let piece = super::read_piece(op, key, file, offset, n).await?;
+            let range = format!("{offset}-{}", offset + n - 1);
+            let url = location.clone();
+            let mut response = self
+                .send(op, key, RegistryOperation::Push, || {
+                    self.http
+                        .patch(&url)
+                        .header(header::CONTENT_TYPE, "application/octet-stream")
+                        .header(header::CONTENT_RANGE, range.clone())
+                        .header(header::CONTENT_LENGTH, n)
+                        .body(piece.clone())
+                })
+                .await?;
+            let status = response.status();
+            if status == StatusCode::ACCEPTED {
+                location = self.location(op, key, &response)?;
+                continue;
+            }
+            let body = read_body(&mut response, op, key, 4096, false).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            // Registries without chunked uploads answer the first PATCH with one of these.
+            if offset == 0 && matches!(status.as_u16(), 400 | 404 | 405 | 411 | 413 | 416 | 501) {
+                return Ok(Chunked::Refused(format!("PATCH: HTTP {status}: {text}")));
+            }
+            return Err(status_error(op, key, status, &text));
+        }
+        Ok(Chunked::Sent(location))
+    }
+
+    /// The final reply of an upload: `201` and the blob is there.
+    async fn upload_closed(
+        &self,
+        op: &'static str,
+        key: &str,
+        digest: &Digest,
+        len: u64,
+        mut response: Response,
+    ) -> StoreResult<()> {
+        let status = response.status();
+        if status == StatusCode::CREATED {
+            if let Ok(mut cache) = self.lens.lock() {
+                cache.put(*digest, len);
+            }
+            return Ok(());
+        }
+        let body = read_body(&mut response, op, key, 4096, false).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        if status == StatusCode::BAD_REQUEST && text.contains("DIGEST_INVALID") {
+            return Err(StoreError::InvalidKey {
+                key: key.to_string(),
+                reason: format!(
+                    "the registry says the data does not hash to the key's digest: {text}"
+                ),
+            });
+        }
+        Err(status_error(op, key, status, &text))
+    }
+
+    /// The absolute URL of a reply's `Location` (registries may send a path).
+    fn location(&self, op: &'static str, key: &str, response: &Response) -> StoreResult<String> {
+        let value =
+            response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(
+                || StoreError::BadReply {
+                    op,
+                    key: key.to_string(),
+                    message: format!("HTTP {} without a valid Location", response.status()),
+                },
+            )?;
+        let base = url::Url::parse(&self.base).map_err(|e| StoreError::Other {
+            op,
+            key: key.to_string(),
+            message: format!("bad base URL: {e}"),
+        })?;
+        base.join(value).map(String::from).map_err(|e| StoreError::BadReply {
+            op,
+            key: key.to_string(),
+            message: format!("Location {value:?}: {e}"),
+        })
+    }
+
     async fn put_manifest(&self, key: &str, reference: &str, data: Bytes) -> StoreResult<()> {
         const OP: &str = "put";
         let invalid = |reason: String| StoreError::InvalidKey { key: key.to_string(), reason };
@@ -646,6 +807,17 @@ impl Store for OciStore {
         }
     }
 
+    async fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> StoreResult<()> {
+        match parse_key(key)? {
+            Target::Blob(digest) => self.put_blob_file(key, &digest, file, len).await,
+            // Manifests are small: read whole, sent as `put` sends them.
+            Target::Manifest(reference) => {
+                let data = super::read_piece("put_file", key, file, 0, len).await?;
+                self.put_manifest(key, &reference, data).await
+            }
+        }
+    }
+
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
         if let Some(tag_prefix) = prefix.strip_prefix("manifests/") {
             return self.list_tags(prefix, tag_prefix).await;
@@ -659,6 +831,33 @@ impl Store for OciStore {
         }
         Ok(Vec::new())
     }
+}
+
+/// How a chunked upload went.
+enum Chunked {
+    /// Every piece is in; the upload is at this location.
+    Sent(String),
+    /// The registry refused the first piece: why.
+    Refused(String),
+}
+
+/// `location` with the `digest` query parameter that closes an upload.
+fn with_digest(location: &str, digest: &Digest) -> String {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    format!("{location}{sep}digest={digest}")
+}
+
+/// Bytes `0..len` of `file` as a body stream, one [`super::PUT_PIECE`] at a time.
+fn file_stream(
+    file: std::sync::Arc<std::fs::File>,
+    len: u64,
+    key: &str,
+) -> impl futures::Stream<Item = StoreResult<Bytes>> + Send + 'static {
+    let key = key.to_string();
+    futures::stream::iter(super::pieces(len)).then(move |(offset, n)| {
+        let (file, key) = (file.clone(), key.clone());
+        async move { super::read_piece("put_file", &key, &file, offset, n).await }
+    })
 }
 
 /// Splits `docker://host[:port]/repo[/path]` into `host[:port]` and the repository.
@@ -1307,6 +1506,152 @@ mod tests {
             fake.expire_all();
             let err = store.read_range(&key, 0..10).await.expect_err("refused token");
             assert!(matches!(err, StoreError::Unauthorized { .. }), "{err}");
+        }
+    }
+
+    /// `put_file` against a fake registry: a chunked upload in PATCH pieces, and the one
+    /// streamed PUT when the registry refuses PATCH.
+    mod upload {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+
+        use super::*;
+        use crate::store::PUT_PIECE;
+
+        #[derive(Default)]
+        struct Fake {
+            refuse_patch: AtomicBool,
+            patches: AtomicUsize,
+            puts: AtomicUsize,
+            received: Mutex<Vec<u8>>,
+            stored: Mutex<Option<(String, Vec<u8>)>>,
+        }
+
+        impl Fake {
+            fn answer(&self, method: &str, path: &str, body: &[u8]) -> String {
+                let reply = |status: &str, extra: &str| {
+                    format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                };
+                let upload = "Location: /v2/repo/blobs/uploads/u1\r\n";
+                match method {
+                    "GET" if path == "/v2/" => reply("200 OK", ""),
+                    "HEAD" => reply("404 Not Found", ""),
+                    "POST" => {
+                        self.received.lock().expect("lock").clear();
+                        reply("202 Accepted", upload)
+                    }
+                    "PATCH" if self.refuse_patch.load(Ordering::SeqCst) => {
+                        self.patches.fetch_add(1, Ordering::SeqCst);
+                        reply("405 Method Not Allowed", "")
+                    }
+                    "PATCH" => {
+                        self.patches.fetch_add(1, Ordering::SeqCst);
+                        self.received.lock().expect("lock").extend_from_slice(body);
+                        reply("202 Accepted", upload)
+                    }
+                    "PUT" => {
+                        self.puts.fetch_add(1, Ordering::SeqCst);
+                        let mut all = self.received.lock().expect("lock").clone();
+                        all.extend_from_slice(body);
+                        let digest = path.split_once("digest=").map_or("", |(_, d)| d);
+                        if Digest::of(&all).to_string() != digest {
+                            return reply("400 Bad Request", "");
+                        }
+                        *self.stored.lock().expect("lock") = Some((digest.to_string(), all));
+                        reply("201 Created", "")
+                    }
+                    _ => reply("404 Not Found", ""),
+                }
+            }
+        }
+
+        async fn serve(fake: Arc<Fake>) -> u16 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let fake = fake.clone();
+                    tokio::spawn(async move {
+                        let mut data = Vec::new();
+                        let mut buf = vec![0u8; 64 << 10];
+                        let end = loop {
+                            if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break at + 4;
+                            }
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => data.extend_from_slice(&buf[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&data[..end]).to_string();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0usize);
+                        while data.len() < end + len {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => data.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let mut first = head.lines().next().unwrap_or_default().split(' ');
+                        let (method, path) =
+                            (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                        let answer = fake.answer(method, path, &data[end..end + len]);
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    });
+                }
+            });
+            port
+        }
+
+        async fn put_via(fake: &Arc<Fake>, data: &[u8]) -> StoreResult<()> {
+            let port = serve(fake.clone()).await;
+            let store = OciStore::open_with_auth(
+                &format!("docker://127.0.0.1:{port}/repo"),
+                &[],
+                RegistryAuth::Anonymous,
+            )
+            .expect("open");
+            let mut file = crate::layer::blob::temp_file(&std::env::temp_dir()).expect("tmp");
+            std::io::Write::write_all(&mut file, data).expect("write");
+            store.put_file(&format!("blobs/{}", Digest::of(data)), &file, data.len() as u64).await
+        }
+
+        fn data() -> Vec<u8> {
+            (0..2 * PUT_PIECE + 1000).map(|i| (i % 251) as u8).collect()
+        }
+
+        #[tokio::test]
+        async fn chunked_in_pieces() {
+            let fake = Arc::new(Fake::default());
+            let data = data();
+            put_via(&fake, &data).await.expect("put_file");
+            assert_eq!(fake.patches.load(Ordering::SeqCst), 3, "one PATCH per piece");
+            assert_eq!(fake.puts.load(Ordering::SeqCst), 1);
+            let stored = fake.stored.lock().expect("lock").clone().expect("stored");
+            assert!(stored.1 == data && stored.0 == Digest::of(&data).to_string());
+        }
+
+        #[tokio::test]
+        async fn refused_patch_falls_back_to_one_streamed_put() {
+            let fake = Arc::new(Fake::default());
+            fake.refuse_patch.store(true, Ordering::SeqCst);
+            let data = data();
+            put_via(&fake, &data).await.expect("put_file");
+            assert_eq!(fake.patches.load(Ordering::SeqCst), 1, "gives up on PATCH at once");
+            assert_eq!(fake.puts.load(Ordering::SeqCst), 1);
+            let stored = fake.stored.lock().expect("lock").clone().expect("stored");
+            assert!(stored.1 == data, "the monolithic PUT carried the whole file");
         }
     }
 }

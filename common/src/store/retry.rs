@@ -54,6 +54,10 @@ impl RetryConfig {
     }
 }
 
+/// The slowest upload a `put_file` attempt is allowed before it times out, in bytes per second:
+/// 4 MiB/s gives a 2 GiB blob about 8.5 minutes beyond the attempt timeout.
+pub const PUT_FILE_MIN_RATE: u64 = 4 << 20;
+
 /// Wraps a store with per-attempt timeouts and bounded retries.
 #[derive(Debug)]
 pub struct RetryStore {
@@ -72,29 +76,42 @@ impl RetryStore {
         &self.inner
     }
 
-    async fn run<T, F, Fut>(&self, op: &'static str, key: &str, mut attempt: F) -> StoreResult<T>
+    async fn run<T, F, Fut>(&self, op: &'static str, key: &str, attempt: F) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = StoreResult<T>>,
     {
+        self.run_for(op, key, Duration::ZERO, attempt).await
+    }
+
+    /// [`RetryStore::run`] with `extra` added to the attempt timeout and the total deadline.
+    async fn run_for<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        extra: Duration,
+        mut attempt: F,
+    ) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let op_timeout = self.config.op_timeout + extra;
+        let total_deadline = self.config.total_deadline + extra;
         let started = Instant::now();
         let mut tries = 0u32;
         loop {
             tries += 1;
-            let result = match tokio::time::timeout(self.config.op_timeout, attempt()).await {
+            let result = match tokio::time::timeout(op_timeout, attempt()).await {
                 Ok(result) => result,
-                Err(_) => Err(StoreError::Timeout {
-                    op,
-                    key: key.to_string(),
-                    after: self.config.op_timeout,
-                }),
+                Err(_) => Err(StoreError::Timeout { op, key: key.to_string(), after: op_timeout }),
             };
             let err = match result {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
             let backoff = self.config.backoff(tries);
-            let out_of_time = started.elapsed() + backoff >= self.config.total_deadline;
+            let out_of_time = started.elapsed() + backoff >= total_deadline;
             if !err.is_retryable() || tries >= self.config.max_attempts || out_of_time {
                 ::metrics::counter!(m::STORE_ERRORS, "op" => op).increment(1);
                 tracing::debug!(op, key, tries, error = %err, "store operation failed");
@@ -126,6 +143,13 @@ impl Store for RetryStore {
 
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         self.run("put", key, || self.inner.put(key, data.clone())).await
+    }
+
+    async fn put_file(&self, key: &str, file: &std::fs::File, len: u64) -> StoreResult<()> {
+        // A whole blob is one attempt: it gets the usual timeout plus the time to send `len`
+        // bytes at PUT_FILE_MIN_RATE, and each retry sends it again from its start.
+        let extra = Duration::from_secs_f64(len as f64 / PUT_FILE_MIN_RATE as f64);
+        self.run_for("put_file", key, extra, || self.inner.put_file(key, file, len)).await
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {

@@ -30,6 +30,7 @@ use std::rc::Rc;
 use bootseer_common::digest::Digest;
 use serde::Deserialize;
 
+use bootseer_common::layer::blob::{self, BlobFile};
 use bootseer_common::layer::build::{BlobWriter, ConvertConfig};
 use bootseer_common::layer::error::{LayerError, Result};
 use bootseer_common::layer::format::{
@@ -286,14 +287,17 @@ fn pick_platform<'a>(
 
 /// Checks that `data` is what its descriptor names.
 fn check_content(what: &str, digest: &Digest, size: u64, data: &[u8]) -> Result<()> {
-    let actual = Digest::of(data);
-    if actual != *digest || data.len() as u64 != size {
+    check_hashed(what, digest, size, Digest::of(data), data.len() as u64)
+}
+
+/// Checks that bytes of length `len` hashing to `actual` are what a descriptor names.
+fn check_hashed(what: &str, digest: &Digest, size: u64, actual: Digest, len: u64) -> Result<()> {
+    if actual != *digest || len != size {
         return Err(LayerError::convert(
             what,
             format!(
-                "content does not match its descriptor: got {} bytes hashing to {actual}, \
-                 expected {size} bytes (corrupted or replaced where it is stored)",
-                data.len()
+                "content does not match its descriptor: got {len} bytes hashing to {actual}, \
+                 expected {size} bytes (corrupted or replaced where it is stored)"
             ),
         ));
     }
@@ -306,15 +310,18 @@ pub(crate) trait ImageBlobs {
     /// The bytes of the manifest or index `digest`. `what` names it in errors.
     fn manifest(&mut self, digest: &Digest, what: &str) -> Result<Vec<u8>>;
 
-    /// The bytes of the blob `digest`, `size` long by its descriptor (fewer if the store has
-    /// fewer). Adds what arrives to `progress`. `what` names it in errors.
+    /// The blob `digest`, `size` long by its descriptor (fewer if the store has fewer), in a
+    /// file that is read from its start, with the length and digest of what it holds. A copy
+    /// goes to an unlinked temp file in `tmp_dir` where the blob is not a local file already.
+    /// Adds what arrives to `progress`. `what` names it in errors.
     fn blob(
         &mut self,
         digest: &Digest,
         size: u64,
         what: &str,
         progress: &Progress,
-    ) -> Result<Vec<u8>>;
+        tmp_dir: &Path,
+    ) -> Result<BlobFile>;
 }
 
 /// Builds an image from the manifest or index `top` (named `what` in errors), fetching the rest
@@ -326,7 +333,7 @@ pub(crate) fn build_from_manifest(
     what: &str,
     config: &ConvertConfig,
     progress: &Progress,
-) -> Result<(Metadata, Vec<Vec<u8>>)> {
+) -> Result<(Metadata, Vec<BlobFile>)> {
     let wanted = Wanted::parse(&config.platform)?;
     let (mut bytes, mut what) = (top, what.to_string());
     let mut layers = None;
@@ -370,27 +377,33 @@ pub(crate) fn build_from_manifest(
     let mut tree = Tree::new();
     let mut infos = Vec::with_capacity(total);
     let mut out = Vec::with_capacity(total);
+    let tmp_dir = config.tmp_dir();
     for (i, (name, digest, size, compression)) in plan.into_iter().enumerate() {
-        let data = blobs.blob(&digest, size, &name, progress)?;
-        check_content(&name, &digest, size, &data)?;
-        let mut writer = BlobWriter::new(config.block_size, config.level);
+        // The whole layer is on disk and checked before any of it is applied; only a buffer of
+        // it is in memory at a time, here and while it is read back below.
+        let layer = blobs.blob(&digest, size, &name, progress, &tmp_dir)?;
+        check_hashed(&name, &digest, size, layer.digest(), layer.len())?;
+        let mut writer = config.spooled_writer()?;
+        // 256 KiB: few reads, small buffer (the decoders keep their own small buffers).
+        let data = std::io::BufReader::with_capacity(256 << 10, layer.reader());
         match compression {
             Compression::None => {
-                apply_layer(&mut tree, i, &name, &data[..], &mut writer, progress)?;
+                apply_layer(&mut tree, i, &name, data, &mut writer, progress)?;
             }
             Compression::Gzip => {
-                let reader = flate2::read::GzDecoder::new(&data[..]);
+                let reader = flate2::read::GzDecoder::new(data);
                 apply_layer(&mut tree, i, &name, reader, &mut writer, progress)?;
             }
             Compression::Zstd => {
-                let reader = zstd::stream::Decoder::new(&data[..])
+                let reader = zstd::stream::Decoder::with_buffer(data)
                     .map_err(|e| LayerError::convert(&name, format!("zstd: {e}")))?;
                 apply_layer(&mut tree, i, &name, reader, &mut writer, progress)?;
             }
         }
-        let (info, bytes) = writer.finish()?;
+        drop(layer);
+        let (info, file) = writer.finish_file(&tmp_dir)?;
         infos.push(info);
-        out.push(bytes);
+        out.push(file);
         progress.layer_done();
     }
     let meta = tree.into_metadata(config.block_size, infos)?;
@@ -810,8 +823,12 @@ struct LayoutBlobs<'a> {
 }
 
 impl LayoutBlobs<'_> {
+    fn path(&self, digest: &Digest) -> std::path::PathBuf {
+        self.dir.join("blobs/sha256").join(digest.hex())
+    }
+
     fn read(&self, digest: &Digest, what: &str) -> Result<Vec<u8>> {
-        let path = self.dir.join("blobs/sha256").join(digest.hex());
+        let path = self.path(digest);
         std::fs::read(&path)
             .map_err(|e| LayerError::convert(what, format!("{}: {e}", path.display())))
     }
@@ -822,16 +839,23 @@ impl ImageBlobs for LayoutBlobs<'_> {
         self.read(digest, what)
     }
 
+    /// The layout's own file, hashed through the descriptor it was opened by: the bytes
+    /// checked are the bytes applied (a blob replaced by rename after the open is not seen;
+    /// one rewritten in place while we convert is the one case the check cannot cover).
     fn blob(
         &mut self,
         digest: &Digest,
         _size: u64,
         what: &str,
         progress: &Progress,
-    ) -> Result<Vec<u8>> {
-        let data = self.read(digest, what)?;
-        progress.layer_bytes(data.len() as u64);
-        Ok(data)
+        _tmp_dir: &Path,
+    ) -> Result<BlobFile> {
+        let path = self.path(digest);
+        let fail =
+            |e: std::io::Error| LayerError::convert(what, format!("{}: {e}", path.display()));
+        let file = std::fs::File::open(&path).map_err(fail)?;
+        let (digest, len) = blob::hash_file(&file, |n| progress.layer_bytes(n)).map_err(fail)?;
+        Ok(BlobFile::hashed(file, len, digest))
     }
 }
 
@@ -840,7 +864,7 @@ pub fn build_from_layout(
     spec: &str,
     config: &ConvertConfig,
     progress: &Progress,
-) -> Result<(Metadata, Vec<Vec<u8>>)> {
+) -> Result<(Metadata, Vec<BlobFile>)> {
     let (dir, tag) = split_source(spec);
     let dir = Path::new(dir);
     let index_path = dir.join("index.json");

@@ -17,7 +17,11 @@
 //! A layer is held in memory whole, as with a layout, because its digest must be checked before
 //! any of it is used.
 
+use std::io::Write;
+use std::path::Path;
+
 use bootseer_common::digest::Digest;
+use bootseer_common::layer::blob::{self, BlobFile};
 use bootseer_common::store::{self, DynStore, OpenOptions};
 
 use crate::convert::oci::{self, ImageBlobs};
@@ -35,10 +39,6 @@ const LAYER_CHUNK: u64 = 8 << 20;
 /// Largest manifest read: real ones are a few KiB; 4 MiB is what the distribution spec asks
 /// registries to accept at least.
 const MAX_MANIFEST: u64 = 4 << 20;
-
-/// Memory reserved up front for a layer, whatever its descriptor claims: a wrong size in a
-/// manifest must not allocate gigabytes before the first byte arrives.
-const MAX_RESERVE: u64 = 256 << 20;
 
 /// A parsed `docker://` source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub fn build_from_registry(
     source: &str,
     config: &ConvertConfig,
     progress: &Progress,
-) -> Result<(Metadata, Vec<Vec<u8>>)> {
+) -> Result<(Metadata, Vec<BlobFile>)> {
     let parsed = parse_source(source)?;
     let rt = runtime(source)?;
     let store = rt
@@ -117,7 +117,7 @@ pub(crate) fn build_from_store(
     what: &str,
     config: &ConvertConfig,
     progress: &Progress,
-) -> Result<(Metadata, Vec<Vec<u8>>)> {
+) -> Result<(Metadata, Vec<BlobFile>)> {
     let mut blobs = RegistryBlobs { rt, store };
     let top = blobs.read_manifest(&source.manifest_key, what)?;
     if let Some(digest) = &source.digest {
@@ -156,30 +156,33 @@ impl ImageBlobs for RegistryBlobs<'_> {
         self.read_manifest(&format!("manifests/{digest}"), what)
     }
 
+    /// Copied in [`LAYER_CHUNK`] ranges into an unlinked temp file, hashed on the way: one
+    /// chunk in memory at a time, whatever the layer's size.
     fn blob(
         &mut self,
         digest: &Digest,
         size: u64,
         what: &str,
         progress: &Progress,
-    ) -> Result<Vec<u8>> {
+        tmp_dir: &Path,
+    ) -> Result<BlobFile> {
         let key = format!("blobs/{digest}");
-        let mut data = Vec::with_capacity(size.min(MAX_RESERVE) as usize);
-        while (data.len() as u64) < size {
-            let start = data.len() as u64;
+        let mut sink = blob::blob_sink(tmp_dir).map_err(|e| LayerError::io(tmp_dir, e))?;
+        while sink.len() < size {
+            let start = sink.len();
             let end = size.min(start + LAYER_CHUNK);
             let chunk = self
                 .rt
                 .block_on(self.store.read_range(&key, start..end))
                 .map_err(|e| LayerError::store(what, e))?;
             progress.layer_bytes(chunk.len() as u64);
-            data.extend_from_slice(&chunk);
+            sink.write_all(&chunk).map_err(|e| LayerError::io(tmp_dir, e))?;
             // Short: the blob ends before its descriptor says; the caller's check names it.
             if (chunk.len() as u64) < end - start {
                 break;
             }
         }
-        Ok(data)
+        blob::finish_sink(sink).map_err(|e| LayerError::io(tmp_dir, e))
     }
 }
 
