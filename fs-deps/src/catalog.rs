@@ -4,8 +4,8 @@
 //!  --store file:///srv/deps, --name py ─► snapshot of key K = layer `file:///srv/deps/py:K`
 //!     file/hdfs: index images/py/K, blobs blobs/sha256:…, lock locks/py/K
 //!     docker://HOST/REPO: the layer docker://HOST/REPO/py:K (tag K), no lock (each node builds)
-//!  publish: capture dir ─► layer::build (overlay upper mode) ─► blobs ─► index with the input
-//!           manifest in its annotations (one put: the snapshot and its manifest appear at once)
+//!  publish: capture dir ─► layer::build (overlay upper mode) ─► blobs (temp files) ─► index with
+//!           the input manifest in its annotations (one put: the snapshot and its manifest appear at once)
 //!  lookup:  index ─► Hit(manifest) | Miss | Corrupt(reason) | error (store down)
 //!  lock:    create_new(locks/NAME/KEY) ─► the one builder; the others poll the index until it
 //!           appears or their deadline passes, then build themselves
@@ -157,14 +157,14 @@ impl Catalog {
         let (meta, blobs) = tokio::task::spawn_blocking(move || {
             let config =
                 ConvertConfig { overlay_upper: true, block_size, ..ConvertConfig::default() };
-            build::build_from_dir_with(&upper_owned, &config, &Progress::default())
+            build::build_from_dir_spooled(&upper_owned, &config, &Progress::default())
         })
         .await
         .context("converting the capture")?
         .with_context(|| format!("converting {}", upper.display()))?;
         let mut annotations = BTreeMap::new();
         annotations.insert(MANIFEST_ANNOTATION.to_string(), serde_json::to_string(manifest)?);
-        build::push_annotated(&self.store, &layer, &meta, blobs, &Progress::default(), annotations)
+        build::push_files(&self.store, &layer, &meta, &blobs, &Progress::default(), annotations)
             .await
             .with_context(|| format!("publishing {}", layer.original))?;
         Ok(layer.original)

@@ -38,7 +38,7 @@ enum Command {
         /// host's, e.g. linux/amd64].
         #[arg(long)]
         platform: Option<String>,
-        /// Threads that compress blocks [default: the CPUs available]; the image is the same
+        /// Threads that compress blocks [default: one fewer than the CPUs]; the image is the same
         /// whatever the count.
         #[arg(long)]
         threads: Option<usize>,

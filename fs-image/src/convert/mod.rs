@@ -118,7 +118,7 @@ pub fn convert_with(
         let store = store::open(&dest.store_url, &OpenOptions::default())
             .await
             .with_context(|| format!("opening {}", dest.store_url))?;
-        anyhow::Ok(push_files(&store, &dest, &meta, &blobs, &progress).await?)
+        anyhow::Ok(push_files(&store, &dest, &meta, &blobs, &progress, Default::default()).await?)
     })?;
     if let Some(line) = line {
         line.finish();
