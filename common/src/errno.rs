@@ -41,15 +41,17 @@ pub fn is_routine(errno: i32) -> bool {
     matches!(errno, libc::ENOENT | libc::ENODATA | libc::ERANGE)
 }
 
-/// The one way an error becomes a FUSE reply: logs it, counts it under `op`, and returns the
-/// errno to reply with. Routine answers ([`is_routine`]) are logged at trace level only and not
-/// counted as errors: as warnings they filled a log with 1,187 lines in a few starts.
+/// The one way an error becomes a FUSE reply: logs it, counts it under `op` and the errno's
+/// name, and returns the errno to reply with. Routine answers ([`is_routine`]) are logged at
+/// trace level only and not counted as errors: as warnings they filled a log with 1,187 lines
+/// in a few starts.
 pub fn fuse_error<E: ToErrno + std::fmt::Display>(op: &'static str, err: &E) -> fuser::Errno {
     let errno = err.errno();
     if is_routine(errno) {
         tracing::trace!(op, errno, error = %err, "fuse op answered");
     } else {
-        ::metrics::counter!(crate::metrics::FUSE_ERRORS, "op" => op).increment(1);
+        let name = crate::metrics::errno_name(errno);
+        ::metrics::counter!(crate::metrics::FUSE_ERRORS, "op" => op, "errno" => name).increment(1);
         tracing::warn!(op, errno, error = %err, "fuse op failed");
     }
     fuser::Errno::from_i32(errno)

@@ -95,6 +95,10 @@ struct MountCmd {
     /// Stay in the foreground.
     #[arg(short = 'f', long)]
     foreground: bool,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (read latency by origin, stripe
+    /// cache hits and misses, fetched bytes, errors).
+    #[arg(long, value_name = "HOST:PORT", value_parser = mount::options::parse_socket_addr)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Mount options as in fstab (`allow_other`, `noexec`, or any key of the mount-helper
     /// form); the defaults are nosuid,nodev and only the mounter may read.
     #[arg(short = 'o', value_name = "OPTS")]
@@ -122,6 +126,8 @@ pub struct MountOptions {
     pub flags: MountFlags,
     /// FUSE worker threads (`None`: the default).
     pub threads: Option<usize>,
+    /// Serve Prometheus metrics here (`--metrics-addr`, `-o metrics_addr=`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl MountCmd {
@@ -151,6 +157,7 @@ impl MountCmd {
             foreground: self.foreground,
             flags: MountFlags::default(),
             threads: None,
+            metrics_addr: self.metrics_addr,
         }
         .with_options(&mount::options::split_all(&self.options))
     }
@@ -185,6 +192,7 @@ pub fn helper_options(args: &MountArgs) -> anyhow::Result<MountOptions> {
         foreground: false,
         flags: MountFlags::default(),
         threads: None,
+        metrics_addr: None,
     }
     .with_options(&args.options)
 }
@@ -221,6 +229,7 @@ impl MountOptions {
         self.summary = parsed.daemon.summary.or(self.summary);
         self.log = parsed.daemon.log.or(self.log);
         self.threads = parsed.daemon.threads.or(self.threads);
+        self.metrics_addr = parsed.daemon.metrics_addr.or(self.metrics_addr);
         Ok(self)
     }
 }
@@ -279,6 +288,7 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         log: options.log.clone(),
         log_filter: "info",
         pidfile: None,
+        metrics_addr: options.metrics_addr,
     };
     mount::run_daemon(&run, |ready, signals| serve_mount(&options, ready, signals))
 }

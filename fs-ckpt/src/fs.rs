@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bootseer_common::cache::{BlockCache, CacheConfig, CacheStats, DynSource, Priority};
+use bootseer_common::metrics::ReadOrigin;
 use bootseer_common::store::hdfs::HdfsStore;
 use bootseer_common::store::{Store, StoreError};
 use bytes::Bytes;
@@ -675,8 +676,24 @@ impl CkptFs {
 
     /// Reads up to `size` bytes at `offset` of handle `fh`: full length unless at EOF.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, CkptError> {
-        let file = lock(&self.handles).get(&fh).cloned().ok_or(CkptError::BadHandle(fh))?;
-        let result = self.read_file(&file, offset, size).await;
+        self.read_with_origin(fh, offset, size).await.0
+    }
+
+    /// [`CkptFs::read`], also saying where the bytes came from: [`ReadOrigin::Memory`] when
+    /// every stripe it needed was held, [`ReadOrigin::Demand`] when it waited on HDFS (or
+    /// failed before knowing).
+    pub async fn read_with_origin(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> (Result<Bytes, CkptError>, ReadOrigin) {
+        let mut origin = ReadOrigin::Demand;
+        let file = match lock(&self.handles).get(&fh).cloned() {
+            Some(file) => file,
+            None => return (Err(CkptError::BadHandle(fh)), origin),
+        };
+        let result = self.read_file(&file, offset, size, &mut origin).await;
         match &result {
             Ok(bytes) => {
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -686,13 +703,20 @@ impl CkptFs {
                 self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        result
+        (result, origin)
     }
 
-    async fn read_file(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Bytes, CkptError> {
+    async fn read_file(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        size: u32,
+        origin: &mut ReadOrigin,
+    ) -> Result<Bytes, CkptError> {
         let plan = *file.source.plan();
         let end = offset.saturating_add(u64::from(size)).min(plan.len);
         if offset >= end {
+            *origin = ReadOrigin::Memory;
             return Ok(Bytes::new());
         }
         let first = plan.stripe_of(offset);
@@ -700,6 +724,9 @@ impl CkptFs {
         let blob = file.dyn_source.id().to_string();
         self.advance_window(file, offset, end);
         let cached = (first..=last).all(|i| self.cache.contains(&blob, i));
+        if cached {
+            *origin = ReadOrigin::Memory;
+        }
         let started = Instant::now();
         let chunks = self.cache.get_many(&file.dyn_source, first..last + 1).await?;
         if !cached {

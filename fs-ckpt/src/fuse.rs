@@ -9,6 +9,9 @@
 //! the length the handle pinned, from memory, never a NameNode call. No `direct_io`, so the
 //! page cache serves `mmap`; keep-cache only when a file is opened at the same version as its
 //! previous open, so a new version's open drops the old pages.
+//!
+//! Each read's reply is timed into `fuse.read.latency{origin}`: `memory` when every stripe it
+//! needed was held, `demand` when it waited on HDFS.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use std::time::Duration;
 
 use bootseer_common::errno::fuse_error;
 use bootseer_common::mount::MountConfig;
+use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
@@ -175,13 +179,15 @@ impl Filesystem for CkptFuse {
     ) {
         let _span = tracing::debug_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
         let started = std::time::Instant::now();
-        match self.runtime.block_on(self.fs.read(fh.0, offset, size)) {
+        let (result, origin) = self.runtime.block_on(self.fs.read_with_origin(fh.0, offset, size));
+        let served = result.as_ref().ok().map(Bytes::len);
+        match result {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fuse_error("read", &e)),
         }
-        bootseer_common::timeline::read_done(started.elapsed());
-        ::metrics::histogram!(bootseer_common::metrics::FUSE_READ_LATENCY)
-            .record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        bootseer_common::timeline::read_done(elapsed);
+        bootseer_common::metrics::read_served(origin, elapsed, served);
     }
 
     fn release(

@@ -94,6 +94,10 @@ struct StoreArgs {
     /// Bytes of file data per block of the snapshots this run publishes (k/M suffixes).
     #[arg(long, default_value = "256K")]
     block_size: String,
+    /// Serve the snapshot mount's Prometheus metrics at http://HOST:PORT/metrics (one step
+    /// only: each layer daemon needs a port of its own; also `-o metrics_addr=…`).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,11 +235,22 @@ fn key_options(a: KeyArgs) -> anyhow::Result<KeyOptions> {
     })
 }
 
-fn store_options(a: StoreArgs) -> anyhow::Result<StoreOptions> {
+/// The store settings of a run over `steps` snapshot layers.
+fn store_options(a: StoreArgs, steps: usize) -> anyhow::Result<StoreOptions> {
     let parsed = mount::options::parse(&mount::options::split_all(&a.options), LAYER_KEYS)?;
     let mut layer_options = parsed.own.clone();
     if parsed.flags.allow_other {
         layer_options.push(("allow_other".into(), String::new()));
+    }
+    let flag = a.metrics_addr.as_deref().map(mount::options::parse_socket_addr).transpose();
+    let flag = flag.map_err(|e| anyhow::anyhow!("--metrics-addr: {e}"))?;
+    if let Some(addr) = flag.or(parsed.daemon.metrics_addr) {
+        // Every step's layer daemon gets the same options, and a second one could not bind the
+        // port: refuse before anything runs rather than fail at step 2's mount.
+        if steps > 1 {
+            anyhow::bail!("--metrics-addr serves one layer daemon; this stack has {steps} steps");
+        }
+        layer_options.push(("metrics_addr".into(), addr.to_string()));
     }
     Ok(StoreOptions {
         store: a.store,
@@ -281,6 +296,7 @@ fn serve_helper(args: &MountArgs) -> anyhow::Result<()> {
         log: parsed.daemon.log.clone(),
         log_filter: "bootseer_deps=info,bootseer_common=info",
         pidfile: parsed.daemon.pidfile.clone(),
+        metrics_addr: parsed.daemon.metrics_addr,
     };
     mount::run_daemon(&run, |ready, signals| serve::serve_layer(&layer, ready, signals))
 }
@@ -316,12 +332,13 @@ fn out(line: String) {
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { key, store } => {
-            let report = run::run(&key_options(key)?, &store_options(store)?)?;
+            let key = key_options(key)?;
+            let report = run::run(&key, &store_options(store, key.steps.len())?)?;
             out(serde_json::to_string_pretty(&report)?);
         }
         Command::Capture { key, store } => {
             let key = key_options(key)?;
-            let store = store_options(store)?;
+            let store = store_options(store, key.steps.len())?;
             let report = run::run(&key, &store)?;
             run::umount(&key.target, &store.state_root)?;
             out(serde_json::to_string_pretty(&report)?);
@@ -353,7 +370,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Mount { target, name, keys, store } => {
-            run::mount(&target, &name, &keys, &store_options(store)?)?;
+            run::mount(&target, &name, &keys, &store_options(store, keys.len())?)?;
         }
         Command::Umount { target, state_dir } => run::umount(&target, &state_dir)?,
         Command::Ls { store, name } => {

@@ -88,6 +88,10 @@ enum Command {
         /// sequential readers get blocks ahead from the mount's own window].
         #[arg(long)]
         read_ahead: Option<String>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (read latency by origin, cache
+        /// hits and misses, fetched bytes, errors).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
         /// Mount options as in fstab: suid, dev, noexec, allow_other, or any key of the
         /// mount-helper form (the defaults are nosuid,nodev and only the mounter may read).
         #[arg(short = 'o', value_name = "OPTS")]
@@ -178,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             log,
             threads,
             read_ahead,
+            metrics_addr,
             options,
         } => {
             let mut o = MountOptions {
@@ -199,6 +204,11 @@ fn main() -> anyhow::Result<()> {
             d.summary = summary;
             d.log = log;
             d.threads = (threads > 0).then_some(threads);
+            d.metrics_addr = metrics_addr
+                .as_deref()
+                .map(bootseer_common::mount::options::parse_socket_addr)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--metrics-addr: {e}"))?;
             d.read_ahead_kb = read_ahead
                 .as_deref()
                 .map(|r| anyhow::Ok(u32::try_from(parse_size(r)? / 1024)?))

@@ -43,6 +43,7 @@ pub fn apply_options(o: &mut MountOptions, options: &[(String, String)]) -> anyh
     daemon.threads = parsed.daemon.threads.or(daemon.threads);
     daemon.read_ahead_kb = parsed.daemon.read_ahead_kb.or(daemon.read_ahead_kb);
     daemon.pidfile = parsed.daemon.pidfile.clone().or(daemon.pidfile.take());
+    daemon.metrics_addr = parsed.daemon.metrics_addr.or(daemon.metrics_addr);
     o.parsed.flags = parsed.flags;
     Ok(())
 }
@@ -96,6 +97,7 @@ pub fn mount(options: MountOptions) -> anyhow::Result<()> {
         log: daemon.log.clone(),
         log_filter: "bootseer_image=info,bootseer_common=info",
         pidfile: daemon.pidfile.clone(),
+        metrics_addr: daemon.metrics_addr,
     };
     mount::run_daemon(&run, |ready, signals| serve::serve_layer(&layer, ready, signals))
 }
@@ -117,6 +119,7 @@ mod tests {
                 ("memory".into(), "1G".into()),
                 ("suid".into(), String::new()),
                 ("x-systemd.automount".into(), String::new()),
+                ("metrics_addr".into(), "127.0.0.1:9464".into()),
             ],
         };
         let o = helper_options(&args).expect("options");
@@ -124,6 +127,7 @@ mod tests {
         assert_eq!(o.session.memory, Some(1 << 30));
         assert_eq!(o.session.cache_dir, Some(PathBuf::from("/c")));
         assert!(o.parsed.flags.suid && !o.parsed.flags.dev && !o.parsed.flags.allow_other);
+        assert_eq!(o.parsed.daemon.metrics_addr, "127.0.0.1:9464".parse().ok());
         let typo = MountArgs { options: vec![("cache-dir".into(), "/c".into())], ..args };
         let e = helper_options(&typo).expect_err("unknown key");
         assert!(e.to_string().contains("cache-dir"), "{e}");

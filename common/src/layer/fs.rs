@@ -11,6 +11,9 @@
 //!        └─ a read that continues the file's previous one: queue the next blocks of the file
 //!           at Background priority, a window that doubles per sequential read (2 → 16);
 //!           not while a trace replays (the trace knows better, and shares the link)
+//!  each answer ──► timeline read latency + `fuse.read.latency{origin}`: memory (read_cached,
+//!                  or every block in memory by the time the task looked), disk (some block
+//!                  from the disk tier, none fetched), demand (some block waited on a fetch)
 //! ```
 //!
 //! The sequential window is ours, not the kernel's: the mount keeps kernel read-ahead small
@@ -27,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{BlockCache, DynSource, Priority};
+use crate::metrics::ReadOrigin;
 use crate::store::DynStore;
 use crate::trace::{BlobSlot, FileId, Recorder};
 
@@ -132,6 +136,14 @@ pub struct PlannedRead {
 }
 
 impl PlannedRead {
+    /// Records the answer to this read: the timeline's read latency, and the latency and bytes
+    /// under `origin` ([`crate::metrics::read_served`]).
+    fn done(&self, origin: ReadOrigin, out: &Result<Vec<u8>>) {
+        let elapsed = self.t0.elapsed();
+        crate::timeline::read_done(elapsed);
+        crate::metrics::read_served(origin, elapsed, out.as_ref().ok().map(Vec::len));
+    }
+
     /// The bytes of block `index` this read needs, as offsets within the block.
     fn within(&self, index: u64) -> std::ops::Range<usize> {
         let base = index * self.block_size;
@@ -399,6 +411,7 @@ impl LayerFs {
         let end = offset.saturating_add(u64::from(size)).min(file_size);
         if offset >= end {
             crate::timeline::read_done(t0.elapsed());
+            crate::metrics::read_served(ReadOrigin::Memory, t0.elapsed(), Some(0));
             return Ok(None);
         }
         let source = &self.sources[blob];
@@ -427,7 +440,7 @@ impl LayerFs {
         let blocks = self.cache.peek_many(&planned.source, planned.blocks.clone())?;
         let pieces: Vec<(usize, bytes::Bytes)> = blocks.into_iter().map(|b| (0, b)).collect();
         let out = planned.assemble(&pieces);
-        crate::timeline::read_done(planned.t0.elapsed());
+        planned.done(ReadOrigin::Memory, &out);
         Some(out)
     }
 
@@ -436,12 +449,19 @@ impl LayerFs {
     /// or else fetched on demand (consecutive missing blocks in one fill, so neighbours are one
     /// store request).
     pub async fn read_planned(&self, planned: PlannedRead) -> Result<Vec<u8>> {
-        let out = self.gather(&planned).await.and_then(|pieces| planned.assemble(&pieces));
-        crate::timeline::read_done(planned.t0.elapsed());
+        let mut origin = ReadOrigin::Memory;
+        let out =
+            self.gather(&planned, &mut origin).await.and_then(|pieces| planned.assemble(&pieces));
+        planned.done(origin, &out);
         out
     }
 
-    async fn gather(&self, planned: &PlannedRead) -> Result<Vec<(usize, bytes::Bytes)>> {
+    /// The pieces of `planned`; `origin` ends as the slowest source any piece came from.
+    async fn gather(
+        &self,
+        planned: &PlannedRead,
+        origin: &mut ReadOrigin,
+    ) -> Result<Vec<(usize, bytes::Bytes)>> {
         let source = &planned.source;
         let mut pieces: Vec<Option<(usize, bytes::Bytes)>> =
             planned.blocks.clone().map(|i| self.cache.peek(source, i).map(|b| (0, b))).collect();
@@ -456,6 +476,7 @@ impl LayerFs {
             let loaded = self.cache.load_disk_ranges(source, wanted.clone()).await;
             for ((i, within), data) in wanted.into_iter().zip(loaded) {
                 if let Some(data) = data {
+                    *origin = ReadOrigin::Disk;
                     pieces[(i - planned.blocks.start) as usize] = Some((within.start, data));
                 }
             }
@@ -469,6 +490,7 @@ impl LayerFs {
             }
             let run_end = (k..pieces.len()).find(|&j| pieces[j].is_some()).unwrap_or(pieces.len());
             let first = planned.blocks.start + k as u64;
+            *origin = ReadOrigin::Demand;
             let fetched = self.cache.get_many(source, first..first + (run_end - k) as u64).await?;
             for (j, block) in (k..run_end).zip(fetched) {
                 pieces[j] = Some((0, block));

@@ -9,6 +9,7 @@
 //!            an error anywhere ─► Ready::failed (the parent prints it, exits 1), nothing mounted
 //! ```
 //!
+//! - [`metrics`]: `--metrics-addr`, the Prometheus endpoint [`run_daemon`] starts in the daemon.
 //! - [`options`]: the `-o` parser every binary uses (safe defaults, fstab keys, unknown keys are
 //!   errors naming the key).
 //! - [`MountConfig`] → [`MountConfig::fuser_config`]: read-only, fsname/subtype, threads with
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use fuser::{Config, KernelConfig, MountOption, SessionACL};
 
+pub mod metrics;
 pub mod options;
 
 pub use options::{DaemonKeys, MountFlags, OptionError, ParsedOptions};
@@ -543,12 +545,16 @@ pub struct DaemonOptions {
     /// Write the daemon's pid here (removed when `body` returns): what `umount` helpers and
     /// init systems wait on to know the summary and trace are written.
     pub pidfile: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` ([`metrics::install`], in the daemon
+    /// after the fork, before `body`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The one mount lifecycle of every bootseer binary: daemonizes unless `foreground` (before any
 /// thread exists), blocks the serve signals (so every later thread inherits the mask), starts
-/// logging, then runs `body`. Call it first in `main`, before any thread exists. An error from `body` is handed to the waiting parent (which prints
-/// it and exits 1) and returned.
+/// logging, starts the metrics endpoint when asked, then runs `body`. Call it first in `main`,
+/// before any thread exists. An error from `body` (or a metrics address that cannot be bound)
+/// is handed to the waiting parent (which prints it and exits 1) and returned.
 pub fn run_daemon(
     options: &DaemonOptions,
     body: impl FnOnce(&mut Ready, ServeSignals) -> anyhow::Result<()>,
@@ -582,6 +588,15 @@ pub fn run_daemon(
         && let Err(e) = write_atomic(p, format!("{}\n", std::process::id()).as_bytes())
     {
         let e = anyhow::anyhow!("writing the pidfile {}: {e}", p.display());
+        ready.failed(&error_chain(&e));
+        return Err(e);
+    }
+    if let Some(addr) = options.metrics_addr
+        && let Err(e) = metrics::install(addr)
+    {
+        if let Some(p) = &options.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
         ready.failed(&error_chain(&e));
         return Err(e);
     }

@@ -6,7 +6,8 @@
 //!  "-o ro,allow_other,cache_dir=/c,x-systemd.after=net,nofail"
 //!     ─► split ─► each key:
 //!          standard FUSE/VFS key (ro, suid, dev, exec, allow_other, …) ─► MountFlags
-//!          daemon key (foreground, log, summary, threads, read_ahead)  ─► DaemonKeys
+//!          daemon key (foreground, log, summary, threads, read_ahead, pidfile,
+//!                      metrics_addr)                                     ─► DaemonKeys
 //!          for mount(8)/systemd only (_netdev, x-systemd.*, noauto, nofail, defaults, …) ─► ignored
 //!          one of the filesystem's own keys ─► returned, in order, for it to parse
 //!          anything else ─► OptionError::Unknown naming the key and the keys that exist
@@ -16,6 +17,7 @@
 //! who wants an image's setuid binaries or device nodes honoured, or other users to read the
 //! tree, says so (`suid`, `dev`, `allow_other`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Mount flags every bootseer mount understands, with the safe defaults.
@@ -52,6 +54,8 @@ pub struct DaemonKeys {
     pub read_ahead_kb: Option<u32>,
     /// `pidfile=FILE`: the daemon writes its pid here once mounted, removes it on exit.
     pub pidfile: Option<PathBuf>,
+    /// `metrics_addr=HOST:PORT`: serve Prometheus metrics at `http://HOST:PORT/metrics`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Everything parsed from a list of `-o` options.
@@ -108,7 +112,8 @@ const IGNORED_KEYS: &[&str] = &[
     "nosymfollow",
 ];
 /// Daemon keys (see [`DaemonKeys`]).
-const DAEMON_KEYS: &[&str] = &["foreground", "log", "summary", "threads", "read_ahead", "pidfile"];
+const DAEMON_KEYS: &[&str] =
+    &["foreground", "log", "summary", "threads", "read_ahead", "pidfile", "metrics_addr"];
 
 fn ignored(key: &str) -> bool {
     IGNORED_KEYS.contains(&key) || key.starts_with("x-systemd.") || key.starts_with("x-")
@@ -145,6 +150,9 @@ pub fn parse(
             "log" => out.daemon.log = Some(nonempty(value).map_err(bad)?.into()),
             "summary" => out.daemon.summary = Some(nonempty(value).map_err(bad)?.into()),
             "pidfile" => out.daemon.pidfile = Some(nonempty(value).map_err(bad)?.into()),
+            "metrics_addr" => {
+                out.daemon.metrics_addr = Some(parse_socket_addr(value).map_err(bad)?);
+            }
             "threads" => {
                 let n: usize = value.parse().map_err(|e| bad(format!("{e}")))?;
                 if n == 0 || n > 1024 {
@@ -168,6 +176,20 @@ pub fn parse(
         }
     }
     Ok(out)
+}
+
+/// Parses `HOST:PORT` (an IP literal or a name that resolves, e.g. `localhost:9464`; `[::]:PORT`
+/// for IPv6) into the first address it resolves to.
+pub fn parse_socket_addr(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    value
+        .to_socket_addrs()
+        .map_err(|e| format!("expected HOST:PORT: {e}"))?
+        .next()
+        .ok_or_else(|| "resolves to no address".into())
 }
 
 fn nonempty(value: &str) -> Result<&str, String> {
@@ -205,6 +227,8 @@ mod tests {
         assert_eq!(p.daemon.summary, Some(PathBuf::from("/s.json")));
         assert_eq!(p.daemon.threads, Some(4));
         assert_eq!(p.daemon.read_ahead_kb, Some(1024));
+        let m = parse(&opts("metrics_addr=127.0.0.1:9464"), &[]).expect("metrics_addr");
+        assert_eq!(m.daemon.metrics_addr, Some(SocketAddr::from(([127, 0, 0, 1], 9464))));
         // The later flag wins, as mount(8) does.
         assert!(!parse(&opts("suid,nosuid"), &[]).expect("flags").flags.suid);
     }
@@ -219,5 +243,8 @@ mod tests {
         assert!(parse(&opts("threads=x"), &[]).is_err());
         assert!(parse(&opts("log="), &[]).is_err());
         assert!(parse(&opts("read_ahead=12Q"), &[]).is_err());
+        assert!(parse(&opts("metrics_addr=nope"), &[]).is_err());
+        assert!(parse(&opts("metrics_addr="), &[]).is_err());
+        assert!(parse(&opts("metrics_adr=127.0.0.1:1"), &[]).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! - [`fuse`]: a FUSE mount guard that unmounts and joins on drop.
 //! - [`fuzz`]: a deterministic mutation fuzzer for the decoders of untrusted input.
 //! - [`netns`]: a private network namespace whose loopback `tc` can shape or stall per port.
+//! - [`prom`]: a Prometheus scrape (`GET /metrics`) parsed into samples, for `--metrics-addr`.
 //!
 //! Real-component guards return an error when their component cannot start. Tests pass that to
 //! [`require_real`], which skips the test, or fails it when `BOOTSEER_REQUIRE_REAL=1` (as in CI).
@@ -17,6 +18,7 @@ pub mod fuzz;
 pub mod mem;
 pub mod minidfs;
 pub mod netns;
+pub mod prom;
 pub mod registry;
 
 /// Set to `1` to make a real-component test fail, not skip, when its component cannot run.

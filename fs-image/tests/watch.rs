@@ -1,0 +1,271 @@
+//! `--metrics-addr` on a real mount of the binary (needs root and /dev/fuse; CI runs it with
+//! `BOOTSEER_REQUIRE_REAL=1`): the scrape a Prometheus server would take, checked against what
+//! the reads did and against the JSON summary the daemon writes at unmount (an independent
+//! source: plain atomics in the cache, not the recorder).
+//!
+//! ```text
+//!  mount 1 (cold cache dir, trace off): read every file ─► demand; drop the page cache
+//!     (fadvise DONTNEED), read again ─► memory; scrape; unmount ─► summary 1
+//!  mount 2 (same cache dir, fresh memory): read every file ─► disk; scrape; unmount ─► summary 2
+//! ```
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bootseer_common::mount::is_mounted;
+use bootseer_common::testing::prom::{Scrape, free_port, scrape};
+use bootseer_common::testing::{mem::pattern, require_real};
+use common::{BLOCK, convert_into, is_root};
+
+/// A daemon started with `-f`: unmounted (lazily) and killed on drop if a test fails first.
+struct Daemon {
+    child: Child,
+    mnt: PathBuf,
+}
+
+impl Daemon {
+    /// Unmounts and waits for the daemon to exit (it writes its summary on the way out).
+    fn stop(mut self) {
+        let ok = Command::new("umount").arg(&self.mnt).status().expect("umount");
+        assert!(ok.success(), "umount {}", self.mnt.display());
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "daemon exited with {status}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn start(reference: &str, mnt: &Path, cache: &Path, summary: &Path, addr: SocketAddr) -> Daemon {
+    let child = Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+        .args(["mount", reference])
+        .arg(mnt)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["--trace", "off", "-f", "--summary"])
+        .arg(summary)
+        .args(["--metrics-addr", &addr.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut daemon = Daemon { child, mnt: mnt.to_path_buf() };
+    wait_for("the mount", || {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("the daemon exited before mounting: {status}");
+        }
+        is_mounted(mnt)
+    });
+    daemon
+}
+
+/// Reads `path` whole, then drops its pages from the page cache, so the next read of it asks
+/// the mount again.
+fn read_and_forget(path: &Path) -> Vec<u8> {
+    let data = std::fs::read(path).expect("read");
+    let f = std::fs::File::open(path).expect("open");
+    // SAFETY: a valid open descriptor; DONTNEED only drops clean cached pages.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "fadvise");
+    data
+}
+
+/// Scrapes until the cache counters stop moving (the sequential window's background fetches
+/// finish after the reads that queued them), so the scrape and the summary count the same.
+fn settled_scrape(addr: SocketAddr) -> Scrape {
+    let key = |s: &Scrape| {
+        ["cache_miss", "cache_hit_memory", "cache_hit_disk", "fetch_bytes", "fuse_read_bytes"]
+            .map(|n| s.sum(n, &[]))
+    };
+    let mut last = scrape(addr).expect("scrape");
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let next = scrape(addr).expect("scrape");
+        if key(&next) == key(&last) {
+            return next;
+        }
+        last = next;
+    }
+    panic!("the cache counters never settled");
+}
+
+fn summary_json(path: &Path) -> serde_json::Value {
+    wait_for("the summary", || std::fs::metadata(path).is_ok_and(|m| m.len() > 0));
+    serde_json::from_slice(&std::fs::read(path).expect("summary")).expect("summary JSON")
+}
+
+fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The counters the scrape and the summary both carry must agree.
+fn assert_matches_summary(m: &Scrape, s: &serde_json::Value) {
+    let c = &s["cache"];
+    let pairs = [
+        (m.sum("cache_hit_memory", &[]), &c["hits_memory"], "hits_memory"),
+        (m.sum("cache_hit_disk", &[]), &c["hits_disk"], "hits_disk"),
+        (m.sum("cache_miss", &[("priority", "demand")]), &c["blocks_on_demand"], "on demand"),
+        (m.sum("cache_miss", &[("priority", "background")]), &c["blocks_ahead"], "ahead"),
+        (m.sum("fetch_bytes", &[("priority", "demand")]), &c["bytes_on_demand"], "bytes demand"),
+        (m.sum("fetch_bytes", &[("priority", "background")]), &c["bytes_ahead"], "bytes ahead"),
+    ];
+    for (scraped, summarized, what) in pairs {
+        assert_eq!(scraped, num(summarized), "{what}: scrape {scraped} vs summary {s}");
+    }
+    assert_eq!(num(&c["fetch_errors"]), 0.0, "{s}");
+}
+
+/// Every `origin`'s histogram: `_count` equals its `+Inf` bucket, and its `_sum` is a time.
+fn assert_histogram_consistent(m: &Scrape) {
+    assert_eq!(m.types.get("fuse_read_latency").map(String::as_str), Some("histogram"));
+    for origin in ["memory", "disk", "demand"] {
+        let count = m.sum("fuse_read_latency_count", &[("origin", origin)]);
+        let inf = m.sum("fuse_read_latency_bucket", &[("origin", origin), ("le", "+Inf")]);
+        assert_eq!(count, inf, "{origin}: _count vs le=+Inf");
+        let sum = m.sum("fuse_read_latency_sum", &[("origin", origin)]);
+        assert!(sum >= 0.0 && (count == 0.0 || sum < 60.0 * count), "{origin}: sum {sum}");
+    }
+}
+
+#[test]
+fn metrics_addr_serves_read_latency_by_origin_and_agrees_with_the_summary() {
+    let ready = if !Path::new("/dev/fuse").exists() || !is_root() {
+        Err(anyhow::anyhow!("needs root and /dev/fuse"))
+    } else {
+        Ok(())
+    };
+    if require_real("FUSE as root", ready).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    // Whole blocks, so no two files share one: each file's first read is its own miss.
+    let files: Vec<(String, Vec<u8>)> = (0..4u64)
+        .map(|i| (format!("f{i}"), pattern(i + 40, (2 + i as usize % 2) * BLOCK as usize)))
+        .collect();
+    for (name, data) in &files {
+        std::fs::write(src.path().join(name), data).expect("write");
+    }
+    let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "watch:v1");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let cache = tempfile::tempdir().expect("cache");
+    let work = tempfile::tempdir().expect("work");
+
+    // Mount 1: cold, then from memory.
+    let (summary1, addr1) = (work.path().join("1.json"), free_port().expect("port"));
+    let daemon = start(&reference, mnt.path(), cache.path(), &summary1, addr1);
+    // Up before the first read (a metric shows once it has a sample).
+    scrape(addr1).expect("scrape before any read");
+    for (name, data) in &files {
+        assert_eq!(&read_and_forget(&mnt.path().join(name)), data, "{name} cold");
+    }
+    for (name, data) in &files {
+        assert_eq!(&read_and_forget(&mnt.path().join(name)), data, "{name} again");
+    }
+    let m = settled_scrape(addr1);
+    daemon.stop();
+    let s1 = summary_json(&summary1);
+    assert_histogram_consistent(&m);
+    for name in ["cache_miss", "fuse_read_latency", "fetch_bytes", "store_read_bytes"] {
+        assert!(m.help.contains_key(name), "{name} has no HELP line");
+    }
+    let count = |o: &str| m.sum("fuse_read_latency_count", &[("origin", o)]);
+    let bytes = |o: &str| m.sum("fuse_read_bytes", &[("origin", o)]);
+    // Each cold file needed at least one read that waited on the store; each second read was
+    // answered with every block in memory (32 MiB holds this image).
+    assert!(count("demand") >= files.len() as f64, "demand reads: {}", count("demand"));
+    assert!(count("memory") >= files.len() as f64, "memory reads: {}", count("memory"));
+    assert!(
+        m.sum("fuse_read_latency_count", &[]) >= 2.0 * files.len() as f64,
+        "fewer replies than reads"
+    );
+    // Every byte read went through a reply at least once per pass (read-ahead may ask for more).
+    assert!(bytes("memory") >= total as f64, "memory bytes {} < {total}", bytes("memory"));
+    assert!(bytes("demand") + bytes("memory") >= 2.0 * total as f64);
+    assert_eq!(count("disk"), 0.0, "nothing was on disk yet");
+    assert!(m.sum("cache_miss", &[]) > 0.0, "a cold mount that never missed");
+    assert!(m.sum("store_read_bytes", &[]) > 0.0);
+    assert_eq!(m.sum("fuse_errors", &[]), 0.0);
+    assert_matches_summary(&m, &s1);
+
+    // Mount 2: the same cache directory once its disk tier holds every fetched block.
+    let fetched = num(&s1["cache"]["blocks_on_demand"]) + num(&s1["cache"]["blocks_ahead"]);
+    let persisted = || {
+        let Ok(shards) = std::fs::read_dir(cache.path().join("v2")) else { return 0 };
+        shards
+            .filter_map(|d| std::fs::read_dir(d.ok()?.path()).ok())
+            .flatten()
+            .filter(|f| f.as_ref().is_ok_and(|f| f.file_name().len() == 32))
+            .count()
+    };
+    wait_for("every fetched block on disk", || persisted() as f64 >= fetched);
+    let (summary2, addr2) = (work.path().join("2.json"), free_port().expect("port"));
+    let daemon = start(&reference, mnt.path(), cache.path(), &summary2, addr2);
+    for (name, data) in &files {
+        assert_eq!(&read_and_forget(&mnt.path().join(name)), data, "{name} from disk");
+    }
+    let m = settled_scrape(addr2);
+    daemon.stop();
+    let s2 = summary_json(&summary2);
+    assert_histogram_consistent(&m);
+    let count = |o: &str| m.sum("fuse_read_latency_count", &[("origin", o)]);
+    assert!(count("disk") >= files.len() as f64, "disk reads: {}", count("disk"));
+    assert_eq!(count("demand"), 0.0, "a warm disk tier still fetched");
+    assert!(m.sum("cache_hit_disk", &[]) > 0.0);
+    assert_eq!(m.sum("cache_miss", &[("priority", "demand")]), 0.0);
+    assert_matches_summary(&m, &s2);
+}
+
+/// A metrics address that cannot be bound fails the mount with the reason, and nothing stays
+/// mounted.
+#[test]
+fn a_metrics_addr_in_use_fails_the_mount() {
+    let ready = if !Path::new("/dev/fuse").exists() || !is_root() {
+        Err(anyhow::anyhow!("needs root and /dev/fuse"))
+    } else {
+        Ok(())
+    };
+    if require_real("FUSE as root", ready).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("f"), b"x").expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "busy:v1");
+    let mnt = tempfile::tempdir().expect("mountpoint");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let out = Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+        .arg(&reference)
+        .arg(mnt.path())
+        .args(["-o", &format!("trace=off,metrics_addr={addr}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted on a port in use");
+    assert!(stderr.contains(&addr.to_string()), "{stderr}");
+    assert!(!is_mounted(mnt.path()));
+}
