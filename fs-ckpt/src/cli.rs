@@ -276,6 +276,9 @@ pub fn run() -> ExitCode {
 
 /// Mounts and serves until unmounted; see the module doc for the order of steps.
 pub fn mount(options: MountOptions) -> anyhow::Result<()> {
+    // Range-read buffers (up to a stripe) must go back to the kernel when freed, or RSS grows
+    // past --memory; first thing, before any thread exists.
+    mount::return_freed_buffers();
     // The daemon changes to `/` once forked: relative paths are taken from where it was run.
     let options = MountOptions {
         mountpoint: mount::absolute(&options.mountpoint),

@@ -517,7 +517,10 @@ pub fn serve(
 /// kernel when freed. Its default raises that threshold as large blocks are freed, after which
 /// block and stripe buffers (64 KiB – 8 MiB) are carved from per-thread arenas that keep the
 /// memory: a daemon's RSS then grows past `--memory` although what it holds stays within it.
-/// [`run_daemon`] calls it before any thread exists.
+/// Call it before any thread exists. It costs every such allocation its page faults: on
+/// bootseer-image's read path (1 MiB blocks) fio's sequential reads fell from 305 to 195 MiB/s
+/// cold and 309 to 223 MiB/s over a filled cache dir, so only bootseer-ckpt, whose 64-reader
+/// memory budget test needs it, calls it.
 pub fn return_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a malloc tunable; called before any other thread exists, and
@@ -569,7 +572,6 @@ pub fn run_daemon(
         // precondition, the same as daemonize's), so nothing reads the environment meanwhile.
         unsafe { std::env::set_var("PATH", DEFAULT_PATH) };
     }
-    return_freed_buffers();
     // The daemon changes to `/` once forked: a relative path given on the command line must be
     // taken from where the user ran it, now.
     let options = &DaemonOptions {
