@@ -12,7 +12,7 @@ use bootseer_common::mount::{MountConfig, is_mounted};
 use bootseer_common::store::DynStore;
 use bootseer_common::testing::{fuse::MountGuard, mem::pattern, require_real};
 use bootseer_image::{LayerFuse, LayerRef, LayerSession, MountSummary, SessionConfig, TraceMode};
-use common::{BLOCK, awkward_tree, convert_into, describe, is_root};
+use common::{BLOCK, awkward_tree, convert_into, describe, is_root, require_root_fuse, wait_for};
 
 /// The kill test runs alone (write lock); the others share (read lock). Once, under the full
 /// suite, the killed daemon's mount outlived it while other tests mounted and spawned processes
@@ -212,16 +212,6 @@ fn a_block_altered_on_the_store_is_eio_never_wrong_bytes() {
     assert_eq!(Digest::of(&ok), Digest::of(&pattern(4, 2 * BLOCK as usize)));
     let s = m.finish();
     assert!(s.cache.corrupt + s.cache.fetch_errors >= 1, "{s:?}");
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[test]
@@ -620,29 +610,6 @@ fn run_bounded(cmd: &mut std::process::Command, what: &str) -> std::process::Out
     let _ = child.kill();
     let _ = child.wait();
     panic!("{what} did not return within 10 s");
-}
-
-/// Root, /dev/fuse and the tools the real-binary tests below use; `None`: skipped.
-fn require_root_fuse(tools: &[&str]) -> Option<()> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            !["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
-                .iter()
-                .any(|d| Path::new(d).join(t).exists())
-        })
-        .collect();
-    require_real(
-        "FUSE as root",
-        if !Path::new("/dev/fuse").exists() || !is_root() {
-            Err(anyhow::anyhow!("needs root and /dev/fuse"))
-        } else if !missing.is_empty() {
-            Err(anyhow::anyhow!("needs {missing:?} (packages util-linux, fuse3)"))
-        } else {
-            Ok(())
-        },
-    )
 }
 
 /// Converts `src` with the binary into a local store; returns the reference.

@@ -18,9 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bootseer_common::mount::is_mounted;
+use bootseer_common::testing::mem::pattern;
 use bootseer_common::testing::prom::{Scrape, free_port, scrape};
-use bootseer_common::testing::{mem::pattern, require_real};
-use common::{BLOCK, convert_into, is_root};
+use common::{BLOCK, convert_into, require_root_fuse, wait_for};
 
 /// A daemon started with `-f`: unmounted (lazily) and killed on drop if a test fails first.
 struct Daemon {
@@ -46,16 +46,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn start(reference: &str, mnt: &Path, cache: &Path, summary: &Path, addr: SocketAddr) -> Daemon {
@@ -150,12 +140,7 @@ fn assert_histogram_consistent(m: &Scrape) {
 
 #[test]
 fn metrics_addr_serves_read_latency_by_origin_and_agrees_with_the_summary() {
-    let ready = if !Path::new("/dev/fuse").exists() || !is_root() {
-        Err(anyhow::anyhow!("needs root and /dev/fuse"))
-    } else {
-        Ok(())
-    };
-    if require_real("FUSE as root", ready).is_none() {
+    if require_root_fuse(&[]).is_none() {
         return;
     }
     let src = tempfile::tempdir().expect("src");
@@ -242,12 +227,7 @@ fn metrics_addr_serves_read_latency_by_origin_and_agrees_with_the_summary() {
 /// mounted.
 #[test]
 fn a_metrics_addr_in_use_fails_the_mount() {
-    let ready = if !Path::new("/dev/fuse").exists() || !is_root() {
-        Err(anyhow::anyhow!("needs root and /dev/fuse"))
-    } else {
-        Ok(())
-    };
-    if require_real("FUSE as root", ready).is_none() {
+    if require_root_fuse(&[]).is_none() {
         return;
     }
     let src = tempfile::tempdir().expect("src");

@@ -84,6 +84,27 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Writes `path` whole or not at all: `fill` writes a temp name beside it, which is synced and
+/// renamed over `path`, or removed if anything failed.
+fn write_atomically(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))?;
+    let tmp = temp_name(path);
+    let write = || -> std::io::Result<()> {
+        let mut out = std::fs::File::create(&tmp)?;
+        fill(&mut out)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    let result = write();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// A hidden, unique name beside `path` for an object being written.
 fn temp_name(path: &Path) -> PathBuf {
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -131,20 +152,7 @@ impl Store for LocalStore {
     async fn put(&self, key: &str, data: Bytes) -> StoreResult<()> {
         let path = self.path(key)?;
         blocking("put", key, move || {
-            let dir = path.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(dir)?;
-            let tmp = temp_name(&path);
-            let write = || -> std::io::Result<()> {
-                let mut file = std::fs::File::create(&tmp)?;
-                std::io::Write::write_all(&mut file, &data)?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            let result = write();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result
+            write_atomically(&path, |out| std::io::Write::write_all(out, &data))
         })
         .await
     }
@@ -153,28 +161,18 @@ impl Store for LocalStore {
         let path = self.path(key)?;
         let source = file.try_clone().map_err(|e| io_error("put_file", key, e))?;
         blocking("put_file", key, move || {
-            let dir = path.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(dir)?;
-            let tmp = temp_name(&path);
-            let write = || -> std::io::Result<()> {
+            write_atomically(&path, |out| {
                 use std::os::unix::fs::FileExt;
-                let mut out = std::fs::File::create(&tmp)?;
                 // Positional reads in pieces: the source's cursor stays where it is, and
                 // only one piece is in memory.
                 let mut buf = vec![0u8; (super::PUT_PIECE).min(len) as usize];
                 for (offset, n) in super::pieces(len) {
                     let piece = &mut buf[..n as usize];
                     source.read_exact_at(piece, offset)?;
-                    std::io::Write::write_all(&mut out, piece)?;
+                    std::io::Write::write_all(out, piece)?;
                 }
-                out.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            let result = write();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result
+                Ok(())
+            })
         })
         .await
     }

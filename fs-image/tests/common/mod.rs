@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bootseer_common::digest::Digest;
 use bootseer_common::store::{DynStore, local::LocalStore};
 use bootseer_common::testing::mem::pattern;
+use bootseer_common::testing::require_real;
 use bootseer_image::LayerRef;
 use bootseer_image::convert::{self, ConvertConfig};
 
@@ -202,4 +203,39 @@ pub fn convert_into(src: &Path, store_dir: &Path, name_tag: &str) -> (String, Dy
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(convert::push(&store, &image, &meta, blobs)).expect("push");
     (reference, store)
+}
+
+/// Root, /dev/fuse and `tools` (looked up in the standard bin dirs); `None`: skipped (a
+/// failure with `BOOTSEER_REQUIRE_REAL=1`).
+pub fn require_root_fuse(tools: &[&str]) -> Option<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+                .iter()
+                .any(|d| Path::new(d).join(t).exists())
+        })
+        .collect();
+    require_real(
+        "FUSE as root",
+        if !Path::new("/dev/fuse").exists() || !is_root() {
+            Err(anyhow::anyhow!("needs root and /dev/fuse"))
+        } else if !missing.is_empty() {
+            Err(anyhow::anyhow!("needs {missing:?} (packages util-linux, fuse3)"))
+        } else {
+            Ok(())
+        },
+    )
+}
+
+/// Polls `f` every 20 ms for up to 10 s; panics naming `what` if it never holds.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
 }
