@@ -19,7 +19,11 @@ import org.apache.hadoop.hdfs.server.datanode.DataNode;
  * A real HDFS for bootseer's tests and benchmarks: Hadoop's MiniDFSCluster driven over stdin.
  *
  * <p>Usage: {@code MiniDfs --base-dir DIR --conf-dir DIR [--datanodes N] [--block-size BYTES]
- * [--replication R]}. Everything listens on 127.0.0.1 with ephemeral ports. Once the cluster is
+ * [--replication R] [--bind-host HOST]}. Everything listens on 127.0.0.1 with ephemeral ports;
+ * with {@code --bind-host HOST} (an address of this host) the NameNode RPC and DataNode transfer
+ * ports listen on every address, the URI and the DataNodes' host names are HOST, and the client
+ * configuration sets {@code dfs.client.use.datanode.hostname}, so that clients in other network
+ * namespaces reach the cluster through HOST. Once the cluster is
  * up, the client configuration ({@code core-site.xml}, {@code hdfs-site.xml}) is in the conf dir
  * and stdout carries one {@code DATANODE <i> <host>:<xferPort>} line per DataNode followed by
  * exactly one {@code READY <hdfs-uri> <conf-dir>} line. Then each stdin line is one command,
@@ -68,6 +72,7 @@ public final class MiniDfs {
     int replication = -1;
     String baseDir = null;
     String confDir = null;
+    String bindHost = null;
     for (int i = 0; i < args.length; i++) {
       String value = i + 1 < args.length ? args[i + 1] : null;
       switch (args[i]) {
@@ -76,6 +81,7 @@ public final class MiniDfs {
         case "--replication" -> replication = Integer.parseInt(required(args[i], value));
         case "--base-dir" -> baseDir = required(args[i], value);
         case "--conf-dir" -> confDir = required(args[i], value);
+        case "--bind-host" -> bindHost = required(args[i], value);
         default -> usage("unknown argument " + args[i]);
       }
       i++;
@@ -111,20 +117,31 @@ public final class MiniDfs {
     File base = new File(baseDir);
     conf.set(MiniDFSCluster.HDFS_MINIDFS_BASEDIR, base.getAbsolutePath());
 
-    MiniDFSCluster cluster =
+    MiniDFSCluster.Builder builder =
         new MiniDFSCluster.Builder(conf, base)
             .numDataNodes(datanodes)
             .nameNodePort(0)
             .nameNodeHttpPort(0)
-            .format(true)
-            .build();
+            .format(true);
+    if (bindHost != null) {
+      // MiniDFSCluster pins its addresses to 127.0.0.1; the bind-host key and a configured
+      // DataNode address (checkDataNodeAddrConfig) open them to every interface, and the host
+      // names make the NameNode hand out HOST to clients that use DataNode host names.
+      conf.set("dfs.namenode.rpc-bind-host", "0.0.0.0");
+      conf.set("dfs.datanode.address", "0.0.0.0:0");
+      String[] hosts = new String[datanodes];
+      java.util.Arrays.fill(hosts, bindHost);
+      builder.checkDataNodeAddrConfig(true).hosts(hosts);
+    }
+    MiniDFSCluster cluster = builder.build();
     cluster.waitActive();
 
     MiniDfs dfs = new MiniDfs(cluster, protocol);
     Runtime.getRuntime().addShutdownHook(new Thread(dfs::shutdown, "minidfs-shutdown"));
-    String uri = "hdfs://127.0.0.1:" + cluster.getNameNodePort();
+    String uri =
+        "hdfs://" + (bindHost != null ? bindHost : "127.0.0.1") + ":" + cluster.getNameNodePort();
     File conf_ = new File(confDir);
-    writeClientConfig(conf_, uri, blockSize, replication);
+    writeClientConfig(conf_, uri, blockSize, replication, bindHost != null);
     System.err.printf(
         "minidfs: %d DataNodes up at %s in %d ms%n",
         datanodes, uri, (System.nanoTime() - started) / 1_000_000);
@@ -147,7 +164,7 @@ public final class MiniDfs {
     System.err.println("minidfs: " + why);
     System.err.println(
         "usage: MiniDfs --base-dir DIR --conf-dir DIR [--datanodes N] [--block-size BYTES]"
-            + " [--replication R]");
+            + " [--replication R] [--bind-host HOST]");
     System.exit(2);
   }
 
@@ -268,7 +285,8 @@ public final class MiniDfs {
     }
   }
 
-  private static void writeClientConfig(File dir, String uri, long blockSize, int replication)
+  private static void writeClientConfig(
+      File dir, String uri, long blockSize, int replication, boolean useHostnames)
       throws IOException {
     if (!dir.isDirectory() && !dir.mkdirs()) {
       throw new IOException("cannot create " + dir);
@@ -280,6 +298,7 @@ public final class MiniDfs {
           {"dfs.blocksize", Long.toString(blockSize)},
           {"dfs.replication", Integer.toString(replication)},
           {"dfs.client.block.write.replace-datanode-on-failure.enable", "false"},
+          {"dfs.client.use.datanode.hostname", Boolean.toString(useHostnames)},
         });
   }
 
