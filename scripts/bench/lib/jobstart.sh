@@ -172,7 +172,7 @@ SH
 }
 
 pip_cmd() { # $1: index address; the install as the job's requirements say, from the index only
-  echo "env -u PIP_FIND_LINKS -u PIP_INDEX_URL python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore --no-index --find-links http://$1:$js_index_port/ -r /job/requirements.txt"
+  echo "env -u PIP_FIND_LINKS -u PIP_INDEX_URL python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check --root-user-action=ignore --no-index --trusted-host $1 --find-links http://$1:$js_index_port/ -r /job/requirements.txt"
 }
 
 # One plain start in DIR: pull + unpack, pip install into the rootfs, the checkpoint copied out

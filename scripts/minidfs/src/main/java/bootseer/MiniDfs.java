@@ -129,6 +129,10 @@ public final class MiniDfs {
       // names make the NameNode hand out HOST to clients that use DataNode host names.
       conf.set("dfs.namenode.rpc-bind-host", "0.0.0.0");
       conf.set("dfs.datanode.address", "0.0.0.0:0");
+      // With checkDataNodeAddrConfig the other DataNode ports come from the configuration,
+      // whose defaults are fixed ports: keep them ephemeral and local.
+      conf.set("dfs.datanode.http.address", "127.0.0.1:0");
+      conf.set("dfs.datanode.ipc.address", "127.0.0.1:0");
       String[] hosts = new String[datanodes];
       java.util.Arrays.fill(hosts, bindHost);
       builder.checkDataNodeAddrConfig(true).hosts(hosts);
