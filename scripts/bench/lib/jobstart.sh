@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2154,SC2034 # inputs (repo, work, bins, ckpt_mib, filler_mib) set by the caller, outputs (js_nn, …) read by it
 # Shared by scripts/bench/job-start and scripts/bench/cluster-start: the job, its image, its
 # requirements and checkpoint; the origin (registry, package index, MiniDFS); one start of the
 # job the plain way (skopeo + umoci, pip install, one HDFS stream) and through
