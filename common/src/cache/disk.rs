@@ -18,7 +18,9 @@
 //! index, length, file size) and the CRC of every chunk it returns, which catches bit rot, torn
 //! and truncated files and entries of another block at memory speed, instead of hashing every
 //! disk hit with sha256 again. [`DiskTier::load_range`] reads and checks only the chunks a read
-//! needs, so a 4 KiB file in a 1 MiB block costs one chunk, not the block. Any mismatch deletes
+//! needs, so a 4 KiB file in a 1 MiB block costs one chunk, not the block; the last
+//! [`OPEN_ENTRIES`] entries loaded stay open with their header checked, so a warm read is one
+//! `pread` and the file's kernel read-ahead state survives between requests. Any mismatch deletes
 //! the file and reports [`Load::Corrupt`] so the caller refetches. Writes go to a
 //! temporary file renamed into place, so a crash leaves either the old state or a whole entry.
 //!
@@ -119,6 +121,100 @@ pub struct DiskTier {
     index: Mutex<Index>,
     /// `<dir>/v2/lock`, `flock`ed for rescans.
     lock_file: std::fs::File,
+    /// Entries whose header and CRC table checked out, kept open (least recently used closed
+    /// first): a warm read of a block costs one `pread` of its chunks, not an open, a stat and
+    /// a header read, and the kernel's read-ahead state of the file lives on between the
+    /// 128 KiB requests of a sequential reader. Never held with the index lock.
+    open: Mutex<LruCache<DiskKey, Arc<OpenEntry>>>,
+}
+
+/// Entries kept open by one tier: a few hundred descriptors, far below a daemon's limit.
+const OPEN_ENTRIES: usize = 256;
+
+/// An entry whose header and CRC table checked out, open for reads. Entries are immutable once
+/// renamed into place, so an open one stays right even if another process removes its name
+/// (it then reads the removed file until closed); every read still checks its chunks' CRCs.
+#[derive(Debug)]
+struct OpenEntry {
+    file: std::fs::File,
+    index: u64,
+    len: usize,
+    prefix: u64,
+    table: Box<[u8]>,
+    file_len: u64,
+}
+
+impl OpenEntry {
+    /// Checks `file`'s header (magic, crc, key hash, length, file size) and reads its CRC table.
+    fn check(file: std::fs::File, key: &DiskKey) -> Result<Self, String> {
+        use std::os::unix::fs::FileExt;
+        let file_len = file.metadata().map_err(|e| format!("stat: {e}"))?.len();
+        // The header and, for blocks up to 2 MiB, the whole CRC table in one read.
+        let mut head = vec![0u8; (HEADER_LEN + 256).min(file_len as usize)];
+        file.read_exact_at(&mut head, 0).map_err(|e| format!("header: {e}"))?;
+        if head.len() < HEADER_LEN {
+            return Err(format!("file is {file_len} bytes, shorter than a header"));
+        }
+        let crc_at = HEADER_LEN - 4;
+        let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or([0; 8]));
+        if crc32fast::hash(&head[..crc_at]) != crc_word(&head, crc_at) {
+            return Err("header checksum mismatch".into());
+        }
+        if &head[..8] != MAGIC {
+            return Err("bad magic".into());
+        }
+        if head[24..40] != key[..] {
+            return Err("entry belongs to another block".into());
+        }
+        let len = word(16);
+        let prefix = prefix_len(len);
+        if Some(file_len) != prefix.checked_add(len) {
+            return Err(format!("file is {file_len} bytes, header says {len} + {prefix}"));
+        }
+        let table = if head.len() >= prefix as usize {
+            head[HEADER_LEN..prefix as usize].into()
+        } else {
+            let mut t = vec![0u8; (prefix as usize) - HEADER_LEN];
+            file.read_exact_at(&mut t, HEADER_LEN as u64).map_err(|e| format!("table: {e}"))?;
+            t.into()
+        };
+        let len = usize::try_from(len).map_err(|_| format!("length {len} does not fit"))?;
+        Ok(Self { file, index: word(8), len, prefix, table, file_len })
+    }
+
+    /// The bytes `within` the payload (clamped), reading and checking only their chunks.
+    fn read(&self, within: std::ops::Range<usize>) -> Result<Bytes, String> {
+        use std::os::unix::fs::FileExt;
+        let (from, to) = (within.start.min(self.len), within.end.min(self.len));
+        if from >= to {
+            return Ok(Bytes::new());
+        }
+        let (first, last) = (from / CHUNK, (to - 1) / CHUNK);
+        let span = first * CHUNK..((last + 1) * CHUNK).min(self.len);
+        let mut data = vec![0u8; span.end - span.start];
+        self.file
+            .read_exact_at(&mut data, self.prefix + span.start as u64)
+            .map_err(|e| format!("payload: {e}"))?;
+        for (k, chunk) in data.chunks(CHUNK).enumerate() {
+            if crc32fast::hash(chunk) != crc_word(&self.table, 4 * (first + k)) {
+                return Err(format!("chunk {} checksum mismatch", first + k));
+            }
+        }
+        let data = Bytes::from(data);
+        Ok(data.slice(from - span.start..to - span.start))
+    }
+}
+
+/// The little-endian u32 at `at` of `b` (a CRC in a header or table).
+fn crc_word(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]))
+}
+
+fn lock_open(
+    open: &Mutex<LruCache<DiskKey, Arc<OpenEntry>>>,
+) -> std::sync::MutexGuard<'_, LruCache<DiskKey, Arc<OpenEntry>>> {
+    // Only a cache of checked entries: a panic mid-update loses at most one.
+    open.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[derive(Debug)]
@@ -193,6 +289,9 @@ impl DiskTier {
             max_bytes: AtomicU64::new(max_bytes),
             index: Mutex::new(Index { entries: LruCache::unbounded(), bytes: 0 }),
             lock_file,
+            open: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(OPEN_ENTRIES).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         };
         tier.rescan()?;
         Ok(tier)
@@ -271,62 +370,27 @@ impl DiskTier {
         index: u64,
         within: std::ops::Range<usize>,
     ) -> Result<Option<(Bytes, u64)>, String> {
-        use std::os::unix::fs::FileExt;
+        let Some(entry) = self.open_entry(key)? else { return Ok(None) };
+        if entry.index != index {
+            return Err("entry belongs to another block".into());
+        }
+        entry.read(within).map(|bytes| Some((bytes, entry.file_len)))
+    }
+
+    /// The open entry for `key`: from the open-entry cache, or opened and its header and CRC
+    /// table checked (and cached). `None`: no entry.
+    fn open_entry(&self, key: &DiskKey) -> Result<Option<Arc<OpenEntry>>, String> {
+        if let Some(entry) = lock_open(&self.open).get(key) {
+            return Ok(Some(entry.clone()));
+        }
         let file = match std::fs::File::open(self.path(key)) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("open: {e}")),
         };
-        let file_len = file.metadata().map_err(|e| format!("stat: {e}"))?.len();
-        // The header and, for blocks up to 2 MiB, the whole CRC table in one read.
-        let mut head = vec![0u8; (HEADER_LEN + 256).min(file_len as usize)];
-        file.read_exact_at(&mut head, 0).map_err(|e| format!("header: {e}"))?;
-        if head.len() < HEADER_LEN {
-            return Err(format!("file is {file_len} bytes, shorter than a header"));
-        }
-        let crc_at = HEADER_LEN - 4;
-        let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or([0; 8]));
-        let half =
-            |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]));
-        if crc32fast::hash(&head[..crc_at]) != half(&head, crc_at) {
-            return Err("header checksum mismatch".into());
-        }
-        if &head[..8] != MAGIC {
-            return Err("bad magic".into());
-        }
-        if word(8) != index || head[24..40] != key[..] {
-            return Err("entry belongs to another block".into());
-        }
-        let len = word(16);
-        let prefix = prefix_len(len);
-        if Some(file_len) != prefix.checked_add(len) {
-            return Err(format!("file is {file_len} bytes, header says {len} + {prefix}"));
-        }
-        let table_len = (prefix as usize) - HEADER_LEN;
-        let table = if head.len() >= prefix as usize {
-            head[HEADER_LEN..prefix as usize].to_vec()
-        } else {
-            let mut t = vec![0u8; table_len];
-            file.read_exact_at(&mut t, HEADER_LEN as u64).map_err(|e| format!("table: {e}"))?;
-            t
-        };
-        let len = len as usize;
-        let (from, to) = (within.start.min(len), within.end.min(len));
-        if from >= to {
-            return Ok(Some((Bytes::new(), file_len)));
-        }
-        let (first, last) = (from / CHUNK, (to - 1) / CHUNK);
-        let span = first * CHUNK..((last + 1) * CHUNK).min(len);
-        let mut data = vec![0u8; span.end - span.start];
-        file.read_exact_at(&mut data, prefix + span.start as u64)
-            .map_err(|e| format!("payload: {e}"))?;
-        for (k, chunk) in data.chunks(CHUNK).enumerate() {
-            if crc32fast::hash(chunk) != half(&table, 4 * (first + k)) {
-                return Err(format!("chunk {} checksum mismatch", first + k));
-            }
-        }
-        let data = Bytes::from(data);
-        Ok(Some((data.slice(from - span.start..to - span.start), file_len)))
+        let entry = Arc::new(OpenEntry::check(file, key)?);
+        lock_open(&self.open).put(*key, entry.clone());
+        Ok(Some(entry))
     }
 
     /// Stores a block (already verified by the caller), evicting older entries to stay within
@@ -382,6 +446,7 @@ impl DiskTier {
 
     /// Drops `key` from the index (its file is gone).
     fn forget(&self, key: &DiskKey) {
+        lock_open(&self.open).pop(key);
         let mut index = self.lock();
         if let Some(len) = index.entries.pop(key) {
             index.bytes -= len;
@@ -409,6 +474,7 @@ impl DiskTier {
                 }
             };
             ::metrics::counter!(crate::metrics::CACHE_EVICT_DISK).increment(1);
+            lock_open(&self.open).pop(&victim);
             let _ = std::fs::remove_file(self.path(&victim));
         }
     }
@@ -442,6 +508,9 @@ impl DiskTier {
                 }
             }
             *index = Index { entries: rebuilt, bytes };
+            drop(index);
+            // Entries another process removed: close them, so their space is freed.
+            lock_open(&self.open).retain(|key, _| on_disk.contains_key(key));
         });
         if result.is_ok() {
             self.evict_to(self.budget());

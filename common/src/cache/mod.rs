@@ -496,7 +496,7 @@ impl BlockCache {
         blocks: std::ops::Range<u64>,
         priority: Priority,
     ) -> Result<(), CacheError> {
-        let mut waiting = self.enqueue(source, blocks, priority);
+        let mut waiting = self.enqueue(source, blocks, priority, false);
         let mut first_error = None;
         for (index, rx) in &mut waiting {
             if let Err(e) = wait(rx, source.id(), *index).await {
@@ -513,7 +513,15 @@ impl BlockCache {
         blocks: std::ops::Range<u64>,
         priority: Priority,
     ) {
-        drop(self.enqueue(source, blocks, priority));
+        drop(self.enqueue(source, blocks, priority, false));
+    }
+
+    /// Queues `blocks` of `source` at [`Priority::Background`] for a sequential reader, without
+    /// waiting: unlike [`Self::spawn_prefetch`], blocks the disk tier holds are queued too, and
+    /// loaded (CRC-checked) into the memory tier ahead of the reader, so its next requests are
+    /// answered from memory on the FUSE thread instead of one disk load per 128 KiB request.
+    pub fn spawn_readahead(&self, source: &DynSource, blocks: std::ops::Range<u64>) {
+        drop(self.enqueue(source, blocks, Priority::Background, true));
     }
 
     fn enqueue(
@@ -521,6 +529,7 @@ impl BlockCache {
         source: &DynSource,
         blocks: std::ops::Range<u64>,
         priority: Priority,
+        from_disk_too: bool,
     ) -> Vec<(u64, watch::Receiver<Outcome>)> {
         let inner = &self.inner;
         let blocks = blocks.start..blocks.end.min(source.block_count());
@@ -534,13 +543,15 @@ impl BlockCache {
                 if let Some(flight) = flights.get(&key) {
                     waiting.push((index, flight.tx.subscribe()));
                 } else if !lock(&inner.mem).blocks.contains(&key)
-                    && !inner
-                        .disk
-                        .as_ref()
-                        .is_some_and(|d| d.contains(&disk::disk_key(&blob, index)))
+                    && (from_disk_too
+                        || !inner
+                            .disk
+                            .as_ref()
+                            .is_some_and(|d| d.contains(&disk::disk_key(&blob, index))))
                 {
-                    // Not in memory and not on disk (a block on disk is local already: prefetch
-                    // would only copy it into memory, where readers do not need it).
+                    // Not in memory and not on disk (a block on disk is local already: a
+                    // replay would only copy it into memory, where scattered readers do not
+                    // need it; a sequential reader's read-ahead asks for it on purpose).
                     let (tx, rx) = watch::channel(None);
                     flights.insert(key, Flight { tx, running: false });
                     waiting.push((index, rx));
@@ -813,36 +824,36 @@ async fn fill(inner: &Arc<Inner>, source: DynSource, blocks: Vec<u64>, priority:
     if let Some(tier) = inner.disk.clone() {
         // Every block is tried, indexed or not: another daemon on the same directory may have
         // written it (a miss costs one failed open, next to a network fetch).
+        // One hop to a blocking thread for all of them; each block is completed as soon as it
+        // is loaded, so a reader of the first block of a long read-ahead does not wait for
+        // the last.
         let candidates = missing.clone();
-        {
-            let blob2 = blob.clone();
-            let loads = inner
-                .runtime
-                .spawn_blocking(move || {
-                    candidates
-                        .into_iter()
-                        .map(|i| (i, tier.load(&disk::disk_key(&blob2, i), i)))
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-            for (index, load) in loads {
-                match load {
-                    disk::Load::Hit(data) => {
-                        bump(&inner.counters.hits_disk, 1);
-                        ::metrics::counter!(m::CACHE_HIT_DISK).increment(1);
-                        missing.retain(|&i| i != index);
-                        done.complete(index, Ok(data));
-                    }
-                    disk::Load::Corrupt(why) => {
-                        bump(&inner.counters.corrupt, 1);
-                        ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
-                        tracing::warn!(blob = %blob, block = index, why, "dropped corrupt disk cache entry");
-                    }
-                    disk::Load::Miss => {}
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let blob2 = blob.clone();
+        let loader = inner.runtime.spawn_blocking(move || {
+            for i in candidates {
+                if tx.send((i, tier.load(&disk::disk_key(&blob2, i), i))).is_err() {
+                    return;
                 }
             }
+        });
+        while let Some((index, load)) = rx.recv().await {
+            match load {
+                disk::Load::Hit(data) => {
+                    bump(&inner.counters.hits_disk, 1);
+                    ::metrics::counter!(m::CACHE_HIT_DISK).increment(1);
+                    missing.retain(|&i| i != index);
+                    done.complete(index, Ok(data));
+                }
+                disk::Load::Corrupt(why) => {
+                    bump(&inner.counters.corrupt, 1);
+                    ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
+                    tracing::warn!(blob = %blob, block = index, why, "dropped corrupt disk cache entry");
+                }
+                disk::Load::Miss => {}
+            }
         }
+        drop(loader);
     }
     for run in runs(&missing) {
         fetch_run(inner, &source, &mut done, run, priority).await;

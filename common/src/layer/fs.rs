@@ -9,8 +9,10 @@
 //!                         └─ miss: disk tier, or LayerBlob::fetch (one range read) → decode
 //!                            (zstd, length) → digest check, on a blocking thread
 //!        └─ a read that continues the file's previous one: queue the next blocks of the file
-//!           at Background priority, a window that doubles per sequential read (2 → 16);
-//!           not while a trace replays (the trace knows better, and shares the link)
+//!           at Background priority, a window that doubles per sequential read (2 → 16), from
+//!           the disk tier into memory as well as from the store (warm streams then answer
+//!           on the FUSE thread); not while a trace replays (the trace knows better, and
+//!           shares the link)
 //!  each answer ──► timeline read latency + `fuse.read.latency{origin}`: memory (read_cached,
 //!                  or every block in memory by the time the task looked), disk (some block
 //!                  from the disk tier, none fetched), demand (some block waited on a fetch)
@@ -29,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::cache::{BlockCache, DynSource, Priority};
+use crate::cache::{BlockCache, DynSource};
 use crate::metrics::ReadOrigin;
 use crate::store::DynStore;
 use crate::trace::{BlobSlot, FileId, Recorder};
@@ -531,7 +533,8 @@ impl LayerFs {
             begin..end
         };
         if !queue.is_empty() && !self.replaying.load(Ordering::Acquire) {
-            self.cache.spawn_prefetch(source, queue, Priority::Background);
+            // Blocks on disk too: a stream's next requests then answer from memory.
+            self.cache.spawn_readahead(source, queue);
         }
     }
 
