@@ -33,7 +33,8 @@
 //! share one re-authentication (the generation counter in [`AuthSlot`]).
 //!
 //! Scheme: `http` for loopback hosts (127.0.0.0/8, `localhost`, `::1`) and hosts named in the
-//! `insecure` list (as `host` or `host:port`), `https` otherwise.
+//! `insecure` list (as `host` or `host:port`; by default from `BOOTSEER_INSECURE_REGISTRIES`,
+//! see [`super::INSECURE_REGISTRIES_ENV`]), `https` otherwise.
 //!
 //! Failures: 404 → NotFound, 401 (after re-auth) / 403 → Unauthorized, 408/429/5xx and connection
 //! errors → Transient, replies that break the protocol (short body, wrong `Content-Range`, missing
