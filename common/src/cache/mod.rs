@@ -823,14 +823,14 @@ async fn fill(inner: &Arc<Inner>, source: DynSource, blocks: Vec<u64>, priority:
     let mut missing = blocks;
     if let Some(tier) = inner.disk.clone() {
         // Every block is tried, indexed or not: another daemon on the same directory may have
-        // written it (a miss costs one failed open, next to a network fetch).
-        // One hop to a blocking thread for all of them; each block is completed as soon as it
-        // is loaded, so a reader of the first block of a long read-ahead does not wait for
-        // the last.
+        // written it (a miss costs one failed open, next to a network fetch). One hop to a
+        // blocking thread for all of them, each completed as soon as it is loaded, so a reader
+        // of the first block of a long read-ahead does not wait for the last. The loader stops
+        // at the first send after this future is dropped.
         let candidates = missing.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let blob2 = blob.clone();
-        let loader = inner.runtime.spawn_blocking(move || {
+        inner.runtime.spawn_blocking(move || {
             for i in candidates {
                 if tx.send((i, tier.load(&disk::disk_key(&blob2, i), i))).is_err() {
                     return;
@@ -853,7 +853,6 @@ async fn fill(inner: &Arc<Inner>, source: DynSource, blocks: Vec<u64>, priority:
                 disk::Load::Miss => {}
             }
         }
-        drop(loader);
     }
     for run in runs(&missing) {
         fetch_run(inner, &source, &mut done, run, priority).await;

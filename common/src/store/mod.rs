@@ -214,37 +214,18 @@ pub fn clamp_range(range: Range<u64>, len: u64) -> Range<u64> {
     start..end
 }
 
-/// Registries reached over plain `http` besides loopback ones, comma-separated `host` or
-/// `host:port` (Docker's `insecure-registries`): every daemon and `convert` read it through
-/// [`OpenOptions::default`], so an fstab line or a unit sets it once with `Environment=`.
-pub const INSECURE_REGISTRIES_ENV: &str = "BOOTSEER_INSECURE_REGISTRIES";
+pub use oci::INSECURE_REGISTRIES_ENV;
 
 /// Options for [`open`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     /// Timeouts and retries wrapped around the backend.
     pub retry: RetryConfig,
-    /// Registry hosts reached over plain `http` (loopback hosts always are).
+    /// Registry hosts reached over plain `http` besides loopback hosts and those
+    /// [`INSECURE_REGISTRIES_ENV`] names (which [`oci::OciStore::open`] always adds).
     pub insecure_registries: Vec<String>,
     /// HDFS client configuration beyond `HADOOP_CONF_DIR`.
     pub hdfs: hdfs::HdfsOptions,
-}
-
-impl Default for OpenOptions {
-    /// Default timeouts, and the registries [`INSECURE_REGISTRIES_ENV`] names.
-    fn default() -> Self {
-        let env = std::env::var(INSECURE_REGISTRIES_ENV).unwrap_or_default();
-        Self {
-            retry: RetryConfig::default(),
-            insecure_registries: parse_registry_list(&env),
-            hdfs: hdfs::HdfsOptions::default(),
-        }
-    }
-}
-
-/// The entries of a comma-separated registry list (blanks around and between ignored).
-pub fn parse_registry_list(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect()
 }
 
 /// Opens the store a URL names, wrapped in [`RetryStore`].
@@ -269,15 +250,6 @@ pub async fn open(url: &str, options: &OpenOptions) -> StoreResult<DynStore> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn registry_lists_split_on_commas_and_drop_blanks() {
-        assert_eq!(
-            super::parse_registry_list(" reg.lan:5000, ,10.0.0.7 ,"),
-            vec!["reg.lan:5000".to_string(), "10.0.0.7".to_string()]
-        );
-        assert!(super::parse_registry_list("").is_empty());
-    }
-
     use super::*;
 
     #[test]

@@ -33,8 +33,9 @@
 //! share one re-authentication (the generation counter in [`AuthSlot`]).
 //!
 //! Scheme: `http` for loopback hosts (127.0.0.0/8, `localhost`, `::1`) and hosts named in the
-//! `insecure` list (as `host` or `host:port`; by default from `BOOTSEER_INSECURE_REGISTRIES`,
-//! see [`super::INSECURE_REGISTRIES_ENV`]), `https` otherwise.
+//! `insecure` list (as `host` or `host:port`), which [`OciStore::open`] extends with
+//! `$BOOTSEER_INSECURE_REGISTRIES` ([`INSECURE_REGISTRIES_ENV`], read where the credentials'
+//! variables are), `https` otherwise.
 //!
 //! Failures: 404 → NotFound, 401 (after re-auth) / 403 → Unauthorized, 408/429/5xx and connection
 //! errors → Transient, replies that break the protocol (short body, wrong `Content-Range`, missing
@@ -177,14 +178,29 @@ impl std::fmt::Debug for OciStore {
     }
 }
 
+/// Registries reached over plain `http` besides loopback ones, comma-separated `host` or
+/// `host:port` (Docker's `insecure-registries`): every binary opens registries through
+/// [`OciStore::open`], so an fstab line's unit or a container's init sets it once.
+pub const INSECURE_REGISTRIES_ENV: &str = "BOOTSEER_INSECURE_REGISTRIES";
+
+/// The entries of a comma-separated registry list (blanks around and between ignored).
+fn parse_registry_list(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect()
+}
+
 impl OciStore {
     /// Opens `docker://host[:port]/repo[/path]` (or `oci://…`) with credentials from the
     /// environment or the docker config, anonymous if there are none. `insecure` names registries
-    /// (`host` or `host:port`) reached over plain http; loopback hosts always are.
+    /// (`host` or `host:port`) reached over plain http, besides those of
+    /// [`INSECURE_REGISTRIES_ENV`]; loopback hosts always are.
     pub fn open(url: &str, insecure: &[String]) -> StoreResult<Self> {
         let (registry, _) = split_url(url)?;
         let creds = credentials_for(&registry);
-        Self::open_with_auth(url, insecure, creds)
+        let mut insecure = insecure.to_vec();
+        insecure.extend(parse_registry_list(
+            &std::env::var(INSECURE_REGISTRIES_ENV).unwrap_or_default(),
+        ));
+        Self::open_with_auth(url, &insecure, creds)
     }
 
     /// Like [`OciStore::open`], with explicit credentials.
@@ -1221,6 +1237,15 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn registry_lists_split_on_commas_and_drop_blanks() {
+        assert_eq!(
+            parse_registry_list(" reg.lan:5000, ,10.0.0.7 ,"),
+            vec!["reg.lan:5000".to_string(), "10.0.0.7".to_string()]
+        );
+        assert!(parse_registry_list("").is_empty());
     }
 
     #[test]

@@ -106,8 +106,8 @@ PY
 }
 
 # The origin in the current network namespace: Debian docker-registry on :5071 (ADDR, or every
-# address when ADDR is not loopback: the daemons speak plain http only to loopback registries,
-# so nodes reach it through a forwarder on their own 127.0.0.1 and the origin through its own),
+# address when ADDR is not loopback: nodes reach it through a forwarder on their own 127.0.0.1,
+# written before BOOTSEER_INSECURE_REGISTRIES let the daemons use plain http to other hosts),
 # the wheelhouse over HTTP on ADDR:5072 (pip --find-links reads its directory listing), MiniDFS
 # with DATANODES DataNodes (64 MiB blocks; --bind-host ADDR unless ADDR is loopback).
 # Sets js_nn (hdfs://…), js_conf (client conf dir), js_xfer_ports.
