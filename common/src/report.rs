@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  *.json (any daemon's summary with a "timeline") ─► Mount { host, kind, phases, counters }
-//!    per node: wait(kind) = max(ready, last_stall) − mount_called  (what the start waited on it)
+//!    per node: wait(kind) = (ready − mount_called) + stalled  (what the start waited on it:
+//!                the mount, then the wall time its reads waited on the network)
 //!              span = latest (ready | last_stall) − earliest mount_called over its mounts
 //!    phases:   mount→ready, mount→first read, mount→replay done, mount→last stall, per kind,
 //!              p50 / p90 / max across nodes
@@ -21,6 +22,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::timeline::{FIRST_READ, LAST_STALL, MOUNT_CALLED, READY, REPLAY_DONE, Timeline};
+
+/// The phase row of the wall time reads waited on the network (`Timeline::stalled_ms`).
+const READS_WAITED: &str = "reads waited (wall)";
 
 /// A node is a straggler when its start took this many times the median start.
 pub const STRAGGLER_FACTOR: f64 = 1.5;
@@ -66,9 +70,13 @@ impl Mount {
         }
     }
 
-    /// Seconds the start waited on this mount.
+    /// Seconds the start waited on this mount: until it was ready, then while its reads waited
+    /// on the network (wall time, overlapping reads once). A read that waited late in the job
+    /// adds its wait, not the whole time since the mount.
     pub fn wait(&self) -> Option<f64> {
-        Some((self.done()? - self.at(MOUNT_CALLED)?) / 1e3)
+        let called = self.at(MOUNT_CALLED)?;
+        let ready = self.at(READY).map_or(0.0, |r| (r - called).max(0.0) / 1e3);
+        Some(ready + self.timeline.stalled_ms / 1e3)
     }
 }
 
@@ -219,6 +227,7 @@ pub fn analyze(mounts: Vec<Mount>, skipped: Vec<String>) -> Report {
             ("mount → first read", FIRST_READ),
             ("mount → replay done", REPLAY_DONE),
             ("mount → last stall", LAST_STALL),
+            (READS_WAITED, ""),
         ] {
             // Per node, the slowest mount of this kind.
             let mut per_node: Vec<f64> = by_host
@@ -226,7 +235,10 @@ pub fn analyze(mounts: Vec<Mount>, skipped: Vec<String>) -> Report {
                 .filter_map(|ms| {
                     ms.iter()
                         .filter(|m| &m.timeline.kind == kind)
-                        .filter_map(|m| m.since_mount(phase))
+                        .filter_map(|m| match phase {
+                            "" => Some(m.timeline.stalled_ms / 1e3),
+                            _ => m.since_mount(phase),
+                        })
                         .reduce(f64::max)
                 })
                 .collect();
@@ -329,7 +341,10 @@ impl Report {
                 p.phase, p.nodes, p.p50, p.p90, p.max
             );
         }
-        let _ = writeln!(o, "\nshare of the time starts waited on each filesystem:");
+        let _ = writeln!(
+            o,
+            "\nshare of the time starts waited on each filesystem (mount → ready, then reads):"
+        );
         for (k, s) in &self.shares {
             let _ = writeln!(o, "  {k:<8} {:>5.1}%", s * 100.0);
         }
@@ -499,6 +514,8 @@ mod tests {
     use crate::timeline::Event;
 
     fn mount(host: &str, kind: &str, called: f64, ready: f64, stall: f64, on_demand: f64) -> Mount {
+        // Reads waited for half the time from the first read to the last stall.
+        let stalled_ms = (stall - ready - 1.0).max(0.0) / 2.0;
         let ev = |phase: &str, at: f64| Event { phase: phase.into(), unix_ms: at };
         Mount {
             file: PathBuf::from(format!("{host}-{kind}.json")),
@@ -512,6 +529,7 @@ mod tests {
                     ev(FIRST_READ, ready + 1.0),
                     ev(LAST_STALL, stall),
                 ],
+                stalled_ms,
             },
             counters: [("blocks on demand".to_string(), on_demand)].into_iter().collect(),
         }
@@ -542,6 +560,13 @@ mod tests {
         let total: f64 = r.shares.values().sum();
         assert!((total - 1.0).abs() < 1e-9);
         assert!(r.shares["image"] > r.shares["ckpt"]);
+        // Waits are mount → ready plus stalled: image 50 ms + ~474 ms (three nodes) and
+        // 50 + 4474 ms (n4), ckpt 50 + ~369 ms each.
+        let image = 3.0 * (0.050 + 0.4745) + (0.050 + 4.4745);
+        let ckpt = 4.0 * (0.050 + 0.3695);
+        assert!((r.shares["image"] - image / (image + ckpt)).abs() < 1e-3, "{:?}", r.shares);
+        let waited = r.phases.iter().find(|p| p.phase == "ckpt: reads waited (wall)");
+        assert!(waited.is_some_and(|p| (p.max - 0.3695).abs() < 1e-6), "{:?}", r.phases);
         let svg = r.svg();
         assert!(
             svg.starts_with("<svg") && svg.contains("n4") && svg.trim_end().ends_with("</svg>")

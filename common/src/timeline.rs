@@ -8,8 +8,9 @@
 //!
 //! One daemon process serves one mount, so the timeline is process-wide ([`global`]): the mount
 //! lifecycle marks `mount_called`, `ready` and `unmount`; the filesystem logic marks reads
-//! (`first_read`, and `last_stall` for a read that had to wait for the network); the session
-//! marks `replay_done`. Marking is a short mutex and a `SystemTime::now()`: cheap next to a
+//! (`first_read`, and `last_stall` for a read that had to wait for the network, whose wait also
+//! adds to `stalled_ms`: wall-clock time with a read waiting, overlapping reads counted once);
+//! the session marks `replay_done`. Marking is a short mutex and a `SystemTime::now()`: cheap next to a
 //! FUSE round trip, and done once per phase except `last_stall` (once per slow read).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,11 @@ pub struct Timeline {
     pub source: String,
     /// Phases in the order they happened.
     pub events: Vec<Event>,
+    /// Wall-clock milliseconds during which at least one read of file data waited longer than
+    /// [`STALL`] (reads waiting at the same time count once): what the job waited on this
+    /// mount after it was ready. 0 in summaries written before it existed.
+    #[serde(default)]
+    pub stalled_ms: f64,
 }
 
 impl Timeline {
@@ -66,9 +72,18 @@ impl Timeline {
     }
 }
 
-fn state() -> &'static Mutex<Timeline> {
-    static STATE: OnceLock<Mutex<Timeline>> = OnceLock::new();
-    STATE.get_or_init(|| Mutex::new(Timeline { host: hostname(), ..Timeline::default() }))
+/// The process's timeline, and the end of the stall time already counted in `stalled_ms`.
+struct State {
+    timeline: Timeline,
+    counted_until_ms: f64,
+}
+
+fn state() -> &'static Mutex<State> {
+    static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let timeline = Timeline { host: hostname(), ..Timeline::default() };
+        Mutex::new(State { timeline, counted_until_ms: 0.0 })
+    })
 }
 
 /// This host's name (from the kernel), `unknown` if unreadable.
@@ -86,7 +101,8 @@ fn now_ms() -> f64 {
 
 /// Names what this process serves; call once at mount.
 pub fn describe(kind: &str, source: &str) {
-    if let Ok(mut t) = state().lock() {
+    if let Ok(mut s) = state().lock() {
+        let t = &mut s.timeline;
         t.kind = kind.to_string();
         t.source = source.to_string();
     }
@@ -95,20 +111,24 @@ pub fn describe(kind: &str, source: &str) {
 /// Records `phase` now, unless it was recorded before (the first time wins).
 pub fn mark(phase: &str) {
     let at = now_ms();
-    if let Ok(mut t) = state().lock()
-        && t.at(phase).is_none()
+    if let Ok(mut s) = state().lock()
+        && s.timeline.at(phase).is_none()
     {
-        t.events.push(Event { phase: phase.to_string(), unix_ms: at });
+        s.timeline.events.push(Event { phase: phase.to_string(), unix_ms: at });
     }
 }
 
 /// Records `phase` now, replacing an earlier record (the latest wins).
 pub fn mark_last(phase: &str) {
     let at = now_ms();
-    if let Ok(mut t) = state().lock() {
-        t.events.retain(|e| e.phase != phase);
-        t.events.push(Event { phase: phase.to_string(), unix_ms: at });
+    if let Ok(mut s) = state().lock() {
+        last(&mut s.timeline, phase, at);
     }
+}
+
+fn last(t: &mut Timeline, phase: &str, at: f64) {
+    t.events.retain(|e| e.phase != phase);
+    t.events.push(Event { phase: phase.to_string(), unix_ms: at });
 }
 
 /// Marks [`FIRST_READ`] and, when the read took longer than [`STALL`], [`LAST_STALL`]: call
@@ -120,13 +140,23 @@ pub fn read_done(took: Duration) {
         mark(FIRST_READ);
     }
     if took >= STALL {
-        mark_last(LAST_STALL);
+        let end = now_ms();
+        let start = end - took.as_secs_f64() * 1e3;
+        if let Ok(mut s) = state().lock() {
+            // Reads end in about the order they are answered: each adds the part of its wait
+            // that no read answered before it covered (a gap between two earlier waits that
+            // a later long one spans is missed, so this errs low).
+            let from = start.max(s.counted_until_ms);
+            s.timeline.stalled_ms += (end - from).max(0.0);
+            s.counted_until_ms = s.counted_until_ms.max(end);
+            last(&mut s.timeline, LAST_STALL, end);
+        }
     }
 }
 
 /// The timeline so far, events in time order.
 pub fn global() -> Timeline {
-    let mut t = state().lock().map(|t| t.clone()).unwrap_or_default();
+    let mut t = state().lock().map(|s| s.timeline.clone()).unwrap_or_default();
     t.events.sort_by(|a, b| a.unix_ms.total_cmp(&b.unix_ms));
     t
 }
@@ -151,6 +181,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         read_done(Duration::from_millis(50));
         assert!(global().at(LAST_STALL).expect("stall") > first, "the latest stall did not win");
+        // Two 50 ms waits 5+ ms apart overlap by at most 45 ms: 55–100 ms of wall time.
+        let stalled = global().stalled_ms;
+        assert!((55.0..=100.0).contains(&stalled), "stalled {stalled} ms");
+        read_done(Duration::from_millis(1));
+        assert_eq!(global().stalled_ms, stalled, "a fast read added stall time");
         let t = global();
         assert_eq!((t.kind.as_str(), t.host.is_empty()), ("image", false));
         assert!(t.events.windows(2).all(|w| w[0].unix_ms <= w[1].unix_ms));
