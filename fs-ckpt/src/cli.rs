@@ -83,6 +83,10 @@ struct MountCmd {
     /// How long the mount waits for the NameNode, and the bound of each later NameNode call.
     #[arg(long, value_parser = parse_duration)]
     connect_timeout: Option<Duration>,
+    /// Start fetching files matching GLOB at mount (repeatable; `*.safetensors`: header first,
+    /// then tensors in the order loaders read them), within one reader's window of --memory.
+    #[arg(long, value_name = "GLOB")]
+    prefetch: Vec<String>,
     /// Directory with core-site.xml/hdfs-site.xml (default: $HADOOP_CONF_DIR).
     #[arg(long)]
     conf_dir: Option<PathBuf>,
@@ -147,6 +151,7 @@ impl MountCmd {
                 hedge_after: self.hedge_after.unwrap_or(d.hedge_after),
                 metadata_ttl: self.metadata_ttl.unwrap_or(d.metadata_ttl),
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
+                prefetch: self.prefetch,
                 ..d
             },
             source: self.source,
@@ -178,6 +183,7 @@ pub const CKPT_KEYS: &[&str] = &[
     "metadata_ttl",
     "connect_timeout",
     "conf_dir",
+    "prefetch",
 ];
 
 /// Turns mount-helper arguments into [`MountOptions`] (the defaults, then `-o`).
@@ -221,6 +227,8 @@ impl MountOptions {
                 "metadata_ttl" => c.metadata_ttl = dur(k, v)?,
                 "connect_timeout" => c.connect_timeout = dur(k, v)?,
                 "conf_dir" => self.conf_dir = Some(v.into()),
+                "prefetch" if !v.is_empty() => c.prefetch.push(v.clone()),
+                "prefetch" => anyhow::bail!("-o prefetch needs a glob (prefetch=*.safetensors)"),
                 other => anyhow::bail!("mount option {other:?} is listed but not handled"),
             }
         }
@@ -316,6 +324,11 @@ fn serve_mount(
     // The source must be a directory the NameNode answers for within the connect timeout: a
     // typo, a file or a dead NameNode fails the mount, never mounts an empty directory or hangs.
     runtime.block_on(fs.check_source()).with_context(|| format!("mounting {}", options.source))?;
+    // Beside the mount, not before it: `Ready` does not wait for the NameNode opens this needs.
+    if !options.config.prefetch.is_empty() {
+        let fs = fs.clone();
+        runtime.spawn(async move { fs.warm().await });
+    }
     let mut config = MountConfig {
         fsname: options.source.clone(),
         subtype: "bootseer-ckpt".into(),
@@ -353,12 +366,17 @@ mod tests {
                 ("readers".into(), "8".into()),
                 ("stripe_deadline".into(), "10s".into()),
                 ("connect_timeout".into(), "3s".into()),
+                ("prefetch".into(), "*.safetensors".into()),
+                ("prefetch".into(), "run/**/*.pt".into()),
             ],
         };
         let o = helper_options(&args).expect("valid options");
         assert_eq!((o.config.stripe_size, o.config.readers), (4 << 20, 8));
         assert_eq!(o.config.stripe_deadline, Duration::from_secs(10));
         assert_eq!(o.config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(o.config.prefetch, ["*.safetensors", "run/**/*.pt"]);
+        let empty = MountArgs { options: vec![("prefetch".into(), String::new())], ..args.clone() };
+        assert!(helper_options(&empty).is_err());
         let bad = MountArgs { options: vec![("bogus".into(), "1".into())], ..args };
         assert!(helper_options(&bad).is_err());
     }

@@ -40,6 +40,10 @@ pub struct CkptConfig {
     /// How long the mount waits for the NameNode when it starts, and the bound of every later
     /// NameNode call (listing, stat, reader open, version check).
     pub connect_timeout: Duration,
+    /// Files to start fetching as soon as the mount is up (globs over paths in the mount, see
+    /// [`crate::warm`]), within one reader's window of the budget: what a job start will read
+    /// crosses the network while the job still imports its packages.
+    pub prefetch: Vec<String>,
 }
 
 impl Default for CkptConfig {
@@ -75,6 +79,8 @@ impl Default for CkptConfig {
             // A NameNode answers an RPC in milliseconds; 10 s is one failing over or gone, and
             // a mount or `ls` should say so rather than hang.
             connect_timeout: Duration::from_secs(10),
+            // Nothing unless asked: which files a job reads first is the operator's knowledge.
+            prefetch: Vec::new(),
         }
     }
 }

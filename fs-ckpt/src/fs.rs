@@ -13,6 +13,8 @@
 //!                 a read away from the run starts a new one and drops what was queued
 //!              └─ a chunk every open handle has been served is released from memory at once,
 //!                 and never queued for prefetch again
+//!   warm (--prefetch GLOB, at mount) ─► matched files opened as for a handle, their chunks
+//!              queued (Background) in read order within one window; see [`crate::warm`]
 //!   release ─► handle dropped (its source stays while other handles or the cache need it);
 //!              the last handle of a version cancels that version's queued prefetch
 //! ```
@@ -156,6 +158,8 @@ struct Counters {
     stall_ns: AtomicU64,
     opens: AtomicU64,
     read_errors: AtomicU64,
+    warm_files: AtomicU64,
+    warm_bytes: AtomicU64,
 }
 
 /// What a mount did, written as JSON at unmount.
@@ -199,6 +203,10 @@ pub struct Summary {
     pub readers_reopened: u64,
     /// Fetches refused because the file changed or vanished under an open handle.
     pub version_changed: u64,
+    /// Files `--prefetch` matched and queued at mount.
+    pub prefetched_at_mount_files: u64,
+    /// Bytes of them queued at mount (within one reader's window of the budget).
+    pub prefetched_at_mount_bytes: u64,
     /// The block cache's counters.
     pub cache: CacheStats,
     /// Wall-clock phases of this mount (host, kind, events), for `report`.
@@ -224,6 +232,8 @@ pub struct CkptFs {
     stripes: Arc<StripeCounters>,
     /// Range reads in flight, against their part of the memory budget.
     inflight: Arc<InflightBudget>,
+    /// Versions `--prefetch` opened at mount, kept so the job's open finds the warmed chunks.
+    warm: Mutex<Vec<Arc<StripeSource>>>,
     counters: Counters,
 }
 
@@ -273,6 +283,41 @@ fn stripe_start(plan: &StripePlan, stripe_size: u64, index: u64) -> u64 {
     index - within % per_stripe
 }
 
+/// The bytes `want` of a file from its consecutive chunks starting at chunk `first`: a slice
+/// of one chunk when it holds them all, else one copy. A chunk shorter than the plan says is
+/// an error, never short or shifted bytes.
+fn assemble(
+    plan: &StripePlan,
+    first: u64,
+    chunks: &[Bytes],
+    want: std::ops::Range<u64>,
+    blob: &str,
+) -> Result<Bytes, CkptError> {
+    let (offset, end) = (want.start, want.end);
+    if let [only] = chunks {
+        let base = plan.range(first).start;
+        let (from, to) = ((offset - base) as usize, (end - base) as usize);
+        if to <= only.len() {
+            return Ok(only.slice(from..to));
+        }
+    }
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for (i, chunk) in (first..).zip(chunks) {
+        let r = plan.range(i);
+        let from = offset.max(r.start) - r.start;
+        let to = end.min(r.end) - r.start;
+        let piece = chunk.get(from as usize..to as usize).ok_or_else(|| {
+            CkptError::Cache(bootseer_common::cache::CacheError::Malformed {
+                blob: blob.to_string(),
+                block: i,
+                message: format!("chunk has {} bytes, expected {}", chunk.len(), r.end - r.start),
+            })
+        })?;
+        out.extend_from_slice(piece);
+    }
+    Ok(Bytes::from(out))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every section under these locks leaves its data consistent; a poisoned lock is used as is.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -308,6 +353,7 @@ impl CkptFs {
             last_open: Mutex::new(HashMap::new()),
             stripes: Arc::new(StripeCounters::default()),
             inflight,
+            warm: Mutex::new(Vec::new()),
             counters: Counters::default(),
         })
     }
@@ -740,32 +786,105 @@ impl CkptFs {
                 self.cache.release(&blob, i);
             }
         }
-        if let [only] = chunks.as_slice() {
-            let base = plan.range(first).start;
-            let (from, to) = ((offset - base) as usize, (end - base) as usize);
-            if to <= only.len() {
-                return Ok(only.slice(from..to));
+        assemble(&plan, first, &chunks, offset..end, &blob)
+    }
+
+    /// Queues the files that match `config.prefetch` for fetching, without waiting for them:
+    /// matched paths in order, each from its start (a `.safetensors` file: its header, then its
+    /// tensors in name order), until one reader's window of the budget is taken. A file that
+    /// cannot be opened is logged and skipped. Returns the files and bytes queued.
+    pub async fn warm(&self) -> (u64, u64) {
+        if self.config.prefetch.is_empty() {
+            return (0, 0);
+        }
+        let tree = match self.tree().await {
+            Ok(tree) => tree,
+            Err(e) => {
+                tracing::warn!(error = %e, "prefetch at mount: listing failed");
+                return (0, 0);
+            }
+        };
+        let mut paths: Vec<&String> = tree
+            .nodes
+            .iter()
+            .filter(|(path, node)| {
+                node.kind == Kind::File
+                    && self.config.prefetch.iter().any(|g| crate::warm::glob_match(g, path))
+            })
+            .map(|(path, _)| path)
+            .collect();
+        paths.sort();
+        let mut budget = self.config.max_window().saturating_mul(self.config.stripe_size);
+        let (mut files, mut bytes) = (0, 0);
+        for path in paths {
+            if budget == 0 {
+                break;
+            }
+            match self.warm_file(path, budget).await {
+                Ok(queued) => {
+                    (files, bytes, budget) = (files + 1, bytes + queued, budget - queued);
+                }
+                Err(e) => tracing::warn!(key = %path, error = %e, "prefetch at mount: skipped"),
             }
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        for (i, chunk) in (first..=last).zip(&chunks) {
-            let r = plan.range(i);
-            let from = offset.max(r.start) - r.start;
-            let to = end.min(r.end) - r.start;
-            let piece = chunk.get(from as usize..to as usize).ok_or_else(|| {
-                CkptError::Cache(bootseer_common::cache::CacheError::Malformed {
-                    blob: blob.clone(),
-                    block: i,
-                    message: format!(
-                        "chunk has {} bytes, expected {}",
-                        chunk.len(),
-                        r.end - r.start
-                    ),
-                })
-            })?;
-            out.extend_from_slice(piece);
+        self.counters.warm_files.fetch_add(files, Ordering::Relaxed);
+        self.counters.warm_bytes.fetch_add(bytes, Ordering::Relaxed);
+        tracing::info!(files, bytes, "prefetch at mount queued");
+        (files, bytes)
+    }
+
+    /// Opens `path` at its current version and queues up to `budget` bytes of it.
+    async fn warm_file(&self, path: &str, budget: u64) -> Result<u64, CkptError> {
+        let limit = self.config.connect_timeout;
+        let info = bounded(limit, "stat", path, self.store.file_info(path)).await?;
+        let version = Version { len: info.len, mtime: info.mtime };
+        let source = tokio::time::timeout(limit, self.source_for(path, version, info.block_size))
+            .await
+            .map_err(|_| StoreError::Timeout { op: "open", key: path.into(), after: limit })??;
+        let dyn_source: DynSource = source.clone();
+        let plan = *source.plan();
+        let whole: Vec<std::ops::Range<u64>> = std::iter::once(0..plan.len).collect();
+        let order = match path.ends_with(".safetensors") {
+            true => self.tensor_order(&dyn_source, &plan).await.unwrap_or_else(|why| {
+                tracing::warn!(key = %path, why, "not a readable safetensors header; warming from the start");
+                whole
+            }),
+            false => whole,
+        };
+        let (chunks, bytes) = crate::warm::chunks_in_order(&order, &plan, budget);
+        let mut chunks: Vec<u64> =
+            chunks.into_iter().filter(|&i| !self.cache.contains(dyn_source.id(), i)).collect();
+        chunks.sort_unstable();
+        let per_stripe = self.config.stripe_size / self.config.chunk();
+        for job in prefetch_jobs(&plan, per_stripe, chunks.into_iter()) {
+            self.cache.spawn_prefetch(&dyn_source, job, Priority::Background);
         }
-        Ok(Bytes::from(out))
+        lock(&self.warm).push(source);
+        Ok(bytes)
+    }
+
+    /// A safetensors file's read order: its header (length prefix and JSON), then each
+    /// tensor's bytes by name, as loaders read them. The header is read through the cache.
+    async fn tensor_order(
+        &self,
+        source: &DynSource,
+        plan: &StripePlan,
+    ) -> Result<Vec<std::ops::Range<u64>>, String> {
+        let read = |range: std::ops::Range<u64>| async move {
+            let (first, last) = (plan.stripe_of(range.start), plan.stripe_of(range.end - 1));
+            let chunks =
+                self.cache.get_many(source, first..last + 1).await.map_err(|e| e.to_string())?;
+            assemble(plan, first, &chunks, range, source.id()).map_err(|e| e.to_string())
+        };
+        if plan.len < 8 {
+            return Err(format!("{} bytes, shorter than a safetensors length prefix", plan.len));
+        }
+        let len = crate::warm::header_len(&read(0..8).await?, plan.len)?;
+        let json = read(8..8 + len).await?;
+        let tensors = crate::warm::tensor_ranges(&json, plan.len)?;
+        let mut order: Vec<std::ops::Range<u64>> = std::iter::once(0..8 + len).collect();
+        order.extend(tensors.into_iter().map(|(_, range)| range));
+        Ok(order)
     }
 
     /// Closes handle `fh`. The last handle of a version cancels its prefetch that has not
@@ -817,6 +936,8 @@ impl CkptFs {
             stripes_failed: get(&s.failed),
             readers_reopened: get(&s.reopened),
             version_changed: get(&s.version_changed),
+            prefetched_at_mount_files: get(&self.counters.warm_files),
+            prefetched_at_mount_bytes: get(&self.counters.warm_bytes),
             cache: self.cache.stats(),
             timeline: bootseer_common::timeline::global(),
         }

@@ -13,6 +13,7 @@
 //! - [`stripe`]: stripe planning (never across an HDFS block) and fetching with deadlines.
 //! - [`fs`]: [`CkptFs`], the logic layer, without fuser types.
 //! - [`fuse`]: [`CkptFuse`], the adapter.
+//! - [`warm`]: prefetch at mount (`--prefetch GLOB`), safetensors header and tensor order.
 //! - [`cli`]: the `bootseer-ckpt` command line; `main` only calls [`run`].
 //!
 //! **Sync/async bridge**: one multi-threaded tokio runtime per mount owns the HDFS client (its
@@ -28,6 +29,7 @@ pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod stripe;
+pub mod warm;
 
 pub use cli::run;
 pub use config::CkptConfig;

@@ -136,6 +136,7 @@ fn reads_through_the_mount_equal_the_source() {
     safetensors_loads_through_the_mount(&env);
     logic_layer_fetches_each_stripe_once(&env, &files[5].1);
     random_preads_fetch_what_they_read(&env);
+    prefetch_at_mount_takes_tensors_in_key_order(&env);
     memory_budget_holds_with_64_readers(&env);
     replaced_file(&env, &swap.1);
     replaced_by_a_longer_file_within_the_ttl(&env);
@@ -316,6 +317,113 @@ fn random_preads_fetch_what_they_read(env: &Env) {
     assert!(summary.bytes_read >= 12 << 20, "{summary:?}");
     assert!(ratio <= 1.1, "random preads fetched {ratio:.3} x what they were served: {summary:?}");
     drop(mount);
+}
+
+/// A safetensors file of 20 tensors of 128 KiB whose names sort in another order than their
+/// bytes lie (the file's first tensor is the last by name), and the tensors' byte ranges in the
+/// file by name, as the writer placed them.
+fn shuffled_safetensors(seed: u64) -> (Vec<u8>, Vec<(String, std::ops::Range<u64>)>) {
+    const N: usize = 20;
+    const SIZE: u64 = 128 << 10;
+    let name = |i: usize| format!("t.{:02}", N - 1 - (7 * i) % N);
+    let mut header = serde_json::Map::new();
+    for i in 0..N {
+        let (a, b) = (i as u64 * SIZE, (i as u64 + 1) * SIZE);
+        let entry = serde_json::json!({"dtype": "U8", "shape": [SIZE], "data_offsets": [a, b]});
+        header.insert(name(i), entry);
+    }
+    let mut json = serde_json::to_vec(&header).expect("json");
+    while !(8 + json.len()).is_multiple_of(8) {
+        json.push(b' ');
+    }
+    let base = 8 + json.len() as u64;
+    let mut data = (json.len() as u64).to_le_bytes().to_vec();
+    data.extend_from_slice(&json);
+    data.extend(bytes(seed, N * SIZE as usize));
+    let mut ranges: Vec<(String, std::ops::Range<u64>)> =
+        (0..N).map(|i| (name(i), base + i as u64 * SIZE..base + (i as u64 + 1) * SIZE)).collect();
+    ranges.sort_by(|a, b| a.0.cmp(&b.0));
+    (data, ranges)
+}
+
+/// `--prefetch 'warm/*.safetensors'` at mount, on a budget that holds 60 % of the file: the
+/// tensors a loader reads first (by name) are fetched before any read, so reading them fetches
+/// nothing more; the tensor that lies first in the file but sorts last was not taken; no byte
+/// is fetched twice and every byte read equals the one written. Other files are left alone.
+fn prefetch_at_mount_takes_tensors_in_key_order(env: &Env) {
+    let (data, tensors) = shuffled_safetensors(777);
+    let len = data.len() as u64;
+    env.runtime
+        .block_on(env.store.put("warm/model.safetensors", Bytes::from(data.clone())))
+        .expect("put");
+    let other = bytes(778, 2 * BLOCK as usize);
+    env.runtime.block_on(env.store.put("warm/other.bin", Bytes::from(other))).expect("put");
+    let config = bootseer_ckpt::CkptConfig {
+        // 4 MiB: 3 MiB for cached chunks, half of it (6 stripes of 256 KiB) for prefetch.
+        memory_bytes: 4 << 20,
+        // No reader's own window: what gets fetched ahead here is the mount's prefetch alone.
+        sequential_after: u64::MAX,
+        // (model/model.safetensors of an earlier case is not under warm/.)
+        prefetch: vec!["warm/*.safetensors".into(), "warm/nothing-*".into()],
+        ..support::test_config()
+    };
+    let budget = config.max_window() * config.stripe_size;
+    assert_eq!(budget, 6 * (256 << 10), "the budget this test is written for");
+    let fs = bootseer_ckpt::CkptFs::new(env.store.clone(), config, env.runtime.handle().clone())
+        .expect("fs");
+    let (files, queued) = env.runtime.block_on(fs.warm());
+    assert_eq!(files, 1, "only the safetensors file matches");
+    assert!(queued > budget / 2 && queued <= budget, "queued {queued} of a {budget} budget");
+    let waited = Instant::now();
+    while fs.summary().bytes_fetched < queued {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "prefetch never came: {:?}",
+            fs.summary()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let warmed = fs.summary().bytes_fetched;
+    assert!(warmed <= budget + (64 << 10), "fetched {warmed} for a {budget} budget");
+
+    let read = |fh: u64, r: &std::ops::Range<u64>| {
+        let got =
+            env.runtime.block_on(fs.read(fh, r.start, (r.end - r.start) as u32)).expect("read");
+        assert!(got[..] == data[r.start as usize..r.end as usize], "bytes of {r:?}");
+    };
+    let dir = env.runtime.block_on(fs.lookup(bootseer_ckpt::fs::ROOT_INO, "warm")).expect("dir");
+    let ino = env.runtime.block_on(fs.lookup(dir.ino, "model.safetensors")).expect("file").ino;
+    let fh = env.runtime.block_on(fs.open(ino)).expect("open").fh;
+    // A loader's first steps: the length prefix and the header, then tensors by name. Each
+    // tensor spans at most 3 chunks of 64 KiB: at least (budget - header chunk) / 192 KiB of
+    // them were taken whole.
+    let header_end = tensors.iter().map(|(_, r)| r.start).min().expect("tensors");
+    read(fh, &(0..header_end));
+    assert_eq!(fs.summary().bytes_fetched, warmed, "reading the header fetched more");
+    let sure = ((budget - (64 << 10)) / (192 << 10)) as usize;
+    for (name, range) in &tensors[..sure] {
+        read(fh, range);
+        assert_eq!(fs.summary().bytes_fetched, warmed, "reading {name} fetched more");
+    }
+    let (last_name, first_in_file) = tensors.iter().min_by_key(|(_, r)| r.start).expect("tensors");
+    assert_eq!(last_name, &tensors.last().expect("tensors").0, "the layout this test needs");
+    read(fh, first_in_file);
+    assert!(fs.summary().bytes_fetched > warmed, "the file's first tensor was prefetched");
+    for (_, range) in &tensors[sure..tensors.len() - 1] {
+        read(fh, range);
+    }
+    let s = fs.summary();
+    fs.release(fh).expect("release");
+    assert_eq!((s.prefetched_at_mount_files, s.prefetched_at_mount_bytes), (1, queued));
+    // The cache (3 MiB) holds the whole file: each chunk was fetched once (hedges aside).
+    let hedged = s.stripes_hedged * (256 << 10);
+    assert!(
+        s.bytes_fetched <= len + hedged,
+        "fetched {} of a {len} B file: {s:?}",
+        s.bytes_fetched
+    );
+    assert_eq!(s.stripes_failed, 0, "{s:?}");
 }
 
 /// The daemon binary with `--memory 32M`, 64 threads doing random 1 MiB O_DIRECT preads of a

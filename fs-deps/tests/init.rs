@@ -89,7 +89,7 @@ fn the_init_recipe_starts_a_job_on_image_deps_and_checkpoint_and_unmounts_after(
             .args(["--summaries", &sums.display().to_string()])
             .args(["--deps-store", &registry.url("test/deps")])
             .args(["--deps-cmd", "echo dep-v1 > /opt/dep.txt && rm /etc/image-release"])
-            .args(["--ckpt", &ckpt, "--ckpt-at", "/mnt/ckpt"])
+            .args(["--ckpt", &ckpt, "--ckpt-at", "/mnt/ckpt", "--ckpt-prefetch", "*.bin"])
             .args(["--bin-dir", &bin_dir().display().to_string(), "--"])
             .args(job)
             .output()
@@ -121,6 +121,12 @@ fn the_init_recipe_starts_a_job_on_image_deps_and_checkpoint_and_unmounts_after(
             let events = v["timeline"]["events"].as_array().map(Vec::len).unwrap_or(0);
             assert!(events >= 4, "{name}: timeline {}", v["timeline"]);
         }
+        // `--ckpt-prefetch '*.bin'` reached the daemon: the shard was queued at mount.
+        let ckpt: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sums.join("ckpt.json")).expect("ckpt.json"))
+                .expect("json");
+        assert_eq!(ckpt["prefetched_at_mount_files"], 1, "round {round}: {ckpt}");
+        assert_eq!(ckpt["prefetched_at_mount_bytes"], shard.len(), "round {round}: {ckpt}");
     }
 
     // The report over this node's summaries: every filesystem has its phases and a share.

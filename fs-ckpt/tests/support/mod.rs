@@ -44,6 +44,7 @@ pub fn test_config() -> CkptConfig {
         hedge_after: Duration::from_secs(1),
         metadata_ttl: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(5),
+        prefetch: Vec::new(),
     }
 }
 

@@ -206,7 +206,9 @@ PY
 }
 
 # One start through the init recipe in DIR with cache CACHE: image mount (auto trace: replays
-# the stored trace, records), deps run (a hit, or install + capture), ckpt mount, the job.
+# the stored trace, records), deps run (a hit, or install + capture), ckpt mount (prefetching
+# JS_CKPT_PREFETCH from the mount on, default *.safetensors; empty: none), the job.
+: "${JS_CKPT_PREFETCH=*.safetensors}"
 js_bootseer() { # $1: DIR, $2: CACHE, $3: REG, $4: index address, $5: NN URI
   local d=$1 t0 out
   rm -rf "$d"; mkdir -p "$d/sums"
@@ -214,7 +216,7 @@ js_bootseer() { # $1: DIR, $2: CACHE, $3: REG, $4: index address, $5: NN URI
   out=$(JS_TIMES=$d/times HADOOP_CONF_DIR=$js_conf bash "$repo/scripts/init/bootseer-init" \
     --image "docker://$3/bench/job:lazy" --rootfs "$d/rootfs" --cache-dir "$2" --summaries "$d/sums" \
     --workload job --deps-store "docker://$3/bench/deps" --deps-input "$work/requirements.txt" \
-    --deps-cmd "$(pip_cmd "$4")" --ckpt "$5/ckpt/run" --ckpt-at /mnt/ckpt --bin-dir "$work/wrap" \
+    --deps-cmd "$(pip_cmd "$4")" --ckpt "$5/ckpt/run" --ckpt-at /mnt/ckpt ${JS_CKPT_PREFETCH:+--ckpt-prefetch "$JS_CKPT_PREFETCH"} --bin-dir "$work/wrap" \
     -- python3 /job/job.py /mnt/ckpt 2> "$d/init.log")
   local done_at; done_at=$(awk '/^done /{print $2}' <<< "$out")
   grep '^checksum' <<< "$out" > "$d/checksum"
