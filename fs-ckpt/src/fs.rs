@@ -707,7 +707,7 @@ impl CkptFs {
                 (start..stop, stopped)
             }
         };
-        if stopped && file.source.handles() <= 1 {
+        if stopped && file.source.handles() <= 1 && !self.is_warmed(&file.source) {
             let cancelled = self.cache.cancel_queued(file.dyn_source.id());
             tracing::debug!(source = file.dyn_source.id(), cancelled, "reads left the run");
         }
@@ -823,12 +823,13 @@ impl CkptFs {
             match self.warm_file(path, budget).await {
                 Ok(queued) => {
                     (files, bytes, budget) = (files + 1, bytes + queued, budget - queued);
+                    // Counted as each file is queued: a summary written meanwhile shows it.
+                    self.counters.warm_files.fetch_add(1, Ordering::Relaxed);
+                    self.counters.warm_bytes.fetch_add(queued, Ordering::Relaxed);
                 }
                 Err(e) => tracing::warn!(key = %path, error = %e, "prefetch at mount: skipped"),
             }
         }
-        self.counters.warm_files.fetch_add(files, Ordering::Relaxed);
-        self.counters.warm_bytes.fetch_add(bytes, Ordering::Relaxed);
         tracing::info!(files, bytes, "prefetch at mount queued");
         (files, bytes)
     }
@@ -845,19 +846,27 @@ impl CkptFs {
         let plan = *source.plan();
         let whole: Vec<std::ops::Range<u64>> = std::iter::once(0..plan.len).collect();
         let order = match path.ends_with(".safetensors") {
-            true => self.tensor_order(&dyn_source, &plan).await.unwrap_or_else(|why| {
+            true => self.tensor_order(&dyn_source, &plan, budget).await.unwrap_or_else(|why| {
                 tracing::warn!(key = %path, why, "not a readable safetensors header; warming from the start");
                 whole
             }),
             false => whole,
         };
         let (chunks, bytes) = crate::warm::chunks_in_order(&order, &plan, budget);
-        let mut chunks: Vec<u64> =
+        // Queued range by range in read order (the queue is FIFO): the tensor a loader reads
+        // first is fetched first; within a range, jobs interleave over its HDFS blocks.
+        let mut left: std::collections::HashSet<u64> =
             chunks.into_iter().filter(|&i| !self.cache.contains(dyn_source.id(), i)).collect();
-        chunks.sort_unstable();
         let per_stripe = self.config.stripe_size / self.config.chunk();
-        for job in prefetch_jobs(&plan, per_stripe, chunks.into_iter()) {
-            self.cache.spawn_prefetch(&dyn_source, job, Priority::Background);
+        for range in &order {
+            if left.is_empty() {
+                break;
+            }
+            let (first, end) = (plan.stripe_of(range.start), plan.stripe_of(range.end));
+            let group: Vec<u64> = (first..=end).filter(|i| left.remove(i)).collect();
+            for job in prefetch_jobs(&plan, per_stripe, group.into_iter()) {
+                self.cache.spawn_prefetch(&dyn_source, job, Priority::Background);
+            }
         }
         lock(&self.warm).push(source);
         Ok(bytes)
@@ -869,6 +878,7 @@ impl CkptFs {
         &self,
         source: &DynSource,
         plan: &StripePlan,
+        budget: u64,
     ) -> Result<Vec<std::ops::Range<u64>>, String> {
         let read = |range: std::ops::Range<u64>| async move {
             let (first, last) = (plan.stripe_of(range.start), plan.stripe_of(range.end - 1));
@@ -880,6 +890,9 @@ impl CkptFs {
             return Err(format!("{} bytes, shorter than a safetensors length prefix", plan.len));
         }
         let len = crate::warm::header_len(&read(0..8).await?, plan.len)?;
+        if 8 + len > budget {
+            return Err(format!("a header of {len} bytes is more than the prefetch budget"));
+        }
         let json = read(8..8 + len).await?;
         let tensors = crate::warm::tensor_ranges(&json, plan.len)?;
         let mut order: Vec<std::ops::Range<u64>> = std::iter::once(0..8 + len).collect();
@@ -891,13 +904,20 @@ impl CkptFs {
     /// started, so a loader that stops early does not keep DataNodes busy for nothing.
     pub fn release(&self, fh: u64) -> Result<(), CkptError> {
         let file = lock(&self.handles).remove(&fh).ok_or(CkptError::BadHandle(fh))?;
-        if file.source.handle_closed() == 0 {
+        if file.source.handle_closed() == 0 && !self.is_warmed(&file.source) {
             let cancelled = self.cache.cancel_queued(file.dyn_source.id());
             if cancelled > 0 {
                 tracing::debug!(source = file.dyn_source.id(), cancelled, "last handle closed");
             }
         }
         Ok(())
+    }
+
+    /// Whether `source` was queued by `--prefetch` at mount: its queue is the operator's, not
+    /// one handle's, so a handle's jump or close does not cancel it (a loader's metadata probe
+    /// opens and closes before the load; a key-order loader jumps between tensors).
+    fn is_warmed(&self, source: &Arc<StripeSource>) -> bool {
+        lock(&self.warm).iter().any(|s| Arc::ptr_eq(s, source))
     }
 
     /// Number of open handles.

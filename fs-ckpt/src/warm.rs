@@ -29,7 +29,8 @@ pub const MAX_HEADER: u64 = 100 << 20;
 
 /// Whether `path` (relative to the mount's root, `/`-separated) matches `pattern`: `*` is any
 /// run of characters but `/`, `?` one character but `/`, `**` any run including `/`. A pattern
-/// without `/` is matched against the file's name alone, at any depth (as in `.gitignore`).
+/// without `/` is matched against the file's name alone, at any depth (as in `.gitignore`);
+/// `run/**/x` matches `run/a/x` and deeper, not `run/x`.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
     let subject = match pattern.contains('/') {
         true => path,
@@ -38,16 +39,49 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
     matches(pattern.trim_start_matches('/').as_bytes(), subject.as_bytes())
 }
 
+/// Wildcard matching by dynamic programming over (pattern position, subject position):
+/// O(|p| × |s|) whatever the number of stars (plain backtracking is exponential in them).
 fn matches(p: &[u8], s: &[u8]) -> bool {
-    match p {
-        [] => s.is_empty(),
-        [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| matches(rest, &s[i..])),
-        [b'*', rest @ ..] => (0..=s.len())
-            .take_while(|&i| i == 0 || s[i - 1] != b'/')
-            .any(|i| matches(rest, &s[i..])),
-        [b'?', rest @ ..] => s.first().is_some_and(|&c| c != b'/') && matches(rest, &s[1..]),
-        [c, rest @ ..] => s.first() == Some(c) && matches(rest, &s[1..]),
+    // ok[j]: p[..i] matches s[..j], for the current i.
+    let mut ok = vec![false; s.len() + 1];
+    ok[0] = true;
+    let mut i = 0;
+    while i < p.len() {
+        let mut next = vec![false; s.len() + 1];
+        let step = match (p[i], p.get(i + 1)) {
+            (b'*', Some(b'*')) => {
+                // Any run: next[j] = some ok[k], k <= j.
+                let mut any = false;
+                for j in 0..=s.len() {
+                    any |= ok[j];
+                    next[j] = any;
+                }
+                2
+            }
+            (b'*', _) => {
+                // Any run without '/': ok[k] for k <= j with no '/' in s[k..j].
+                let mut any = false;
+                for j in 0..=s.len() {
+                    if j > 0 && s[j - 1] == b'/' {
+                        any = false;
+                    }
+                    any |= ok[j];
+                    next[j] = any;
+                }
+                1
+            }
+            (c, _) => {
+                for j in 1..=s.len() {
+                    next[j] =
+                        ok[j - 1] && (if c == b'?' { s[j - 1] != b'/' } else { s[j - 1] == c });
+                }
+                1
+            }
+        };
+        ok = next;
+        i += step;
     }
+    ok[s.len()]
 }
 
 /// The header's length from a safetensors file's first 8 bytes, checked against the file's
@@ -135,6 +169,11 @@ mod tests {
         assert!(!glob_match("shard-?.pt", "shard-10.pt"));
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("", "anything"));
+        assert!(glob_match("a*/b", "abc/b") && !glob_match("a*b", "a/b"));
+        // Many stars against a long name: polynomial, not exponential.
+        let long = "a".repeat(255);
+        assert!(!glob_match("*a*a*a*a*a*a*a*a*b", &long));
+        assert!(glob_match("*a*a*a*a*a*a*a*a*", &long));
     }
 
     fn header(entries: &[(&str, u64, u64)]) -> Vec<u8> {

@@ -363,6 +363,8 @@ fn prefetch_at_mount_takes_tensors_in_key_order(env: &Env) {
         memory_bytes: 4 << 20,
         // No reader's own window: what gets fetched ahead here is the mount's prefetch alone.
         sequential_after: u64::MAX,
+        // One fetch at a time, so the prefetch is still queued when a handle comes and goes.
+        concurrency: 1,
         // (model/model.safetensors of an earlier case is not under warm/.)
         prefetch: vec!["warm/*.safetensors".into(), "warm/nothing-*".into()],
         ..support::test_config()
@@ -374,6 +376,13 @@ fn prefetch_at_mount_takes_tensors_in_key_order(env: &Env) {
     let (files, queued) = env.runtime.block_on(fs.warm());
     assert_eq!(files, 1, "only the safetensors file matches");
     assert!(queued > budget / 2 && queued <= budget, "queued {queued} of a {budget} budget");
+    // A loader's metadata probe: open and close at once. The last handle's close cancels a
+    // handle's queued prefetch, but not the mount's.
+    let dir = env.runtime.block_on(fs.lookup(bootseer_ckpt::fs::ROOT_INO, "warm")).expect("dir");
+    let ino = env.runtime.block_on(fs.lookup(dir.ino, "model.safetensors")).expect("file").ino;
+    let probe = env.runtime.block_on(fs.open(ino)).expect("open").fh;
+    fs.release(probe).expect("release");
+    assert_eq!(fs.summary().cache.cancelled, 0, "the probe's close cancelled the prefetch");
     let waited = Instant::now();
     while fs.summary().bytes_fetched < queued {
         assert!(
@@ -392,8 +401,6 @@ fn prefetch_at_mount_takes_tensors_in_key_order(env: &Env) {
             env.runtime.block_on(fs.read(fh, r.start, (r.end - r.start) as u32)).expect("read");
         assert!(got[..] == data[r.start as usize..r.end as usize], "bytes of {r:?}");
     };
-    let dir = env.runtime.block_on(fs.lookup(bootseer_ckpt::fs::ROOT_INO, "warm")).expect("dir");
-    let ino = env.runtime.block_on(fs.lookup(dir.ino, "model.safetensors")).expect("file").ino;
     let fh = env.runtime.block_on(fs.open(ino)).expect("open").fh;
     // A loader's first steps: the length prefix and the header, then tensors by name. Each
     // tensor spans at most 3 chunks of 64 KiB: at least (budget - header chunk) / 192 KiB of
