@@ -223,11 +223,11 @@ pub fn analyze(mounts: Vec<Mount>, skipped: Vec<String>) -> Report {
     let mut phases = Vec::new();
     for kind in &kinds {
         for (label, phase) in [
-            ("mount → ready", READY),
-            ("mount → first read", FIRST_READ),
-            ("mount → replay done", REPLAY_DONE),
-            ("mount → last stall", LAST_STALL),
-            (READS_WAITED, ""),
+            ("mount → ready", Some(READY)),
+            ("mount → first read", Some(FIRST_READ)),
+            ("mount → replay done", Some(REPLAY_DONE)),
+            ("mount → last stall", Some(LAST_STALL)),
+            (READS_WAITED, None),
         ] {
             // Per node, the slowest mount of this kind.
             let mut per_node: Vec<f64> = by_host
@@ -236,8 +236,8 @@ pub fn analyze(mounts: Vec<Mount>, skipped: Vec<String>) -> Report {
                     ms.iter()
                         .filter(|m| &m.timeline.kind == kind)
                         .filter_map(|m| match phase {
-                            "" => Some(m.timeline.stalled_ms / 1e3),
-                            _ => m.since_mount(phase),
+                            Some(phase) => m.since_mount(phase),
+                            None => Some(m.timeline.stalled_ms / 1e3),
                         })
                         .reduce(f64::max)
                 })

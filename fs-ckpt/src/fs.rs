@@ -562,17 +562,7 @@ impl CkptFs {
         let deadline = Instant::now() + self.config.connect_timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
         let source = match bounded(left(), "stat", &path, self.store.file_info(&path)).await {
-            Ok(info) => {
-                let version = Version { len: info.len, mtime: info.mtime };
-                let opening = self.source_for(&path, version, info.block_size);
-                match tokio::time::timeout(left(), opening).await {
-                    Ok(source) => source?,
-                    Err(_) => {
-                        let after = self.config.connect_timeout;
-                        return Err(StoreError::Timeout { op: "open", key: path, after }.into());
-                    }
-                }
-            }
+            Ok(info) => self.source_within(&path, &info, left()).await?,
             Err(StoreError::NotFound { .. }) => {
                 let tree = self.tree().await?;
                 return Err(match tree.children.contains_key(&path) {
@@ -628,6 +618,24 @@ impl CkptFs {
             .iter()
             .filter(|(key, _)| key.starts_with(&prefix))
             .find_map(|(_, source)| source.upgrade())
+    }
+
+    /// The source of `path` at the version `info` shows (shared with handles already on it),
+    /// its readers opened within `within`.
+    async fn source_within(
+        &self,
+        path: &str,
+        info: &bootseer_common::store::hdfs::HdfsFileInfo,
+        within: Duration,
+    ) -> Result<Arc<StripeSource>, CkptError> {
+        let version = Version { len: info.len, mtime: info.mtime };
+        match tokio::time::timeout(within, self.source_for(path, version, info.block_size)).await {
+            Ok(source) => source,
+            Err(_) => {
+                let after = self.config.connect_timeout;
+                Err(StoreError::Timeout { op: "open", key: path.into(), after }.into())
+            }
+        }
     }
 
     async fn source_for(
@@ -765,16 +773,16 @@ impl CkptFs {
             *origin = ReadOrigin::Memory;
             return Ok(Bytes::new());
         }
-        let first = plan.stripe_of(offset);
-        let last = plan.stripe_of(end - 1);
+        let chunks = plan.covering(offset..end);
+        let (first, last) = (chunks.start, chunks.end - 1);
         let blob = file.dyn_source.id().to_string();
         self.advance_window(file, offset, end);
-        let cached = (first..=last).all(|i| self.cache.contains(&blob, i));
+        let cached = chunks.clone().all(|i| self.cache.contains(&blob, i));
         if cached {
             *origin = ReadOrigin::Memory;
         }
         let started = Instant::now();
-        let chunks = self.cache.get_many(&file.dyn_source, first..last + 1).await?;
+        let chunks = self.cache.get_many(&file.dyn_source, chunks).await?;
         if !cached {
             self.counters
                 .stall_ns
@@ -838,10 +846,7 @@ impl CkptFs {
     async fn warm_file(&self, path: &str, budget: u64) -> Result<u64, CkptError> {
         let limit = self.config.connect_timeout;
         let info = bounded(limit, "stat", path, self.store.file_info(path)).await?;
-        let version = Version { len: info.len, mtime: info.mtime };
-        let source = tokio::time::timeout(limit, self.source_for(path, version, info.block_size))
-            .await
-            .map_err(|_| StoreError::Timeout { op: "open", key: path.into(), after: limit })??;
+        let source = self.source_within(path, &info, limit).await?;
         let dyn_source: DynSource = source.clone();
         let plan = *source.plan();
         let whole: Vec<std::ops::Range<u64>> = std::iter::once(0..plan.len).collect();
@@ -862,8 +867,7 @@ impl CkptFs {
             if left.is_empty() {
                 break;
             }
-            let (first, end) = (plan.stripe_of(range.start), plan.stripe_of(range.end));
-            let group: Vec<u64> = (first..=end).filter(|i| left.remove(i)).collect();
+            let group: Vec<u64> = plan.covering(range.clone()).filter(|i| left.remove(i)).collect();
             for job in prefetch_jobs(&plan, per_stripe, group.into_iter()) {
                 self.cache.spawn_prefetch(&dyn_source, job, Priority::Background);
             }
@@ -881,9 +885,9 @@ impl CkptFs {
         budget: u64,
     ) -> Result<Vec<std::ops::Range<u64>>, String> {
         let read = |range: std::ops::Range<u64>| async move {
-            let (first, last) = (plan.stripe_of(range.start), plan.stripe_of(range.end - 1));
-            let chunks =
-                self.cache.get_many(source, first..last + 1).await.map_err(|e| e.to_string())?;
+            let covering = plan.covering(range.clone());
+            let first = covering.start;
+            let chunks = self.cache.get_many(source, covering).await.map_err(|e| e.to_string())?;
             assemble(plan, first, &chunks, range, source.id()).map_err(|e| e.to_string())
         };
         if plan.len < 8 {

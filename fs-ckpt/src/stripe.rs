@@ -99,6 +99,15 @@ impl StripePlan {
         start.min(self.len)..end
     }
 
+    /// The stripes holding any byte of `bytes` (clamped to the file; empty for an empty range).
+    pub fn covering(&self, bytes: Range<u64>) -> Range<u64> {
+        let end = bytes.end.min(self.len);
+        if bytes.start >= end {
+            return 0..0;
+        }
+        self.stripe_of(bytes.start)..self.stripe_of(end - 1) + 1
+    }
+
     /// The stripe holding byte `offset` (may be `count()` at or past the end).
     pub fn stripe_of(&self, offset: u64) -> u64 {
         if offset >= self.len {
@@ -880,6 +889,7 @@ mod tests {
                 assert_eq!(r.start / block, (r.end - 1) / block, "{plan:?} {i} crosses a block");
                 assert_eq!(plan.stripe_of(r.start), i);
                 assert_eq!(plan.stripe_of(r.end - 1), i);
+                assert_eq!(plan.covering(r.clone()), i..i + 1);
                 pos = r.end;
             }
             assert_eq!(pos, len, "{plan:?}");

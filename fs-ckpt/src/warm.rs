@@ -135,8 +135,8 @@ pub fn tensor_ranges(json: &[u8], file_len: u64) -> Result<Vec<(String, Range<u6
 pub fn chunks_in_order(ranges: &[Range<u64>], plan: &StripePlan, budget: u64) -> (Vec<u64>, u64) {
     let mut seen = std::collections::HashSet::new();
     let (mut out, mut taken) = (Vec::new(), 0u64);
-    for r in ranges.iter().filter(|r| r.start < r.end.min(plan.len)) {
-        for i in plan.stripe_of(r.start)..=plan.stripe_of(r.end.min(plan.len) - 1) {
+    for r in ranges {
+        for i in plan.covering(r.clone()) {
             if !seen.insert(i) {
                 continue;
             }
