@@ -112,6 +112,24 @@ async fn round_trip_block_boundaries_listing_and_nameservice() {
         assert!(part[..] == data[i * BLOCK as usize..(i + 2) * BLOCK as usize], "reader {i}");
     }
 
+    // read_range_cut: a range over a block boundary cut into uneven buffers, each holding the
+    // bytes of the file at its place; cuts that do not add up are refused, not guessed at.
+    let reader = &readers[0];
+    let (start, cuts) = (BLOCK - 1000, [1u64, 65_536, 1_000_000, 333]);
+    let end = start + cuts.iter().sum::<u64>();
+    let mut seen = 0;
+    let got = reader
+        .read_range_cut(start..end, &cuts, Duration::from_secs(10), |n| seen += n)
+        .await
+        .expect("cut read");
+    assert_eq!(got.iter().map(|b| b.len() as u64).collect::<Vec<_>>(), cuts);
+    assert!(got.concat() == data[start as usize..end as usize], "cut read bytes");
+    assert_eq!(seen, end - start, "progress counts every byte once");
+    let bad = reader.read_range_cut(0..10, &[4, 4], Duration::from_secs(10), |_| {}).await;
+    assert!(matches!(bad, Err(StoreError::BadReply { .. })), "{bad:?}");
+    let past = reader.read_range_cut(len - 4..len + 4, &[8], Duration::from_secs(10), |_| {}).await;
+    assert!(matches!(past, Err(StoreError::BadReply { .. })), "{past:?}");
+
     // list: recursive under the prefix's directory, sorted, files only, no temporaries.
     let keys = |metas: Vec<bootseer_common::store::ObjectMeta>| {
         metas.into_iter().map(|m| (m.key, m.len)).collect::<Vec<_>>()

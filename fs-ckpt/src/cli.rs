@@ -68,10 +68,12 @@ struct MountCmd {
     /// No longer used (prefetch follows sequential readers); still accepted.
     #[arg(long, value_parser = parse_size)]
     prefetch_threshold: Option<u64>,
-    /// How long one stripe may take, retries included, before EIO.
+    /// How long a read waits while no DataNode sends the mount anything, retries included,
+    /// before EIO (at most 4 × this in all).
     #[arg(long, value_parser = parse_duration)]
     stripe_deadline: Option<Duration>,
-    /// How long one attempt of a stripe may take before it is re-issued on a fresh reader.
+    /// How long one attempt of a stripe may go without bytes before it is re-issued on a fresh
+    /// reader.
     #[arg(long, value_parser = parse_duration)]
     attempt_timeout: Option<Duration>,
     /// The least wait for a slow stripe before a hedge read on another replica joins it.

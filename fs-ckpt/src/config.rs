@@ -28,9 +28,11 @@ pub struct CkptConfig {
     /// Bytes a handle must read in order before the mount prefetches ahead of it, so random
     /// readers of smaller pieces (tensors picked from a shard) fetch only what they read.
     pub sequential_after: u64,
-    /// How long one stripe may take, retries included, before its read fails with EIO.
+    /// How long a read waits, retries included, while no DataNode sends the mount anything,
+    /// before it fails with EIO (and never longer than 4 × this, however busy the mount).
     pub stripe_deadline: Duration,
-    /// How long one attempt of a stripe may take before it is re-issued on a fresh reader.
+    /// How long one attempt of a stripe may go without receiving bytes before it is re-issued
+    /// on a fresh reader.
     pub attempt_timeout: Duration,
     /// The least time an attempt waits for a reply before a hedge read on a fresh reader
     /// (another replica) joins it; the mount uses 4 × its average stripe time when longer.
@@ -69,8 +71,8 @@ impl Default for CkptConfig {
             sequential_after: 4 << 20,
             // Half a minute rides out a DataNode restart; a FUSE reader must not wait longer.
             stripe_deadline: Duration::from_secs(30),
-            // 8 MiB at even 10 MB/s takes under a second; 10 s means a stalled DataNode, and
-            // leaves the deadline room for two more attempts.
+            // A DataNode sends a packet (64 KiB) every few ms; 10 s without one means a
+            // stalled DataNode, and leaves the deadline room for two more attempts.
             attempt_timeout: Duration::from_secs(10),
             // HDFS's own hedged reads default to 500 ms; a stripe is 8 MiB, not one packet.
             hedge_after: Duration::from_secs(1),

@@ -9,15 +9,20 @@
 //!        up to `concurrency` pieces at once, one *attempt* at a time:
 //!          slot    = the reader whose path to this HDFS block has the best measured
 //!                    bytes/s per read in flight (see `choose_slot`)
-//!          attempt = reader[slot].read_range(piece)           (clamped at the pinned length)
+//!          attempt = reader[slot].read_range_cut(piece)       (clamped at the pinned length;
+//!                    │                                   packets land in chunk buffers)
 //!                    └─ no reply after the hedge delay → the same read on a fresh reader,
 //!                       again each hedge delay (≤ MAX_HEDGES); first full reply wins
-//!            ├─ full length                    → copied into chunks (a winning fresh reader
-//!            │                                   takes the slot)
-//!            └─ error / attempt timeout        → backoff → fresh reader (open + verify version)
-//!                                                → again, until the deadline → EIO, and the
+//!            ├─ full length                    → the chunks (a winning fresh reader takes
+//!            │                                   the slot)
+//!            └─ error / no bytes for           → backoff → fresh reader (open + verify version)
+//!               attempt_timeout                  → again, until the deadline → EIO, and the
 //!                                                piece's chunks fail at once for FAILED_MEMORY
 //! ```
+//!
+//! The deadline is one per fetch call, and it counts from the mount's last received bytes
+//! (see [`Deadline`]): `stripe_deadline` of silence from every DataNode fails a read, a read
+//! that is slow because a herd shares the link does not (it is capped at `DEADLINE_CAP` ×).
 //!
 //! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, so a
 //! link that is merely busy (every stripe slow) does not double its own load, while a stalled
@@ -136,7 +141,7 @@ pub struct StripeCounters {
     pub bytes: AtomicU64,
     /// Attempts that failed or timed out and were re-issued.
     pub retried: AtomicU64,
-    /// Attempts re-issued because they passed `attempt_timeout` (stalled DataNode).
+    /// Attempts re-issued because no bytes came for `attempt_timeout` (stalled DataNode).
     pub reissued_slow: AtomicU64,
     /// Hedge reads started because an attempt passed the hedge delay.
     pub hedged: AtomicU64,
@@ -146,6 +151,8 @@ pub struct StripeCounters {
     pub hedges_running: AtomicU64,
     /// Moving average of a successful attempt's time, in ns (weight 1/8 per sample).
     pub avg_attempt_ns: AtomicU64,
+    /// When the mount last received bytes from a DataNode, in ns since [`epoch`] (0: never).
+    pub progress_ns: AtomicU64,
     /// Stripes that failed for good.
     pub failed: AtomicU64,
     /// Fresh readers opened after a failure.
@@ -154,10 +161,58 @@ pub struct StripeCounters {
     pub version_changed: AtomicU64,
 }
 
-/// The mount's bytes of range reads in flight, hedges included. A read holds permits for its
-/// buffer and the chunk copies made from it (twice its length, at most the whole budget) from
-/// before it is sent until its chunks are handed to the cache, whose own budget counts them
-/// from then on; a read that finds the budget spent waits (within its deadline), and a hedge
+/// The clock [`StripeCounters::progress_ns`] counts from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl StripeCounters {
+    fn note_progress(&self) {
+        let ns = Instant::now().duration_since(epoch()).as_nanos().max(1);
+        self.progress_ns.fetch_max(ns.min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    fn last_progress(&self) -> Option<Instant> {
+        match self.progress_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(epoch() + Duration::from_nanos(ns)),
+        }
+    }
+}
+
+/// When one [`BlockSource::fetch`] call gives up: `stripe_deadline` after the later of its
+/// start and the last bytes the *mount* received, and never later than [`DEADLINE_CAP`] times
+/// that after its start. "Nothing answers" is what fails a read: on a link shared by a herd
+/// of nodes a stripe may take long, queued behind the mount's other reads or slow in its own
+/// right, and still arrive; EIO there would kill the job (a loader's mmap gets SIGBUS) for a
+/// read that was working. A stalled DataNode on its own is the attempt's idle timeout's and
+/// the hedges' business, and the cap bounds a read whose own path never recovers while others
+/// keep the mount busy.
+struct Deadline<'a> {
+    start: Instant,
+    idle: Duration,
+    counters: &'a StripeCounters,
+}
+
+/// A fetch call gives up at most this many stripe deadlines after it started, however busy the
+/// mount is meanwhile.
+const DEADLINE_CAP: u32 = 4;
+
+impl Deadline<'_> {
+    fn at(&self) -> Instant {
+        let since = self.counters.last_progress().map_or(self.start, |p| p.max(self.start));
+        (since + self.idle).min(self.start + self.idle * DEADLINE_CAP)
+    }
+
+    fn left(&self) -> Duration {
+        self.at().saturating_duration_since(Instant::now())
+    }
+}
+
+/// The mount's bytes of range reads in flight, hedges included. A read holds permits for the
+/// chunk buffers it fills (its length, at most the whole budget) from before it is sent until
+/// its chunks are handed to the cache, whose own budget counts them from then on; a read that finds the budget spent waits (within its deadline), and a hedge
 /// that finds it spent is not started.
 #[derive(Debug)]
 pub struct InflightBudget {
@@ -173,7 +228,7 @@ impl InflightBudget {
     }
 
     fn permits_for(&self, bytes: u64) -> u32 {
-        bytes.saturating_mul(2).min(self.total) as u32
+        bytes.min(self.total) as u32
     }
 
     /// Bytes of the budget in use now.
@@ -489,25 +544,40 @@ impl StripeSource {
         avg.store(new, Ordering::Relaxed);
     }
 
-    /// One read of `range` on `reader`: full length or an error.
-    async fn read_once(&self, reader: &HdfsReader, range: Range<u64>) -> Result<Bytes, StoreError> {
-        let want = range.end - range.start;
-        match reader.read_range(range.clone()).await {
-            Ok(bytes) if bytes.len() as u64 == want => Ok(bytes),
-            Ok(bytes) => Err(StoreError::BadReply {
-                op: "read_range",
-                key: self.key.clone(),
-                message: format!("{} bytes for stripe {range:?}", bytes.len()),
-            }),
-            Err(e) => Err(e),
-        }
+    /// The bytes chunks `piece` cover.
+    fn piece_range(&self, piece: &Range<u64>) -> Range<u64> {
+        self.plan.range(piece.start).start..self.plan.range(piece.end - 1).end
+    }
+
+    /// One read of the chunks `piece` on `reader`, each chunk its own buffer: all of them or an
+    /// error; no bytes for `attempt_timeout` is one.
+    async fn read_once(
+        &self,
+        reader: &HdfsReader,
+        piece: Range<u64>,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let cuts: Vec<u64> =
+            piece.clone().map(|i| self.plan.range(i)).map(|r| r.end - r.start).collect();
+        let idle = self.config.attempt_timeout;
+        reader
+            .read_range_cut(self.piece_range(&piece), &cuts, idle, |_| {
+                self.counters.note_progress()
+            })
+            .await
     }
 
     /// One attempt at `range`: a read on the slot's reader, hedged by reads on fresh readers
     /// when it is slow (see the module note). An error is returned once no read is left.
-    async fn hedged_attempt(&self, slot: usize, range: Range<u64>) -> Result<Bytes, StoreError> {
-        type Read<'a> =
-            futures::future::BoxFuture<'a, (Result<Bytes, StoreError>, Option<Arc<HdfsReader>>)>;
+    async fn hedged_attempt(
+        &self,
+        slot: usize,
+        piece: Range<u64>,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        type Read<'a> = futures::future::BoxFuture<
+            'a,
+            (Result<Vec<Bytes>, StoreError>, Option<Arc<HdfsReader>>),
+        >;
+        let range = self.piece_range(&piece);
         let started = Instant::now();
         let Some(primary) = self.reader(slot) else {
             return Err(StoreError::Transient {
@@ -517,14 +587,15 @@ impl StripeSource {
             });
         };
         let mut reads: FuturesUnordered<Read<'_>> = FuturesUnordered::new();
-        let first = range.clone();
+        let first = piece.clone();
         let block = range.start / self.plan.block_size.max(1);
         let _inflight = self.path(slot, block).map(Inflight::new);
+        let want = range.end - range.start;
         reads.push(
             async move {
-                let result = self.read_once(&primary, first.clone()).await;
+                let result = self.read_once(&primary, first).await;
                 if result.is_ok() {
-                    self.note_path(slot, block, started.elapsed(), first.end - first.start);
+                    self.note_path(slot, block, started.elapsed(), want);
                 }
                 (result, None)
             }
@@ -569,7 +640,7 @@ impl StripeSource {
                     hedges += 1;
                     self.counters.hedged.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(key = %self.key, ?range, after = ?started.elapsed(), "hedging a slow stripe on a fresh reader");
-                    let range = range.clone();
+                    let piece = piece.clone();
                     reads.push(
                         async move {
                             let reader = match self.fresh_reader().await {
@@ -580,7 +651,7 @@ impl StripeSource {
                             // back after one delay (and keeps reading), so hedges stuck there
                             // cannot keep other stripes from hedging.
                             let result = {
-                                let read = self.read_once(&reader, range);
+                                let read = self.read_once(&reader, piece);
                                 tokio::pin!(read);
                                 match tokio::time::timeout(delay, &mut read).await {
                                     Ok(result) => result,
@@ -619,24 +690,34 @@ impl StripeSource {
     /// Fetches the chunks `piece` (consecutive, in one HDFS block) with one range read: full
     /// length or an error, by `deadline`. A piece with a chunk that failed for good moments ago
     /// fails again at once (see [`FAILED_MEMORY`]).
-    async fn fetch_piece(&self, piece: Range<u64>, deadline: Instant) -> Result<Bytes, StoreError> {
-        let range = self.plan.range(piece.start).start..self.plan.range(piece.end - 1).end;
+    async fn fetch_piece(
+        &self,
+        piece: Range<u64>,
+        deadline: &Deadline<'_>,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let range = self.piece_range(&piece);
         let want = range.end - range.start;
         let started = Instant::now();
         if let Some(err) = piece.clone().find_map(|i| self.failed_recently(i)) {
             return Err(err);
         }
-        let wait = deadline.saturating_duration_since(Instant::now());
         let need = self.budget.permits_for(want);
-        let _permit = match tokio::time::timeout(wait, self.budget.permits.acquire_many(need)).await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => {
-                let (op, key) = ("memory for read_range", self.key.clone());
-                return Err(StoreError::Timeout { op, key, after: wait });
+        let acquire = self.budget.permits.acquire_many(need);
+        tokio::pin!(acquire);
+        // Waiting for memory is waiting on the mount's other reads: while they receive bytes,
+        // the deadline moves on (the pinned future keeps this read's place in the queue).
+        let _permit = loop {
+            let wait = deadline.left();
+            match tokio::time::timeout(wait, &mut acquire).await {
+                Ok(Ok(permit)) => break permit,
+                Err(_) if !deadline.left().is_zero() => continue,
+                Ok(Err(_)) | Err(_) => {
+                    let (op, key) = ("memory for read_range", self.key.clone());
+                    return Err(StoreError::Timeout { op, key, after: started.elapsed() });
+                }
             }
         };
-        let result = self.fetch_stripe_until(piece.start, range, deadline).await;
+        let result = self.fetch_stripe_until(piece.clone(), deadline).await;
         match &result {
             Ok(_) => {
                 self.counters.fetched.fetch_add(1, Ordering::Relaxed);
@@ -684,10 +765,10 @@ impl StripeSource {
 
     async fn fetch_stripe_until(
         &self,
-        index: u64,
-        range: Range<u64>,
-        deadline: Instant,
-    ) -> Result<Bytes, StoreError> {
+        piece: Range<u64>,
+        deadline: &Deadline<'_>,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let (index, range) = (piece.start, self.piece_range(&piece));
         let backoff = RetryConfig {
             // 100 ms first, doubling to 2 s: a DataNode restart is seconds, a deadline a minute.
             base_backoff: Duration::from_millis(100),
@@ -698,34 +779,39 @@ impl StripeSource {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = left.min(self.config.attempt_timeout);
-            let result =
-                match tokio::time::timeout(timeout, self.hedged_attempt(slot, range.clone())).await
-                {
-                    Ok(result) => result,
+            // Each of the attempt's reads fails after `attempt_timeout` without bytes; the whole
+            // attempt runs until the deadline, which moves on while the mount receives bytes, so
+            // a stripe that arrives slowly completes and one that nothing answers does not.
+            let reads = self.hedged_attempt(slot, piece.clone());
+            tokio::pin!(reads);
+            let result = loop {
+                match tokio::time::timeout(deadline.left(), &mut reads).await {
+                    Ok(result) => break result,
+                    Err(_) if !deadline.left().is_zero() => continue,
                     Err(_) => {
-                        self.counters.reissued_slow.fetch_add(1, Ordering::Relaxed);
-                        Err(StoreError::Timeout {
+                        break Err(StoreError::Timeout {
                             op: "read_range",
                             key: self.key.clone(),
-                            after: timeout,
-                        })
+                            after: deadline.start.elapsed(),
+                        });
                     }
-                };
+                }
+            };
             let err = match result {
-                Ok(bytes) => return Ok(bytes),
+                Ok(chunks) => return Ok(chunks),
                 Err(err) => err,
             };
+            if matches!(err, StoreError::Timeout { .. }) {
+                self.counters.reissued_slow.fetch_add(1, Ordering::Relaxed);
+            }
             let pause = backoff.backoff(attempt);
-            if !retryable(&err) || Instant::now() + pause >= deadline {
+            if !retryable(&err) || Instant::now() + pause >= deadline.at() {
                 return Err(err);
             }
             self.counters.retried.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(key = %self.key, stripe = index, attempt, error = %err, "retrying stripe on a fresh reader");
             tokio::time::sleep(pause).await;
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.fresh_reader()).await {
+            match tokio::time::timeout(deadline.left(), self.fresh_reader()).await {
                 Ok(Ok(fresh)) => self.replace_reader(slot, fresh),
                 Ok(Err(e)) if !retryable(&e) => return Err(e),
                 // The NameNode is unreachable for now: try again with the reader we have.
@@ -815,14 +901,19 @@ impl BlockSource for StripeSource {
             block,
             source: Arc::new(e),
         };
-        // One deadline for the whole call: a reader waiting on these chunks gets bytes or EIO
-        // within the stripe deadline.
-        let deadline = Instant::now() + self.config.stripe_deadline;
+        // One deadline for the whole call: a reader waiting on these chunks gets bytes, or EIO
+        // once nothing reached the mount for the stripe deadline (see [`Deadline`]).
+        let deadline = Deadline {
+            start: Instant::now(),
+            idle: self.config.stripe_deadline,
+            counters: &self.counters,
+        };
+        let deadline = &deadline;
         if let Err(e) = self.verify_if_stale() {
             return Err(fail(blocks.start, e));
         }
         let pieces = self.pieces(blocks.clone());
-        let results: Vec<(Range<u64>, Result<Bytes, StoreError>)> = futures::stream::iter(
+        let results: Vec<(Range<u64>, Result<Vec<Bytes>, StoreError>)> = futures::stream::iter(
             pieces
                 .into_iter()
                 .map(|p| async move { (p.clone(), self.fetch_piece(p, deadline).await) }),
@@ -832,19 +923,9 @@ impl BlockSource for StripeSource {
         .await;
         let mut out = Vec::with_capacity((blocks.end - blocks.start) as usize);
         for (piece, result) in results {
-            let bytes = result.map_err(|e| fail(piece.start, e))?;
-            if piece.end - piece.start == 1 {
-                out.push(bytes);
-                continue;
-            }
-            // Copies, not slices: a slice would keep the whole piece's buffer alive while any
-            // one chunk of it stays cached, and the memory budget counts chunks.
-            let base = self.plan.range(piece.start).start;
-            for i in piece {
-                let r = self.plan.range(i);
-                let chunk = bytes.get((r.start - base) as usize..(r.end - base) as usize);
-                out.push(Bytes::copy_from_slice(chunk.unwrap_or_default()));
-            }
+            // Each chunk its own buffer (read_range_cut), so a cached chunk keeps no more alive
+            // than itself, and the memory budget's count of chunks is the memory held.
+            out.extend(result.map_err(|e| fail(piece.start, e))?);
         }
         Ok(out)
     }

@@ -9,7 +9,9 @@
 //!   answer from what the mount knows within the connect timeout, an open handle keeps reading,
 //!   a new open fails within the connect timeout, and the mount serves again once the NameNode
 //!   answers; every DataNode silenced → a read gets EIO within the stripe deadline once (not
-//!   once more for the kernel's re-request), and reads again once they answer.
+//!   once more for the kernel's re-request), and reads again once they answer; every DataNode
+//!   slowed so that a stripe takes longer than the attempt timeout (a herd on a shared link) →
+//!   the read is slow, not EIO.
 
 mod support;
 
@@ -35,6 +37,7 @@ fn failures_are_bounded_clear_and_recover() {
     let a = bytes(21, 6 * BLOCK as usize + 11);
     let b = bytes(22, 3 * BLOCK as usize + 7);
     let c = bytes(23, 4 * BLOCK as usize + 5);
+    let d = bytes(24, BLOCK as usize / 2 + 3);
     let config = bootseer_ckpt::CkptConfig {
         // No prefetch beyond the reader: what is read is what the test asks for.
         prefetch_threshold: u64::MAX,
@@ -44,10 +47,12 @@ fn failures_are_bounded_clear_and_recover() {
         attempt_timeout: Duration::from_secs(3),
         ..support::test_config()
     };
-    let files = [("a.bin", a.as_slice()), ("b.bin", b.as_slice()), ("c.bin", c.as_slice())];
+    let files =
+        [("a.bin", a.as_slice()), ("b.bin", b.as_slice()), ("c.bin", c.as_slice()), ("d.bin", &d)];
     let Some(env) = support::setup(dfs, &files, config) else { return };
 
     mount_time_failures(&env);
+    datanodes_slow(&env, &ns, &d);
     namenode_silent(&env, &ns, &a, &b);
     datanodes_silent(&env, &ns, &c);
 
@@ -126,7 +131,7 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
     let mut handle = std::fs::File::open(root.join("a.bin")).expect("open a.bin");
     let mut got = vec![0u8; BLOCK as usize];
     handle.read_exact(&mut got).expect("first MiB of a.bin");
-    assert_eq!(std::fs::read_dir(root).expect("ls").count(), 3);
+    assert_eq!(std::fs::read_dir(root).expect("ls").count(), 4);
 
     ns.silence_port(port_of(env.dfs.uri())).expect("silence the NameNode");
     std::thread::sleep(ttl + Duration::from_millis(200));
@@ -147,7 +152,7 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
         assert_eq!(md.len(), 4 * BLOCK + 5);
         assert!(took < Duration::from_secs(1), "a stat waited {took:?} behind a refresh");
         let (names, took) = waiting.join().expect("ls thread");
-        assert_eq!(names, 3);
+        assert_eq!(names, 4);
         assert!(took < timeout + Duration::from_secs(2), "ls took {took:?}");
     });
     std::thread::sleep(ttl + Duration::from_millis(200));
@@ -158,7 +163,7 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
         let md = std::fs::metadata(root.join("b.bin")).expect("stat with the NameNode silent");
         let took = started.elapsed();
         eprintln!("NameNode silent: ls + stat #{round} in {took:?}");
-        assert_eq!((names, md.len()), (3, b.len() as u64));
+        assert_eq!((names, md.len()), (4, b.len() as u64));
         assert!(took < timeout + Duration::from_secs(2), "ls + stat took {took:?}");
     }
 
@@ -194,6 +199,26 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
     };
     eprintln!("NameNode back: served again after {:?}", started.elapsed());
     assert_eq!(sha(&read), sha(b));
+}
+
+/// Every DataNode's port held to 400 kbit/s: a 256 KiB stripe takes about 5 s, more than the
+/// 3 s attempt timeout, and its retries would pass the 6 s stripe deadline. Bytes keep
+/// arriving, so the read is whole and right, only slow; timeouts counted from the start of an
+/// attempt would fail it with EIO (what a herd on a shared link did to a loader's mmap: SIGBUS).
+fn datanodes_slow(env: &Env, ns: &NetNs, d: &[u8]) {
+    let root = env.mount.path();
+    for addr in env.dfs.datanode_addrs() {
+        ns.limit_port(port_of(addr), 400).expect("slow a DataNode");
+    }
+    let started = Instant::now();
+    let read = std::fs::read(root.join("d.bin"));
+    let took = started.elapsed();
+    ns.clear().expect("unshape");
+    eprintln!("DataNodes slow: read took {took:?}");
+    let read = read.expect("a slow link is not an error");
+    assert_eq!(sha(&read), sha(d));
+    let config = env.fs.config();
+    assert!(took > config.attempt_timeout, "{took:?}: the link was not slow enough to test this");
 }
 
 /// Every DataNode's port silenced: one EIO within the stripe deadline; then served again.

@@ -135,6 +135,84 @@ impl HdfsReader {
         }
         Ok(bytes)
     }
+
+    /// Bytes `range` of the file cut into buffers of the lengths `cuts` (which sum to the
+    /// range's length), each filled as the DataNode's packets arrive: one copy of each byte and
+    /// no buffer of the whole range, where [`Self::read_range`] copies into one buffer that a
+    /// caller cutting it into blocks must copy again.
+    ///
+    /// `idle` bounds the wait for each packet, not the whole read: a busy link that delivers
+    /// slowly is not a failure, a DataNode that sends nothing for `idle` is
+    /// ([`StoreError::Timeout`]). `progress` is told each packet's length as it arrives.
+    pub async fn read_range_cut(
+        &self,
+        range: Range<u64>,
+        cuts: &[u64],
+        idle: Duration,
+        mut progress: impl FnMut(u64),
+    ) -> StoreResult<Vec<Bytes>> {
+        use futures::StreamExt;
+        const OP: &str = "read_range";
+        let want = range.end.saturating_sub(range.start);
+        let clamped = clamp_range(range.clone(), self.len);
+        let bad = |message: String| StoreError::BadReply { op: OP, key: self.key.clone(), message };
+        if cuts.iter().sum::<u64>() != want || cuts.contains(&0) || clamped != range {
+            return Err(bad(format!(
+                "range {range:?} cut as {} bytes, in a file of {}",
+                cuts.iter().sum::<u64>(),
+                self.len
+            )));
+        }
+        let mut out = Vec::with_capacity(cuts.len());
+        let mut cuts = cuts.iter().copied();
+        let Some(first) = cuts.next() else { return Ok(out) };
+        let (Ok(offset), Ok(len)) = (usize::try_from(range.start), usize::try_from(want)) else {
+            return Err(bad(format!("range {range:?} does not fit in memory")));
+        };
+        // Clamped above: offset + len <= the reader's file length, so hdfs-native cannot panic
+        // here; a panic while polling (a malformed reply) becomes BadReply.
+        let mut stream = self.inner.read_range_stream(offset, len);
+        let mut current = bytes::BytesMut::with_capacity(first as usize);
+        let mut target = first;
+        let mut got = 0u64;
+        loop {
+            let next = AssertUnwindSafe(stream.next()).catch_unwind();
+            let mut packet = match tokio::time::timeout(idle, next).await {
+                Err(_) => {
+                    return Err(StoreError::Timeout { op: OP, key: self.key.clone(), after: idle });
+                }
+                Ok(Err(panic)) => {
+                    return Err(bad(format!("hdfs-native panicked: {}", panic_message(&*panic))));
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(Err(err)))) => return Err(classify(OP, &self.key, err)),
+                Ok(Ok(Some(Ok(packet)))) => packet,
+            };
+            got += packet.len() as u64;
+            if got > want {
+                return Err(bad(format!("more than the {want} bytes asked for at {offset}")));
+            }
+            progress(packet.len() as u64);
+            while !packet.is_empty() {
+                let take = ((target - current.len() as u64) as usize).min(packet.len());
+                current.extend_from_slice(&packet.split_to(take));
+                if current.len() as u64 == target {
+                    out.push(current.split().freeze());
+                    match cuts.next() {
+                        Some(next) => {
+                            target = next;
+                            current.reserve(next as usize);
+                        }
+                        None => target = 0,
+                    }
+                }
+            }
+        }
+        if got != want {
+            return Err(bad(format!("asked for {want} bytes at {offset}, got {got}")));
+        }
+        Ok(out)
+    }
 }
 
 impl HdfsStore {
