@@ -11,7 +11,7 @@
 //!                    bytes/s per read in flight (see `choose_slot`)
 //!          attempt = reader[slot].read_range_cut(piece)       (clamped at the pinned length;
 //!                    │                                   packets land in chunk buffers)
-//!                    └─ no reply after the hedge delay → the same read on a fresh reader,
+//!                    └─ no bytes for the hedge delay → the same read on a fresh reader,
 //!                       again each hedge delay (≤ MAX_HEDGES); first full reply wins
 //!            ├─ full length                    → the chunks (a winning fresh reader takes
 //!            │                                   the slot)
@@ -24,10 +24,11 @@
 //! (see [`Deadline`]): `stripe_deadline` of silence from every DataNode fails a read, a read
 //! that is slow because a herd shares the link does not (it is capped at `DEADLINE_CAP` ×).
 //!
-//! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, so a
-//! link that is merely busy (every stripe slow) does not double its own load, while a stalled
-//! DataNode (one stripe far slower than its peers) costs about one hedge delay, not an attempt
-//! timeout; and at most `hedge_cap` hedges per mount hold a slot at once (a hedge gives its
+//! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, and an
+//! attempt past it is hedged only if, at the pace its bytes arrive, it would not be done within
+//! another half delay. So a link that is merely busy (every stripe slow, bytes flowing) does not add to
+//! its own load, while a stalled or crawling DataNode (one stripe far slower than its peers)
+//! costs about one hedge delay, not an attempt timeout; and at most `hedge_cap` hedges per mount hold a slot at once (a hedge gives its
 //! slot back after one delay, so hedges stuck on the stalled replica too block no others). hdfs-native reads a block
 //! from the first replica the NameNode listed, and the NameNode shuffles equal replicas per
 //! open, so a fresh reader is the way to ask another one.
@@ -169,8 +170,7 @@ fn epoch() -> Instant {
 
 impl StripeCounters {
     fn note_progress(&self) {
-        let ns = Instant::now().duration_since(epoch()).as_nanos().max(1);
-        self.progress_ns.fetch_max(ns.min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.progress_ns.fetch_max(since_epoch(Instant::now()), Ordering::Relaxed);
     }
 
     fn last_progress(&self) -> Option<Instant> {
@@ -179,6 +179,11 @@ impl StripeCounters {
             ns => Some(epoch() + Duration::from_nanos(ns)),
         }
     }
+}
+
+/// `at` in ns since [`epoch`] (at least 1, so 0 can mean "never").
+fn since_epoch(at: Instant) -> u64 {
+    at.duration_since(epoch()).as_nanos().clamp(1, u128::from(u64::MAX)) as u64
 }
 
 /// When one [`BlockSource::fetch`] call gives up: `stripe_deadline` after the later of its
@@ -551,19 +556,21 @@ impl StripeSource {
 
     /// One read of the chunks `piece` on `reader`, each chunk its own buffer: all of them or an
     /// error; no bytes for `attempt_timeout` is one.
+    /// `got` counts the bytes received as they arrive.
     async fn read_once(
         &self,
         reader: &HdfsReader,
         piece: Range<u64>,
+        got: &AtomicU64,
     ) -> Result<Vec<Bytes>, StoreError> {
         let cuts: Vec<u64> =
             piece.clone().map(|i| self.plan.range(i)).map(|r| r.end - r.start).collect();
         let idle = self.config.attempt_timeout;
-        reader
-            .read_range_cut(self.piece_range(&piece), &cuts, idle, |_| {
-                self.counters.note_progress()
-            })
-            .await
+        let progress = |n| {
+            self.counters.note_progress();
+            got.fetch_add(n, Ordering::Relaxed);
+        };
+        reader.read_range_cut(self.piece_range(&piece), &cuts, idle, progress).await
     }
 
     /// One attempt at `range`: a read on the slot's reader, hedged by reads on fresh readers
@@ -586,6 +593,9 @@ impl StripeSource {
                 message: "no reader could be opened".into(),
             });
         };
+        // Bytes this attempt's reads received (declared before `reads`, which borrows it).
+        let got = AtomicU64::new(0);
+        let got = &got;
         let mut reads: FuturesUnordered<Read<'_>> = FuturesUnordered::new();
         let first = piece.clone();
         let block = range.start / self.plan.block_size.max(1);
@@ -593,7 +603,7 @@ impl StripeSource {
         let want = range.end - range.start;
         reads.push(
             async move {
-                let result = self.read_once(&primary, first).await;
+                let result = self.read_once(&primary, first, got).await;
                 if result.is_ok() {
                     self.note_path(slot, block, started.elapsed(), want);
                 }
@@ -626,6 +636,17 @@ impl StripeSource {
                     }
                 },
                 () = &mut hedge_timer, if hedges < MAX_HEDGES => {
+                    // At the pace its bytes arrive, will the attempt be done within half the
+                    // delay (twice the mount's average stripe)? Then it is as slow as the link
+                    // makes stripes now, a fresh read would not be done sooner, and a hedge
+                    // would only add to the link's load; look again in a while.
+                    let received = got.load(Ordering::Relaxed);
+                    let elapsed = started.elapsed();
+                    let total = elapsed.mul_f64(want as f64 / received.max(1) as f64);
+                    if received > 0 && total.saturating_sub(elapsed) < delay / 2 {
+                        hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay / 2);
+                        continue;
+                    }
                     hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay);
                     let Some(slot_guard) = HedgeSlot::take(&self.counters, self.hedge_cap()) else {
                         // Enough hedges run already: on a saturated link more would only
@@ -651,7 +672,7 @@ impl StripeSource {
                             // back after one delay (and keeps reading), so hedges stuck there
                             // cannot keep other stripes from hedging.
                             let result = {
-                                let read = self.read_once(&reader, piece);
+                                let read = self.read_once(&reader, piece, got);
                                 tokio::pin!(read);
                                 match tokio::time::timeout(delay, &mut read).await {
                                     Ok(result) => result,
