@@ -4,8 +4,9 @@
 //!   lookup/getattr/readdir ──► Tree (one recursive HDFS listing, trusted for metadata_ttl;
 //!                                     stable inode numbers by path across refreshes)
 //!              └─ *_now (FUSE threads): the listing held, whatever its age; a stale one starts
-//!                 one refresh on the runtime and is served until it lands. Only the mount's
-//!                 first listing is waited for.
+//!                 one refresh on the runtime and is served until it lands. Waited for (on a
+//!                 task): the mount's first listing, and a fresh one for a name a stale
+//!                 listing lacks (a file written since must not read as missing).
 //!   open  ──► stat (fresh, within the connect timeout) → pinned Version → StripeSource
 //!              (shared by handles of that version); nothing is fetched yet
 //!   read_now (FUSE thread, never waits) ─► window noted; every chunk under
@@ -564,14 +565,33 @@ impl CkptFs {
         Some(tree)
     }
 
-    /// The entry `name` in directory `parent`.
+    /// The listing, no older than the metadata TTL: waits for a refresh under way (or makes
+    /// one). Only for a name the held listing lacks, which may have landed since.
+    async fn fresh_tree(&self) -> Result<Arc<Tree>, CkptError> {
+        drop(self.tree_refresh.lock().await);
+        self.tree().await
+    }
+
+    fn is_stale(&self, tree: &Tree) -> bool {
+        tree.fetched.elapsed() >= self.config.metadata_ttl
+    }
+
+    /// The entry `name` in directory `parent`. A name a listing older than the TTL lacks is
+    /// looked up again in a fresh one (a file written since must not read as missing).
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, CkptError> {
         let dir = self.path_of(parent)?;
-        self.lookup_in(&*self.tree().await?, &dir, name)
+        let tree = self.tree().await?;
+        match self.lookup_in(&tree, &dir, name) {
+            Err(CkptError::NotFound(_)) if self.is_stale(&tree) => {
+                self.lookup_in(&*self.fresh_tree().await?, &dir, name)
+            }
+            found => found,
+        }
     }
 
     /// [`CkptFs::lookup`] answered from the listing the mount holds, never waiting on HDFS;
-    /// `None` before the mount's first listing (then await [`CkptFs::lookup`]).
+    /// `None` when it cannot say (then await [`CkptFs::lookup`]): before the mount's first
+    /// listing, and for a name a listing older than the TTL lacks.
     pub fn lookup_now(
         self: &Arc<Self>,
         parent: u64,
@@ -581,7 +601,11 @@ impl CkptFs {
             Ok(dir) => dir,
             Err(e) => return Some(Err(e)),
         };
-        Some(self.lookup_in(&*self.known_tree()?, &dir, name))
+        let tree = self.known_tree()?;
+        match self.lookup_in(&tree, &dir, name) {
+            Err(CkptError::NotFound(_)) if self.is_stale(&tree) => None,
+            found => Some(found),
+        }
     }
 
     fn lookup_in(&self, tree: &Tree, dir: &str, name: &str) -> Result<Attr, CkptError> {

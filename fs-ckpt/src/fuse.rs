@@ -5,8 +5,9 @@
 //! knows is answered on the worker thread: lookups, attributes, listings and statfs from the
 //! listing it holds (a stale one is refreshed in the background, see [`CkptFs::lookup_now`]),
 //! and a read whose chunks are all in memory ([`CkptFs::read_now`]). Everything that may wait
-//! on HDFS — a read that misses memory, an open (it asks the NameNode), and the rare lookup
-//! made before the mount's first listing — is handed with its reply to a task on the runtime
+//! on HDFS — a read that misses memory, an open (it asks the NameNode), a call made before
+//! the mount's first listing, and a lookup of a name a stale listing lacks — is handed with
+//! its reply to a task on the runtime
 //! (fuser replies are `Send`), which answers when done; the worker goes back to the kernel
 //! meanwhile. So cold reads on stalled DataNodes hold up no cached read and no `stat`.
 //!
