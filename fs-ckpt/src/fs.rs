@@ -202,8 +202,9 @@ pub struct Summary {
     pub bytes_read: u64,
     /// Reads that failed.
     pub read_errors: u64,
-    /// Time reads spent waiting for stripes not yet cached, in seconds, summed over reads (the
-    /// kernel issues several at once, so this can exceed the wall time).
+    /// Time reads spent waiting for stripes not yet cached (and for a slot to ask for them),
+    /// in seconds, summed over reads (the kernel issues several at once, so this can exceed
+    /// the wall time).
     pub stall_secs: f64,
     /// Range reads from HDFS (a chunk on demand, up to a stripe of chunks for prefetch).
     pub stripes_fetched: u64,
@@ -268,11 +269,14 @@ pub struct CkptFs {
     miss_reads: tokio::sync::Semaphore,
 }
 
-/// Reads past memory that may run at once; more wait for a slot before they ask the cache.
-/// Each running one holds at most one reply (≤ 1 MiB, the kernel's largest FUSE read) outside
-/// the cache's budget, so these hold at most 64 MiB, however many readers there are. 64: the
-/// mount's `max_background`, the read-ahead requests the kernel keeps in flight, so one busy
-/// sequential reader never waits for a slot behind its own read-ahead.
+/// Reads past memory that may run at once; more wait for a slot, holding nothing but their reply
+/// handle, before they ask the cache. What a running one holds beyond the budget: the chunks it was
+/// handed (≤ its length + 2 chunks; beyond the budget only once the cache has evicted them under
+/// it) and its reply's copy (≤ its length, at most 1 MiB: the kernel's largest FUSE read). So
+/// however many readers wait, these hold at most 64 × 2⅛ MiB (136 MiB, 64 KiB chunks) outside
+/// `--memory`, and far less in practice: the 64-reader test measures the daemon's RSS under
+/// `--memory 32M` and `256M`. 64: the mount's `max_background`, the read-ahead requests the kernel
+/// keeps in flight, so a sequential reader's read-ahead is never held back by its own slots.
 pub const MISS_READS: usize = 64;
 
 /// Prefetch jobs for `chunks` (ascending): runs of consecutive chunks within one stripe of one
