@@ -153,6 +153,9 @@ type Check = (&'static str, Duration, std::io::Result<bool>);
 /// a `stat` of a file and of the root, and a listing of the root (which holds 2 files), each
 /// timed, on a thread of their own: a mount that does not answer fails the caller after
 /// `patience` instead of holding it until HDFS answers again (the thread finishes then).
+/// The file's `stat` and the listing reach the daemon every time (a file's attribute TTL is 0,
+/// and listings are not cached by the kernel); the root's `stat` may come from the kernel's
+/// attribute cache.
 fn timed_checks(
     root: &Path,
     hot_file: &std::fs::File,
