@@ -3,10 +3,17 @@
 //! ```text
 //!   lookup/getattr/readdir ──► Tree (one recursive HDFS listing, trusted for metadata_ttl;
 //!                                     stable inode numbers by path across refreshes)
+//!              └─ *_now (FUSE threads): the listing held, whatever its age; a stale one starts
+//!                 one refresh on the runtime and is served until it lands. Waited for (on a
+//!                 task): the mount's first listing, and a fresh one for a name a stale
+//!                 listing lacks (a file written since must not read as missing).
 //!   open  ──► stat (fresh, within the connect timeout) → pinned Version → StripeSource
 //!              (shared by handles of that version); nothing is fetched yet
-//!   read  ──► chunks under [offset, offset+size) → BlockCache::get_many (OnDemand: the
-//!              missing chunks as one range read, queued ones promoted) → one full-length reply
+//!   read_now (FUSE thread, never waits) ─► window noted; every chunk under
+//!              [offset, offset+size) in memory (BlockCache::peek_many) → the reply's bytes
+//!              └─ else PendingRead ─► read_pending (a task): one of MISS_READS slots →
+//!                 BlockCache::get_many (OnDemand: the missing chunks as one range read,
+//!                 queued ones promoted) → one full-length reply
 //!              └─ window: a handle whose reads continue one run for `sequential_after` bytes
 //!                 gets chunks queued ahead (Background, stripe-sized jobs), as far ahead as
 //!                 the run is long, capped at half the memory budget split over open handles;
@@ -25,7 +32,7 @@
 //! and a handle's `window` are leaf locks, never held across an await.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -150,6 +157,24 @@ struct OpenFile {
     window: Mutex<Window>,
 }
 
+/// A read [`CkptFs::read_now`] could not answer from memory: finish it with
+/// [`CkptFs::read_pending`].
+#[derive(Debug)]
+pub struct PendingRead {
+    file: Arc<OpenFile>,
+    /// The bytes to serve, already clamped at the pinned length (never empty).
+    range: std::ops::Range<u64>,
+}
+
+/// What [`CkptFs::read_now`] made of a read.
+#[derive(Debug)]
+pub enum ReadNow {
+    /// Answered without waiting: from memory, at EOF, or failed (a handle that is not open).
+    Served(Result<Bytes, CkptError>),
+    /// Needs chunks that are not in memory.
+    Pending(PendingRead),
+}
+
 /// Counters of one mount, for its JSON summary.
 #[derive(Debug, Default)]
 struct Counters {
@@ -177,8 +202,9 @@ pub struct Summary {
     pub bytes_read: u64,
     /// Reads that failed.
     pub read_errors: u64,
-    /// Time reads spent waiting for stripes not yet cached, in seconds, summed over reads (the
-    /// kernel issues several at once, so this can exceed the wall time).
+    /// Time reads spent waiting for stripes not yet cached (and for a slot to ask for them),
+    /// in seconds, summed over reads (the kernel issues several at once, so this can exceed
+    /// the wall time).
     pub stall_secs: f64,
     /// Range reads from HDFS (a chunk on demand, up to a stripe of chunks for prefetch).
     pub stripes_fetched: u64,
@@ -235,7 +261,23 @@ pub struct CkptFs {
     /// Versions `--prefetch` opened at mount, kept so the job's open finds the warmed chunks.
     warm: Mutex<Vec<Arc<StripeSource>>>,
     counters: Counters,
+    /// The runtime the mount's tasks run on (background listing refreshes).
+    runtime: Handle,
+    /// Set while a background listing refresh runs, so lookups start one at a time.
+    refreshing: AtomicBool,
+    /// Reads that missed memory and may wait on HDFS at once (see [`MISS_READS`]).
+    miss_reads: tokio::sync::Semaphore,
 }
+
+/// Reads past memory that may run at once; more wait for a slot, holding nothing but their reply
+/// handle, before they ask the cache. What a running one holds beyond the budget: the chunks it was
+/// handed (≤ its length + 2 chunks; beyond the budget only once the cache has evicted them under
+/// it) and its reply's copy (≤ its length, at most 1 MiB: the kernel's largest FUSE read). So
+/// however many readers wait, these hold at most 64 × 2⅛ MiB (136 MiB, 64 KiB chunks) outside
+/// `--memory`, and far less in practice: the 64-reader test measures the daemon's RSS under
+/// `--memory 32M` and `256M`. 64: the mount's `max_background`, the read-ahead requests the kernel
+/// keeps in flight, so a sequential reader's read-ahead is never held back by its own slots.
+pub const MISS_READS: usize = 64;
 
 /// Prefetch jobs for `chunks` (ascending): runs of consecutive chunks within one stripe of one
 /// HDFS block (each becomes one range read), in the order the prefetch queue should fetch them:
@@ -334,7 +376,7 @@ impl CkptFs {
                 disk_bytes: 0,
                 prefetch_concurrency: config.concurrency.max(1),
             },
-            runtime,
+            runtime.clone(),
         )?;
         let inflight = Arc::new(InflightBudget::new(config.inflight_bytes()));
         let mut inodes = Inodes::default();
@@ -355,6 +397,9 @@ impl CkptFs {
             inflight,
             warm: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            runtime,
+            refreshing: AtomicBool::new(false),
+            miss_reads: tokio::sync::Semaphore::new(MISS_READS),
         })
     }
 
@@ -504,12 +549,72 @@ impl CkptFs {
         Attr { ino, kind: node.kind, size: node.size, mtime: node.mtime, perm }
     }
 
-    /// The entry `name` in directory `parent`.
+    /// The listing the mount holds, whatever its age, for answers that must not wait on the
+    /// NameNode: `None` before the mount's first listing (the one listing anything waits for,
+    /// through [`CkptFs::tree`]). A listing older than the metadata TTL starts one refresh on
+    /// the runtime, and callers get this listing until that refresh lands (one that fails
+    /// keeps it, see [`CkptFs::tree`]).
+    fn known_tree(self: &Arc<Self>) -> Option<Arc<Tree>> {
+        let tree = lock(&self.tree).clone()?;
+        let stale = tree.fetched.elapsed() >= self.config.metadata_ttl;
+        if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
+            let fs = self.clone();
+            self.runtime.spawn(async move {
+                if let Err(e) = fs.tree().await {
+                    tracing::warn!(error = %e, "listing refresh failed");
+                }
+                fs.refreshing.store(false, Ordering::Release);
+            });
+        }
+        Some(tree)
+    }
+
+    /// The listing, no older than the metadata TTL: waits for a refresh under way (or makes
+    /// one). Only for a name the held listing lacks, which may have landed since.
+    async fn fresh_tree(&self) -> Result<Arc<Tree>, CkptError> {
+        drop(self.tree_refresh.lock().await);
+        self.tree().await
+    }
+
+    fn is_stale(&self, tree: &Tree) -> bool {
+        tree.fetched.elapsed() >= self.config.metadata_ttl
+    }
+
+    /// The entry `name` in directory `parent`. A name a listing older than the TTL lacks is
+    /// looked up again in a fresh one (a file written since must not read as missing).
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, CkptError> {
         let dir = self.path_of(parent)?;
         let tree = self.tree().await?;
+        match self.lookup_in(&tree, &dir, name) {
+            Err(CkptError::NotFound(_)) if self.is_stale(&tree) => {
+                self.lookup_in(&*self.fresh_tree().await?, &dir, name)
+            }
+            found => found,
+        }
+    }
+
+    /// [`CkptFs::lookup`] answered from the listing the mount holds, never waiting on HDFS;
+    /// `None` when it cannot say (then await [`CkptFs::lookup`]): before the mount's first
+    /// listing, and for a name a listing older than the TTL lacks.
+    pub fn lookup_now(
+        self: &Arc<Self>,
+        parent: u64,
+        name: &str,
+    ) -> Option<Result<Attr, CkptError>> {
+        let dir = match self.path_of(parent) {
+            Ok(dir) => dir,
+            Err(e) => return Some(Err(e)),
+        };
+        let tree = self.known_tree()?;
+        match self.lookup_in(&tree, &dir, name) {
+            Err(CkptError::NotFound(_)) if self.is_stale(&tree) => None,
+            found => Some(found),
+        }
+    }
+
+    fn lookup_in(&self, tree: &Tree, dir: &str, name: &str) -> Result<Attr, CkptError> {
         let children =
-            tree.children.get(&dir).ok_or_else(|| CkptError::NotADirectory(dir.clone()))?;
+            tree.children.get(dir).ok_or_else(|| CkptError::NotADirectory(dir.to_string()))?;
         let path =
             children.get(name).ok_or_else(|| CkptError::NotFound(format!("{dir}/{name}")))?;
         let node = tree.nodes.get(path).ok_or_else(|| CkptError::NotFound(path.clone()))?;
@@ -520,21 +625,60 @@ impl CkptFs {
     /// that handle pinned (what its reads serve), whatever the listing says.
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, CkptError> {
         let path = self.path_of(ino)?;
-        let pinned = fh.and_then(|fh| lock(&self.handles).get(&fh).cloned());
-        if let Some(file) = pinned.filter(|f| f.ino == ino) {
-            let v = file.source.version();
-            let node = Node { kind: Kind::File, size: v.len, mtime: v.mtime };
-            return Ok(self.attr_of(&path, &node));
+        if let Some(attr) = self.pinned_attr(&path, ino, fh) {
+            return Ok(attr);
         }
-        let tree = self.tree().await?;
-        let node = tree.nodes.get(&path).ok_or_else(|| CkptError::NotFound(path.clone()))?;
-        Ok(self.attr_of(&path, node))
+        self.attr_in(&*self.tree().await?, &path)
+    }
+
+    /// [`CkptFs::getattr`] answered from the pinned handle or the listing the mount holds,
+    /// never waiting on HDFS; `None` before the mount's first listing.
+    pub fn getattr_now(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: Option<u64>,
+    ) -> Option<Result<Attr, CkptError>> {
+        let path = match self.path_of(ino) {
+            Ok(path) => path,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(attr) = self.pinned_attr(&path, ino, fh) {
+            return Some(Ok(attr));
+        }
+        Some(self.attr_in(&*self.known_tree()?, &path))
+    }
+
+    fn pinned_attr(&self, path: &str, ino: u64, fh: Option<u64>) -> Option<Attr> {
+        let file = fh.and_then(|fh| lock(&self.handles).get(&fh).cloned())?;
+        if file.ino != ino {
+            return None;
+        }
+        let v = file.source.version();
+        Some(self.attr_of(path, &Node { kind: Kind::File, size: v.len, mtime: v.mtime }))
+    }
+
+    fn attr_in(&self, tree: &Tree, path: &str) -> Result<Attr, CkptError> {
+        let node = tree.nodes.get(path).ok_or_else(|| CkptError::NotFound(path.to_string()))?;
+        Ok(self.attr_of(path, node))
     }
 
     /// Entries of directory `ino` (without `.` and `..`), sorted by name.
     pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, CkptError> {
         let dir = self.path_of(ino)?;
-        let tree = self.tree().await?;
+        self.readdir_in(&*self.tree().await?, dir)
+    }
+
+    /// [`CkptFs::readdir`] answered from the listing the mount holds, never waiting on HDFS;
+    /// `None` before the mount's first listing.
+    pub fn readdir_now(self: &Arc<Self>, ino: u64) -> Option<Result<Vec<DirEntry>, CkptError>> {
+        let dir = match self.path_of(ino) {
+            Ok(dir) => dir,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.readdir_in(&*self.known_tree()?, dir))
+    }
+
+    fn readdir_in(&self, tree: &Tree, dir: String) -> Result<Vec<DirEntry>, CkptError> {
         let children = match tree.children.get(&dir) {
             Some(children) => children,
             None if tree.nodes.contains_key(&dir) => return Err(CkptError::NotADirectory(dir)),
@@ -742,12 +886,79 @@ impl CkptFs {
         offset: u64,
         size: u32,
     ) -> (Result<Bytes, CkptError>, ReadOrigin) {
-        let mut origin = ReadOrigin::Demand;
-        let file = match lock(&self.handles).get(&fh).cloned() {
-            Some(file) => file,
-            None => return (Err(CkptError::BadHandle(fh)), origin),
+        match self.read_now(fh, offset, size) {
+            ReadNow::Served(result) => {
+                let origin = if result.is_ok() { ReadOrigin::Memory } else { ReadOrigin::Demand };
+                (result, origin)
+            }
+            ReadNow::Pending(pending) => (self.read_pending(pending).await, ReadOrigin::Demand),
+        }
+    }
+
+    /// The part of a read that never waits, for a FUSE thread: notes the read in the handle's
+    /// window (which may queue prefetch) and answers it when every chunk it covers is in
+    /// memory, or it is at EOF, or the handle is not open. Otherwise hands back the read, for
+    /// [`CkptFs::read_pending`] on the runtime.
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> ReadNow {
+        let Some(file) = lock(&self.handles).get(&fh).cloned() else {
+            return ReadNow::Served(self.count_read(Err(CkptError::BadHandle(fh))));
         };
-        let result = self.read_file(&file, offset, size, &mut origin).await;
+        let plan = *file.source.plan();
+        let end = offset.saturating_add(u64::from(size)).min(plan.len);
+        if offset >= end {
+            return ReadNow::Served(self.count_read(Ok(Bytes::new())));
+        }
+        self.advance_window(&file, offset, end);
+        let covering = plan.covering(offset..end);
+        match self.cache.peek_many(&file.dyn_source, covering.clone()) {
+            Some(chunks) => {
+                let served = self.serve(&file, covering.start, &chunks, offset..end);
+                ReadNow::Served(self.count_read(served))
+            }
+            None => ReadNow::Pending(PendingRead { file, range: offset..end }),
+        }
+    }
+
+    /// Finishes a read [`CkptFs::read_now`] could not answer: waits for one of [`MISS_READS`]
+    /// slots, then for the chunks (cached ones from memory, the rest fetched on demand as one
+    /// range read, queued ones promoted). Full length or an error.
+    pub async fn read_pending(&self, pending: PendingRead) -> Result<Bytes, CkptError> {
+        let PendingRead { file, range } = pending;
+        let started = Instant::now();
+        // Never closed; a closed semaphore would only mean no bound, not a failed read.
+        let _slot = self.miss_reads.acquire().await.ok();
+        let plan = *file.source.plan();
+        let covering = plan.covering(range.clone());
+        let fetched = self.cache.get_many(&file.dyn_source, covering.clone()).await;
+        self.counters.stall_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let served = match fetched {
+            Ok(chunks) => self.serve(&file, covering.start, &chunks, range),
+            Err(e) => Err(e.into()),
+        };
+        self.count_read(served)
+    }
+
+    /// The bytes `want` from `file`'s chunks starting at chunk `first`; chunks every handle
+    /// has now been served are released from memory.
+    fn serve(
+        &self,
+        file: &OpenFile,
+        first: u64,
+        chunks: &[Bytes],
+        want: std::ops::Range<u64>,
+    ) -> Result<Bytes, CkptError> {
+        let plan = file.source.plan();
+        let blob = file.dyn_source.id();
+        for i in first..first + chunks.len() as u64 {
+            let r = plan.range(i);
+            if file.source.consumed(i, want.end.min(r.end) - want.start.max(r.start)) {
+                self.cache.release(blob, i);
+            }
+        }
+        assemble(plan, first, chunks, want, blob)
+    }
+
+    fn count_read(&self, result: Result<Bytes, CkptError>) -> Result<Bytes, CkptError> {
         match &result {
             Ok(bytes) => {
                 self.counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -757,44 +968,7 @@ impl CkptFs {
                 self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        (result, origin)
-    }
-
-    async fn read_file(
-        &self,
-        file: &OpenFile,
-        offset: u64,
-        size: u32,
-        origin: &mut ReadOrigin,
-    ) -> Result<Bytes, CkptError> {
-        let plan = *file.source.plan();
-        let end = offset.saturating_add(u64::from(size)).min(plan.len);
-        if offset >= end {
-            *origin = ReadOrigin::Memory;
-            return Ok(Bytes::new());
-        }
-        let chunks = plan.covering(offset..end);
-        let (first, last) = (chunks.start, chunks.end - 1);
-        let blob = file.dyn_source.id().to_string();
-        self.advance_window(file, offset, end);
-        let cached = chunks.clone().all(|i| self.cache.contains(&blob, i));
-        if cached {
-            *origin = ReadOrigin::Memory;
-        }
-        let started = Instant::now();
-        let chunks = self.cache.get_many(&file.dyn_source, chunks).await?;
-        if !cached {
-            self.counters
-                .stall_ns
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        }
-        for i in first..=last {
-            let r = plan.range(i);
-            if file.source.consumed(i, end.min(r.end) - offset.max(r.start)) {
-                self.cache.release(&blob, i);
-            }
-        }
-        assemble(&plan, first, &chunks, offset..end, &blob)
+        result
     }
 
     /// Queues the files that match `config.prefetch` for fetching, without waiting for them:
@@ -932,6 +1106,12 @@ impl CkptFs {
     /// Files and directories in the current listing, for statfs.
     pub async fn entry_count(&self) -> Result<u64, CkptError> {
         Ok(self.tree().await?.nodes.len() as u64)
+    }
+
+    /// [`CkptFs::entry_count`] of the listing the mount holds, never waiting on HDFS; `None`
+    /// before the mount's first listing.
+    pub fn entry_count_now(self: &Arc<Self>) -> Option<u64> {
+        Some(self.known_tree()?.nodes.len() as u64)
     }
 
     /// What the mount did so far.

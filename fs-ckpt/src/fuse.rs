@@ -1,6 +1,22 @@
 //! [`CkptFuse`]: the only module that touches fuser. Each callback is a `tracing` span, one call
-//! into [`CkptFs`] (run with `block_on` on the runtime handle, since fuser threads are not
-//! runtime threads), and one reply; errors go through [`fuse_error`].
+//! into [`CkptFs`] and one reply; errors go through [`fuse_error`].
+//!
+//! No FUSE worker waits on the network (DESIGN, production defaults). What the mount already knows
+//! is answered on the worker thread: lookups, attributes, listings and statfs from the listing it
+//! holds (a stale one is refreshed in the background, see [`CkptFs::lookup_now`]), and a read whose
+//! chunks are all in memory ([`CkptFs::read_now`]). Everything that may wait on HDFS — a read that
+//! misses memory, an open (it asks the NameNode), a call made before the mount's first listing, and
+//! a lookup of a name a stale listing lacks — is handed with its reply to a task on the runtime
+//! (fuser replies are `Send`), which answers when done; the worker goes back to the kernel
+//! meanwhile. So cold reads on stalled DataNodes hold up no cached read and no `stat`.
+//!
+//! What bounds the tasks: a read task waits for one of [`crate::fs::MISS_READS`] (64) slots before
+//! it touches the cache, so at most 64 reads hold chunks and reply copies outside the cache's
+//! budget (≤ 2⅛ MiB each at 64 KiB chunks, see there), however many readers wait; a waiting task
+//! holds only its reply handle, and the kernel bounds those (one per reader thread blocked in a
+//! read, plus `max_background` read-ahead). Range reads in flight are bounded by the budget's
+//! in-flight share ([`crate::stripe`]); open tasks and listing refreshes by the connect timeout,
+//! one refresh at a time.
 //!
 //! Kernel caching: entry TTLs and directory attribute TTLs equal the metadata TTL. A file's
 //! attributes have TTL 0: the kernel cuts reads at the size it holds and asks again only when
@@ -10,14 +26,16 @@
 //! page cache serves `mmap`; keep-cache only when a file is opened at the same version as its
 //! previous open, so a new version's open drops the old pages.
 //!
-//! Each read's reply is timed into `fuse.read.latency{origin}`: `memory` when every stripe it
-//! needed was held, `demand` when it waited on HDFS.
+//! Each read's reply is timed into `fuse.read.latency{origin}`, from the request to the reply
+//! (a task's wait for its slot included): `memory` when every chunk it needed was held and it
+//! was answered on the worker thread, `demand` when it went to a task.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bootseer_common::errno::fuse_error;
+use bootseer_common::metrics::ReadOrigin;
 use bootseer_common::mount::MountConfig;
 use bytes::Bytes;
 use fuser::{
@@ -26,9 +44,10 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use crate::error::CkptError;
-use crate::fs::{Attr, CkptFs, Kind};
+use crate::fs::{Attr, CkptFs, DirEntry, Kind, Opened, ReadNow};
 
 /// Block size reported in attributes and statfs: the page size, so `st_blocks` is meaningful.
 const BLKSIZE: u32 = 4096;
@@ -83,14 +102,85 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
-impl CkptFuse {
-    /// How long the kernel may keep `a`'s attributes: see the module doc.
-    fn attr_ttl(&self, a: &Attr) -> Duration {
-        match a.kind {
-            Kind::Directory => self.ttl,
-            Kind::File => Duration::ZERO,
-        }
+/// How long the kernel may keep `a`'s attributes: see the module doc.
+fn attr_ttl(a: &Attr, ttl: Duration) -> Duration {
+    match a.kind {
+        Kind::Directory => ttl,
+        Kind::File => Duration::ZERO,
     }
+}
+
+fn reply_entry(result: Result<Attr, CkptError>, ttl: Duration, reply: ReplyEntry) {
+    match result {
+        Ok(attr) => {
+            reply.entry_with_ttls(&attr_ttl(&attr, ttl), &ttl, &file_attr(&attr), Generation(0))
+        }
+        Err(e) => reply.error(fuse_error("lookup", &e)),
+    }
+}
+
+fn reply_attr(result: Result<Attr, CkptError>, ttl: Duration, reply: ReplyAttr) {
+    match result {
+        Ok(attr) => reply.attr(&attr_ttl(&attr, ttl), &file_attr(&attr)),
+        Err(e) => reply.error(fuse_error("getattr", &e)),
+    }
+}
+
+fn reply_dir(
+    result: Result<Vec<DirEntry>, CkptError>,
+    ino: u64,
+    offset: u64,
+    mut reply: ReplyDirectory,
+) {
+    match result {
+        Ok(entries) => {
+            let dots = [(ino, Kind::Directory, "."), (ino, Kind::Directory, "..")];
+            let all =
+                dots.into_iter().chain(entries.iter().map(|e| (e.ino, e.kind, e.name.as_str())));
+            for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(ino), (i + 1) as u64, file_type(kind), name) {
+                    break;
+                }
+            }
+            reply.ok()
+        }
+        Err(e) => reply.error(fuse_error("readdir", &e)),
+    }
+}
+
+fn reply_statfs(result: Result<u64, CkptError>, reply: ReplyStatfs) {
+    match result {
+        Ok(files) => reply.statfs(0, 0, 0, files, 0, BLKSIZE, NAME_MAX, BLKSIZE),
+        Err(e) => reply.error(fuse_error("statfs", &e)),
+    }
+}
+
+fn reply_open(result: Result<Opened, CkptError>, reply: ReplyOpen) {
+    match result {
+        Ok(opened) => {
+            let flags =
+                if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+            reply.opened(FileHandle(opened.fh), flags)
+        }
+        Err(e) => reply.error(fuse_error("open", &e)),
+    }
+}
+
+/// Answers a read and records it: the timeline's wait and `fuse.read.latency{origin}`.
+fn reply_read(
+    result: Result<Bytes, CkptError>,
+    origin: ReadOrigin,
+    started: Instant,
+    reply: ReplyData,
+) {
+    let served = result.as_ref().ok().map(Bytes::len);
+    match result {
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(fuse_error("read", &e)),
+    }
+    let elapsed = started.elapsed();
+    bootseer_common::timeline::read_done(elapsed);
+    bootseer_common::metrics::read_served(origin, elapsed, served);
 }
 
 impl Filesystem for CkptFuse {
@@ -100,24 +190,31 @@ impl Filesystem for CkptFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _span = tracing::debug_span!("lookup", parent = parent.0, ?name).entered();
+        let span = tracing::debug_span!("lookup", parent = parent.0, ?name);
         let Some(name) = name.to_str() else {
             return reply.error(Errno::ENOENT); // HDFS names are UTF-8
         };
-        match self.runtime.block_on(self.fs.lookup(parent.0, name)) {
-            Ok(attr) => {
-                let attr_ttl = self.attr_ttl(&attr);
-                reply.entry_with_ttls(&attr_ttl, &self.ttl, &file_attr(&attr), Generation(0))
+        let ttl = self.ttl;
+        match span.in_scope(|| self.fs.lookup_now(parent.0, name)) {
+            Some(result) => reply_entry(result, ttl, reply),
+            None => {
+                let (fs, name) = (self.fs.clone(), name.to_string());
+                let task = async move { reply_entry(fs.lookup(parent.0, &name).await, ttl, reply) };
+                self.runtime.spawn(task.instrument(span));
             }
-            Err(e) => reply.error(fuse_error("lookup", &e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _span = tracing::debug_span!("getattr", ino = ino.0).entered();
-        match self.runtime.block_on(self.fs.getattr(ino.0, fh.map(|fh| fh.0))) {
-            Ok(attr) => reply.attr(&self.attr_ttl(&attr), &file_attr(&attr)),
-            Err(e) => reply.error(fuse_error("getattr", &e)),
+        let span = tracing::debug_span!("getattr", ino = ino.0);
+        let (ttl, fh) = (self.ttl, fh.map(|fh| fh.0));
+        match span.in_scope(|| self.fs.getattr_now(ino.0, fh)) {
+            Some(result) => reply_attr(result, ttl, reply),
+            None => {
+                let fs = self.fs.clone();
+                let task = async move { reply_attr(fs.getattr(ino.0, fh).await, ttl, reply) };
+                self.runtime.spawn(task.instrument(span));
+            }
         }
     }
 
@@ -127,43 +224,28 @@ impl Filesystem for CkptFuse {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let _span = tracing::debug_span!("readdir", ino = ino.0, offset).entered();
-        match self.runtime.block_on(self.fs.readdir(ino.0)) {
-            Ok(entries) => {
-                let dots = [(ino.0, Kind::Directory, "."), (ino.0, Kind::Directory, "..")];
-                let all = dots
-                    .into_iter()
-                    .chain(entries.iter().map(|e| (e.ino, e.kind, e.name.as_str())));
-                for (i, (ino, kind, name)) in all.enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(ino), (i + 1) as u64, file_type(kind), name) {
-                        break;
-                    }
-                }
-                reply.ok()
+        let span = tracing::debug_span!("readdir", ino = ino.0, offset);
+        match span.in_scope(|| self.fs.readdir_now(ino.0)) {
+            Some(result) => reply_dir(result, ino.0, offset, reply),
+            None => {
+                let fs = self.fs.clone();
+                let task = async move { reply_dir(fs.readdir(ino.0).await, ino.0, offset, reply) };
+                self.runtime.spawn(task.instrument(span));
             }
-            Err(e) => reply.error(fuse_error("readdir", &e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _span = tracing::debug_span!("open", ino = ino.0).entered();
+        let span = tracing::debug_span!("open", ino = ino.0);
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             let e = CkptError::ReadOnly(format!("inode {}", ino.0));
             return reply.error(fuse_error("open", &e));
         }
-        match self.runtime.block_on(self.fs.open(ino.0)) {
-            Ok(opened) => {
-                let flags = if opened.keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(opened.fh), flags)
-            }
-            Err(e) => reply.error(fuse_error("open", &e)),
-        }
+        // An open pins the file's current version: a NameNode call, so always a task.
+        let fs = self.fs.clone();
+        self.runtime.spawn(async move { reply_open(fs.open(ino.0).await, reply) }.instrument(span));
     }
 
     fn read(
@@ -177,17 +259,24 @@ impl Filesystem for CkptFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _span = tracing::debug_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
-        let started = std::time::Instant::now();
-        let (result, origin) = self.runtime.block_on(self.fs.read_with_origin(fh.0, offset, size));
-        let served = result.as_ref().ok().map(Bytes::len);
-        match result {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(fuse_error("read", &e)),
+        let span = tracing::debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
+        let started = Instant::now();
+        match span.in_scope(|| self.fs.read_now(fh.0, offset, size)) {
+            ReadNow::Served(result) => {
+                let origin = if result.is_ok() { ReadOrigin::Memory } else { ReadOrigin::Demand };
+                reply_read(result, origin, started, reply)
+            }
+            ReadNow::Pending(pending) => {
+                // Chunks must come from HDFS: the reply is sent from a task, and this thread
+                // goes back to serving the kernel (cached reads, stats) meanwhile.
+                let fs = self.fs.clone();
+                let task = async move {
+                    let result = fs.read_pending(pending).await;
+                    reply_read(result, ReadOrigin::Demand, started, reply)
+                };
+                self.runtime.spawn(task.instrument(span));
+            }
         }
-        let elapsed = started.elapsed();
-        bootseer_common::timeline::read_done(elapsed);
-        bootseer_common::metrics::read_served(origin, elapsed, served);
     }
 
     fn release(
@@ -208,10 +297,14 @@ impl Filesystem for CkptFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _span = tracing::debug_span!("statfs").entered();
-        match self.runtime.block_on(self.fs.entry_count()) {
-            Ok(files) => reply.statfs(0, 0, 0, files, 0, BLKSIZE, NAME_MAX, BLKSIZE),
-            Err(e) => reply.error(fuse_error("statfs", &e)),
+        let span = tracing::debug_span!("statfs");
+        match span.in_scope(|| self.fs.entry_count_now()) {
+            Some(files) => reply_statfs(Ok(files), reply),
+            None => {
+                let fs = self.fs.clone();
+                let task = async move { reply_statfs(fs.entry_count().await, reply) };
+                self.runtime.spawn(task.instrument(span));
+            }
         }
     }
 }

@@ -3,7 +3,9 @@
 //! instead of one stream.
 //!
 //! ```text
-//!   fuse::CkptFuse (fuser callbacks) ──block_on──► fs::CkptFs (tree, handles, windows)
+//!   fuse::CkptFuse (fuser callbacks) ──► fs::CkptFs (tree, handles, windows)
+//!        │  answered on the FUSE thread: what the mount knows (listing, memory)
+//!        │  answered from a task: what waits on HDFS (a read's misses, opens)
 //!        └── BlockCache (memory budget, single-flight, prefetch queue)
 //!               └── stripe::StripeSource (pinned version, N readers, per-stripe retries)
 //!                      └── HdfsStore / HdfsReader (hdfs-native)
@@ -18,10 +20,11 @@
 //!
 //! **Sync/async bridge**: one multi-threaded tokio runtime per mount owns the HDFS client (its
 //! connection tasks live on the runtime that created it), the cache's fetch and prefetch tasks,
-//! and every stripe read. fuser's worker threads are plain threads: each callback `block_on`s a
-//! [`tokio::runtime::Handle`] to that runtime for its one logic call. The fan-out (one task per
-//! stripe, up to `concurrency`) runs on the runtime, so a FUSE thread only waits, it never
-//! drives the stripes itself, and nothing calls `block_on` from a runtime thread.
+//! and every stripe read. fuser's worker threads are plain threads and never `block_on`: each
+//! callback answers from what the mount holds ([`CkptFs::read_now`], [`CkptFs::lookup_now`]
+//! and the other `*_now` calls, which take only short leaf locks), or hands its reply to a task
+//! on the runtime that answers when HDFS has ([`CkptFs::read_pending`], [`CkptFs::open`]).
+//! Those tasks are bounded (see [`fuse`]); nothing calls `block_on` from a runtime thread.
 
 pub mod cli;
 pub mod config;
