@@ -556,8 +556,7 @@ impl CkptFs {
     /// keeps it, see [`CkptFs::tree`]).
     fn known_tree(self: &Arc<Self>) -> Option<Arc<Tree>> {
         let tree = lock(&self.tree).clone()?;
-        let stale = tree.fetched.elapsed() >= self.config.metadata_ttl;
-        if stale && !self.refreshing.swap(true, Ordering::AcqRel) {
+        if self.is_stale(&tree) && !self.refreshing.swap(true, Ordering::AcqRel) {
             let fs = self.clone();
             self.runtime.spawn(async move {
                 if let Err(e) = fs.tree().await {

@@ -26,12 +26,13 @@
 //!
 //! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, and an
 //! attempt past it is hedged only if, at the pace its bytes arrive, it would not be done within
-//! another half delay. So a link that is merely busy (every stripe slow, bytes flowing) does not add to
-//! its own load, while a stalled or crawling DataNode (one stripe far slower than its peers)
-//! costs about one hedge delay, not an attempt timeout; and at most `hedge_cap` hedges per mount hold a slot at once (a hedge gives its
-//! slot back after one delay, so hedges stuck on the stalled replica too block no others). hdfs-native reads a block
-//! from the first replica the NameNode listed, and the NameNode shuffles equal replicas per
-//! open, so a fresh reader is the way to ask another one.
+//! another half delay. So a link that is merely busy (every stripe slow, bytes flowing) does
+//! not add to its own load, while a stalled or crawling DataNode (one stripe far slower than
+//! its peers) costs about one hedge delay, not an attempt timeout; and at most `hedge_cap`
+//! hedges per mount hold a slot at once (a hedge gives its slot back after one delay, so
+//! hedges stuck on the stalled replica too block no others). hdfs-native reads a block from
+//! the first replica the NameNode listed, and the NameNode shuffles equal replicas per open,
+//! so a fresh reader is the way to ask another one.
 //!
 //! [`StripePlan`] maps chunks to bytes: each HDFS block is cut into `chunk_size` pieces (the
 //! last piece of a block may be short; the plan's `stripe_size` field is that piece size), so no
@@ -213,12 +214,27 @@ impl Deadline<'_> {
     fn left(&self) -> Duration {
         self.at().saturating_duration_since(Instant::now())
     }
+
+    /// `fut`'s output, or `None` once the deadline passed. The deadline may move on while
+    /// `fut` runs (the mount receiving bytes), so a timer that fires is checked again rather
+    /// than believed; `fut` is polled on, never restarted (a queued permit keeps its place).
+    async fn wait<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            match tokio::time::timeout(self.left(), &mut fut).await {
+                Ok(out) => return Some(out),
+                Err(_) if self.left().is_zero() => return None,
+                Err(_) => continue,
+            }
+        }
+    }
 }
 
 /// The mount's bytes of range reads in flight, hedges included. A read holds permits for the
 /// chunk buffers it fills (its length, at most the whole budget) from before it is sent until
-/// its chunks are handed to the cache, whose own budget counts them from then on; a read that finds the budget spent waits (within its deadline), and a hedge
-/// that finds it spent is not started.
+/// its chunks are handed to the cache, whose own budget counts them from then on; a read that
+/// finds the budget spent waits (within its deadline), and a hedge that finds it spent is not
+/// started.
 #[derive(Debug)]
 pub struct InflightBudget {
     permits: tokio::sync::Semaphore,
@@ -555,8 +571,7 @@ impl StripeSource {
     }
 
     /// One read of the chunks `piece` on `reader`, each chunk its own buffer: all of them or an
-    /// error; no bytes for `attempt_timeout` is one.
-    /// `got` counts the bytes received as they arrive.
+    /// error (no bytes for `attempt_timeout` is one). `got` counts the bytes as they arrive.
     async fn read_once(
         &self,
         reader: &HdfsReader,
@@ -723,20 +738,11 @@ impl StripeSource {
             return Err(err);
         }
         let need = self.budget.permits_for(want);
-        let acquire = self.budget.permits.acquire_many(need);
-        tokio::pin!(acquire);
         // Waiting for memory is waiting on the mount's other reads: while they receive bytes,
-        // the deadline moves on (the pinned future keeps this read's place in the queue).
-        let _permit = loop {
-            let wait = deadline.left();
-            match tokio::time::timeout(wait, &mut acquire).await {
-                Ok(Ok(permit)) => break permit,
-                Err(_) if !deadline.left().is_zero() => continue,
-                Ok(Err(_)) | Err(_) => {
-                    let (op, key) = ("memory for read_range", self.key.clone());
-                    return Err(StoreError::Timeout { op, key, after: started.elapsed() });
-                }
-            }
+        // the deadline moves on.
+        let Some(Ok(_permit)) = deadline.wait(self.budget.permits.acquire_many(need)).await else {
+            let (op, key) = ("memory for read_range", self.key.clone());
+            return Err(StoreError::Timeout { op, key, after: started.elapsed() });
         };
         let result = self.fetch_stripe_until(piece.clone(), deadline).await;
         match &result {
@@ -803,21 +809,11 @@ impl StripeSource {
             // Each of the attempt's reads fails after `attempt_timeout` without bytes; the whole
             // attempt runs until the deadline, which moves on while the mount receives bytes, so
             // a stripe that arrives slowly completes and one that nothing answers does not.
-            let reads = self.hedged_attempt(slot, piece.clone());
-            tokio::pin!(reads);
-            let result = loop {
-                match tokio::time::timeout(deadline.left(), &mut reads).await {
-                    Ok(result) => break result,
-                    Err(_) if !deadline.left().is_zero() => continue,
-                    Err(_) => {
-                        break Err(StoreError::Timeout {
-                            op: "read_range",
-                            key: self.key.clone(),
-                            after: deadline.start.elapsed(),
-                        });
-                    }
-                }
-            };
+            let result = deadline.wait(self.hedged_attempt(slot, piece.clone())).await;
+            let result = result.unwrap_or_else(|| {
+                let (op, key) = ("read_range", self.key.clone());
+                Err(StoreError::Timeout { op, key, after: deadline.start.elapsed() })
+            });
             let err = match result {
                 Ok(chunks) => return Ok(chunks),
                 Err(err) => err,

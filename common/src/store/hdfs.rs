@@ -110,30 +110,16 @@ impl HdfsReader {
         self.len == 0
     }
 
-    /// Bytes `range` of the file, clamped at EOF as [`Store::read_range`] promises.
+    /// Bytes `range` of the file, clamped at EOF as [`Store::read_range`] promises: one buffer,
+    /// no time bound (a caller bounds it; see [`Self::read_range_cut`] for one per packet).
     pub async fn read_range(&self, range: Range<u64>) -> StoreResult<Bytes> {
-        const OP: &str = "read_range";
         let range = clamp_range(range, self.len);
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        let too_big = || StoreError::Other {
-            op: OP,
-            key: self.key.clone(),
-            message: format!("range {range:?} does not fit in memory"),
-        };
-        let offset = usize::try_from(range.start).map_err(|_| too_big())?;
-        let len = usize::try_from(range.end - range.start).map_err(|_| too_big())?;
-        // Clamped above: offset + len <= the reader's file length, so hdfs-native cannot panic.
-        let bytes = guarded(OP, &self.key, self.inner.read_range(offset, len)).await?;
-        if bytes.len() != len {
-            return Err(StoreError::BadReply {
-                op: OP,
-                key: self.key.clone(),
-                message: format!("asked for {len} bytes at {offset}, got {}", bytes.len()),
-            });
-        }
-        Ok(bytes)
+        let whole = [range.end - range.start];
+        let mut one = self.read_range_cut(range, &whole, Duration::MAX, |_| {}).await?;
+        Ok(one.pop().unwrap_or_default())
     }
 
     /// Bytes `range` of the file cut into buffers of the lengths `cuts` (which sum to the
@@ -143,7 +129,8 @@ impl HdfsReader {
     ///
     /// `idle` bounds the wait for each packet, not the whole read: a busy link that delivers
     /// slowly is not a failure, a DataNode that sends nothing for `idle` is
-    /// ([`StoreError::Timeout`]). `progress` is told each packet's length as it arrives.
+    /// ([`StoreError::Timeout`]; `Duration::MAX`: no bound). `progress` is told each packet's
+    /// length as it arrives.
     pub async fn read_range_cut(
         &self,
         range: Range<u64>,
