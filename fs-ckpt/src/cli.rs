@@ -286,9 +286,11 @@ pub fn run() -> ExitCode {
 
 /// Mounts and serves until unmounted; see the module doc for the order of steps.
 pub fn mount(options: MountOptions) -> anyhow::Result<()> {
-    // Range-read buffers (up to a stripe) must go back to the kernel when freed, or RSS grows
-    // past --memory; first thing, before any thread exists.
+    // Range-read buffers (up to a stripe) must go back to the kernel when freed, and freed
+    // memory must not be kept per arena, or RSS grows past --memory (with the host's core
+    // count); first thing, before any thread exists.
     mount::return_freed_buffers();
+    mount::one_malloc_arena();
     // The daemon changes to `/` once forked: relative paths are taken from where it was run.
     let options = MountOptions {
         mountpoint: mount::absolute(&options.mountpoint),

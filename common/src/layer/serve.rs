@@ -95,6 +95,8 @@ pub fn runtime(what: &str) -> anyhow::Result<tokio::runtime::Runtime> {
 /// Loads, mounts and serves `m` until unmount or a signal, then stores the trace and writes the
 /// summary. Run inside [`mount::run_daemon`].
 pub fn serve_layer(m: &LayerMount, ready: &mut Ready, signals: ServeSignals) -> anyhow::Result<()> {
+    // Before the runtime's threads: RSS within the budget whatever the host's core count.
+    mount::one_malloc_arena();
     mount::check_mountpoint(&m.mountpoint)?;
     let kind = m.mount.subtype.strip_prefix("bootseer-").unwrap_or(&m.mount.subtype);
     crate::timeline::describe(kind, &m.reference);
