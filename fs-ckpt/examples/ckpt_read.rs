@@ -338,6 +338,8 @@ fn main() -> anyhow::Result<()> {
 /// - `random-20`: the headers, then 20 tensors picked at random (a tensor-parallel rank's
 ///   slice), each one `pread` of the whole tensor;
 /// - `key-order`: the headers, then every tensor in key order (not file order);
+/// - `key-no-idx`: the same with the mount's key-order prefetch off (`--no-key-order`: what
+///   reads the size asked and a byte window alone do);
 /// - `preads-64`: 64 threads of random 1 MiB O_DIRECT preads for 10 s (latency p50/p99).
 ///
 /// Each prints MB/s, bytes fetched ÷ bytes served (the mount's summary) and the same reads of a
@@ -574,7 +576,11 @@ mod loader {
         println!(
             "                mount      cold     served        MB                         (MB/s)"
         );
-        for name in ["sequential", "random-20", "key-order", "preads-64"] {
+        for name in ["sequential", "random-20", "key-order", "key-no-idx", "preads-64"] {
+            let (config, reads) = match name {
+                "key-no-idx" => (&CkptConfig { key_order: false, ..config.clone() }, "key-order"),
+                _ => (config, name),
+            };
             let (mut mbps, mut local_mbps, mut ratios, mut served) =
                 (vec![], vec![], vec![], vec![]);
             let mut latencies = Vec::new();
@@ -582,7 +588,7 @@ mod loader {
                 let seed = 0xC0FFEE + rep as u64;
                 let (took, (outcome, summary)) = super::mounted(store, config, runtime, |root| {
                     let paths: Vec<PathBuf> = keys.iter().map(|k| root.join(k)).collect();
-                    case(name, &paths, seed)
+                    case(reads, &paths, seed)
                 })?;
                 mbps.push(outcome.bytes as f64 / 1e6 / took.as_secs_f64());
                 ratios.push(summary.bytes_fetched as f64 / summary.bytes_read.max(1) as f64);
@@ -590,7 +596,7 @@ mod loader {
                 latencies.extend(outcome.latencies);
                 drop_page_cache(&local_paths)?;
                 let t = Instant::now();
-                let local_outcome = case(name, &local_paths, seed)?;
+                let local_outcome = case(reads, &local_paths, seed)?;
                 local_mbps.push(local_outcome.bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
             }
             let med = |mut v: Vec<f64>| {

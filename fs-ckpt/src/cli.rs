@@ -89,6 +89,9 @@ struct MountCmd {
     /// then tensors in the order loaders read them), within one reader's window of --memory.
     #[arg(long, value_name = "GLOB")]
     prefetch: Vec<String>,
+    /// Do not read `.safetensors` headers at open to prefetch tensors in name order.
+    #[arg(long)]
+    no_key_order: bool,
     /// Directory with core-site.xml/hdfs-site.xml (default: $HADOOP_CONF_DIR).
     #[arg(long)]
     conf_dir: Option<PathBuf>,
@@ -154,6 +157,7 @@ impl MountCmd {
                 metadata_ttl: self.metadata_ttl.unwrap_or(d.metadata_ttl),
                 connect_timeout: self.connect_timeout.unwrap_or(d.connect_timeout),
                 prefetch: self.prefetch,
+                key_order: !self.no_key_order,
                 ..d
             },
             source: self.source,
@@ -186,6 +190,7 @@ pub const CKPT_KEYS: &[&str] = &[
     "connect_timeout",
     "conf_dir",
     "prefetch",
+    "no_key_order",
 ];
 
 /// Turns mount-helper arguments into [`MountOptions`] (the defaults, then `-o`).
@@ -231,6 +236,7 @@ impl MountOptions {
                 "conf_dir" => self.conf_dir = Some(v.into()),
                 "prefetch" if !v.is_empty() => c.prefetch.push(v.clone()),
                 "prefetch" => anyhow::bail!("-o prefetch needs a glob (prefetch=*.safetensors)"),
+                "no_key_order" => c.key_order = false,
                 other => anyhow::bail!("mount option {other:?} is listed but not handled"),
             }
         }
@@ -277,7 +283,6 @@ pub fn run() -> ExitCode {
     match mount(options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "bootseer-ckpt failed");
             eprintln!("bootseer-ckpt: {e:#}");
             ExitCode::FAILURE
         }
@@ -379,6 +384,10 @@ mod tests {
         assert_eq!(o.config.stripe_deadline, Duration::from_secs(10));
         assert_eq!(o.config.connect_timeout, Duration::from_secs(3));
         assert_eq!(o.config.prefetch, ["*.safetensors", "run/**/*.pt"]);
+        assert!(o.config.key_order, "key-order prefetch is on unless asked off");
+        let off =
+            MountArgs { options: vec![("no_key_order".into(), String::new())], ..args.clone() };
+        assert!(!helper_options(&off).expect("no_key_order").config.key_order);
         let empty = MountArgs { options: vec![("prefetch".into(), String::new())], ..args.clone() };
         assert!(helper_options(&empty).is_err());
         let bad = MountArgs { options: vec![("bogus".into(), "1".into())], ..args };

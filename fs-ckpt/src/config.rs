@@ -46,6 +46,9 @@ pub struct CkptConfig {
     /// [`crate::warm`]), within one reader's window of the budget: what a job start will read
     /// crosses the network while the job still imports its packages.
     pub prefetch: Vec<String>,
+    /// Read a `.safetensors` file's header when it is opened, and prefetch the next tensors
+    /// by name for a handle that reads them in name order (see [`crate::warm::KeyRun`]).
+    pub key_order: bool,
 }
 
 impl Default for CkptConfig {
@@ -83,6 +86,8 @@ impl Default for CkptConfig {
             connect_timeout: Duration::from_secs(10),
             // Nothing unless asked: which files a job reads first is the operator's knowledge.
             prefetch: Vec::new(),
+            // Loaders read tensors by name; knowing the header costs nothing they do not read.
+            key_order: true,
         }
     }
 }

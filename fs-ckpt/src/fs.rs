@@ -138,6 +138,8 @@ struct Window {
     run_bytes: u64,
     /// Chunks before this index are queued (or were read) in this run.
     queued_end: u64,
+    /// The run in tensor-name order, for a `.safetensors` file whose header is read.
+    key: crate::warm::KeyRun,
 }
 
 /// How far behind the run's end a read may start and still belong to it: the kernel's
@@ -155,6 +157,8 @@ struct OpenFile {
     source: Arc<StripeSource>,
     dyn_source: DynSource,
     window: Mutex<Window>,
+    /// A `.safetensors` file's tensors, once its header is read (see [`CkptFs::open`]).
+    tensors: std::sync::OnceLock<crate::warm::TensorIndex>,
 }
 
 /// A read [`CkptFs::read_now`] could not answer from memory: finish it with
@@ -185,6 +189,8 @@ struct Counters {
     read_errors: AtomicU64,
     warm_files: AtomicU64,
     warm_bytes: AtomicU64,
+    headers_indexed: AtomicU64,
+    key_order_bytes: AtomicU64,
 }
 
 /// What a mount did, written as JSON at unmount.
@@ -233,6 +239,10 @@ pub struct Summary {
     pub prefetched_at_mount_files: u64,
     /// Bytes of them queued at mount (within one reader's window of the budget).
     pub prefetched_at_mount_bytes: u64,
+    /// `.safetensors` headers read at open, for key-order prefetch.
+    pub safetensors_headers_indexed: u64,
+    /// Bytes of tensors queued ahead of key-order loaders (the next tensors by name).
+    pub key_order_bytes_queued: u64,
     /// The block cache's counters.
     pub cache: CacheStats,
     /// Wall-clock phases of this mount (host, kind, events), for `report`.
@@ -260,7 +270,7 @@ pub struct CkptFs {
     inflight: Arc<InflightBudget>,
     /// Versions `--prefetch` opened at mount, kept so the job's open finds the warmed chunks.
     warm: Mutex<Vec<Arc<StripeSource>>>,
-    counters: Counters,
+    counters: Arc<Counters>,
     /// The runtime the mount's tasks run on (background listing refreshes).
     runtime: Handle,
     /// Set while a background listing refresh runs, so lookups start one at a time.
@@ -360,6 +370,32 @@ fn assemble(
     Ok(Bytes::from(out))
 }
 
+/// A safetensors file's header end and its tensors by name (see
+/// [`crate::warm::tensor_ranges`]), read through `cache`; a header over `budget` bytes is not
+/// read.
+async fn read_tensors(
+    cache: &BlockCache,
+    source: &DynSource,
+    plan: &StripePlan,
+    budget: u64,
+) -> Result<(u64, Vec<(String, std::ops::Range<u64>)>), String> {
+    let read = |range: std::ops::Range<u64>| async move {
+        let covering = plan.covering(range.clone());
+        let first = covering.start;
+        let chunks = cache.get_many(source, covering).await.map_err(|e| e.to_string())?;
+        assemble(plan, first, &chunks, range, source.id()).map_err(|e| e.to_string())
+    };
+    if plan.len < 8 {
+        return Err(format!("{} bytes, shorter than a safetensors length prefix", plan.len));
+    }
+    let len = crate::warm::header_len(&read(0..8).await?, plan.len)?;
+    if 8 + len > budget {
+        return Err(format!("a header of {len} bytes is more than the prefetch budget"));
+    }
+    let json = read(8..8 + len).await?;
+    Ok((8 + len, crate::warm::tensor_ranges(&json, plan.len)?))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every section under these locks leaves its data consistent; a poisoned lock is used as is.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -396,7 +432,7 @@ impl CkptFs {
             stripes: Arc::new(StripeCounters::default()),
             inflight,
             warm: Mutex::new(Vec::new()),
-            counters: Counters::default(),
+            counters: Arc::default(),
             runtime,
             refreshing: AtomicBool::new(false),
             miss_reads: tokio::sync::Semaphore::new(MISS_READS),
@@ -726,8 +762,16 @@ impl CkptFs {
         source.handle_opened();
         let dyn_source: DynSource = source.clone();
         self.note_opened_version(&path, version);
-        let file =
-            Arc::new(OpenFile { ino, source, dyn_source, window: Mutex::new(Window::default()) });
+        let file = Arc::new(OpenFile {
+            ino,
+            source,
+            dyn_source,
+            window: Mutex::new(Window::default()),
+            tensors: std::sync::OnceLock::new(),
+        });
+        if self.config.key_order && path.ends_with(".safetensors") {
+            self.index_tensors(&path, &file);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, file);
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
@@ -826,48 +870,102 @@ impl CkptFs {
     /// prefetch (queued chunks of the file are dropped when this is its only handle); once the
     /// run reached `sequential_after` bytes, chunks up to the window ahead of its end are
     /// queued. Chunks every reader has consumed are never queued again.
+    ///
+    /// A `.safetensors` handle whose header is read has a second run, in tensor-name order
+    /// ([`crate::warm::KeyRun`]): once it shows a key-order loader, the window is the next
+    /// tensors by name instead of the next bytes (as far ahead as the run is long, within the
+    /// same share), and a jump in bytes that continues it stops nothing.
     fn advance_window(&self, file: &OpenFile, offset: u64, end: u64) {
+        use crate::warm::KeyStep;
         let plan = file.source.plan();
         let share = self.window_share();
-        let (range, stopped) = {
+        let first = self.config.initial_window.saturating_mul(self.config.stripe_size);
+        let index = file.tensors.get();
+        let (range, tensors, stopped) = {
             let mut w = lock(&file.window);
             let continues = w.run_bytes > 0
                 && offset <= w.run_end.saturating_add(RUN_AHEAD)
                 && end.saturating_add(RUN_BEHIND) > w.run_end;
-            let stopped = !continues && w.queued_end > plan.stripe_of(w.run_end);
+            let byte_stopped = !continues && w.queued_end > plan.stripe_of(w.run_end);
             if continues {
                 w.run_bytes += end.saturating_sub(w.run_end);
                 w.run_end = w.run_end.max(end);
             } else {
-                *w = Window { run_end: end, run_bytes: end - offset, queued_end: 0 };
+                let key = std::mem::take(&mut w.key);
+                *w = Window { run_end: end, run_bytes: end - offset, queued_end: 0, key };
             }
-            if w.run_bytes < self.config.sequential_after {
-                (0..0, stopped)
+            let (mut key_order, mut key_stopped, mut tensors) = (false, false, 0..0);
+            if let Some(index) = index {
+                let was_key_order = w.key.is_key_order();
+                match w.key.step(index, offset, end, continues) {
+                    KeyStep::Continues => key_order = w.key.is_key_order(),
+                    KeyStep::Spill => key_order = was_key_order,
+                    KeyStep::Restarts => key_stopped = was_key_order,
+                    KeyStep::Outside => key_order = was_key_order && continues,
+                }
+                if key_order && let Some(current) = w.key.current() {
+                    let ahead = w.key.bytes.max(first).min(share);
+                    let (mut last, mut lead) =
+                        (current, index.range(current).end.saturating_sub(end));
+                    while last + 1 < index.len() && lead < ahead {
+                        last += 1;
+                        let r = index.range(last);
+                        lead += r.end - r.start;
+                    }
+                    tensors = w.key.queued.max(current)..last + 1;
+                    w.key.queued = w.key.queued.max(last + 1);
+                }
+            }
+            let range = if key_order || w.run_bytes < self.config.sequential_after {
+                0..0
             } else {
                 // As far ahead as the run is long: a sequential reader's window doubles as it
                 // reads (to the whole file within its share), while a reader that stops (a
                 // tensor read to its end) leaves at most its own length fetched past it.
-                let first = self.config.initial_window.saturating_mul(self.config.stripe_size);
                 let ahead = w.run_bytes.max(first).min(share);
                 let start = w.queued_end.max(plan.stripe_of(w.run_end));
                 let target = plan.stripe_of(w.run_end.saturating_add(ahead).min(plan.len));
-                // Whole stripes only (but the last): a window that slides by each read's
-                // length would otherwise queue read-sized jobs, one small range read each.
-                let stop = stripe_start(plan, self.config.stripe_size, target);
+                // A run within one tensor of a known header (the header before it aside)
+                // stops at its end: reading a tensor whole says nothing of the one that lies
+                // after it (a rank picking its slice); a run that read on from one tensor
+                // into the next is a sequential reader's.
+                let run_start = w.run_end.saturating_sub(w.run_bytes);
+                let last = w.run_end.saturating_sub(1);
+                let cap = index.and_then(|i| {
+                    let tensor = i.range(i.at(last)?);
+                    let within = run_start.max(i.data_start()) >= tensor.start;
+                    within.then(|| plan.covering(tensor).end)
+                });
+                // Whole stripes only (but the last, and a tensor's end): a window that slides
+                // by each read's length would otherwise queue read-sized jobs, one small range
+                // read each.
+                let stop = match cap {
+                    Some(cap) if target >= cap => cap,
+                    _ => stripe_start(plan, self.config.stripe_size, target),
+                };
                 w.queued_end = w.queued_end.max(stop);
-                (start..stop, stopped)
-            }
+                start..stop
+            };
+            (range, tensors, (byte_stopped && !key_order) || key_stopped)
         };
         if stopped && file.source.handles() <= 1 && !self.is_warmed(&file.source) {
             let cancelled = self.cache.cancel_queued(file.dyn_source.id());
             tracing::debug!(source = file.dyn_source.id(), cancelled, "reads left the run");
         }
-        if !range.is_empty() {
-            let chunks = range.filter(|&i| !file.source.is_consumed(i));
-            let per_stripe = self.config.stripe_size / self.config.chunk();
+        let per_stripe = self.config.stripe_size / self.config.chunk();
+        let queue = |chunks: &mut dyn Iterator<Item = u64>| {
+            let chunks = chunks.filter(|&i| !file.source.is_consumed(i));
             for job in prefetch_jobs(plan, per_stripe, chunks) {
                 self.cache.spawn_prefetch(&file.dyn_source, job, Priority::Background);
             }
+        };
+        if !range.is_empty() {
+            queue(&mut range.into_iter());
+        }
+        // Tensor by tensor, in name order (the queue is FIFO).
+        for k in tensors.filter_map(|k| index.map(|i| i.range(k))) {
+            self.counters.key_order_bytes.fetch_add(k.end - k.start, Ordering::Relaxed);
+            queue(&mut plan.covering(k));
         }
     }
 
@@ -1057,24 +1155,31 @@ impl CkptFs {
         plan: &StripePlan,
         budget: u64,
     ) -> Result<Vec<std::ops::Range<u64>>, String> {
-        let read = |range: std::ops::Range<u64>| async move {
-            let covering = plan.covering(range.clone());
-            let first = covering.start;
-            let chunks = self.cache.get_many(source, covering).await.map_err(|e| e.to_string())?;
-            assemble(plan, first, &chunks, range, source.id()).map_err(|e| e.to_string())
-        };
-        if plan.len < 8 {
-            return Err(format!("{} bytes, shorter than a safetensors length prefix", plan.len));
-        }
-        let len = crate::warm::header_len(&read(0..8).await?, plan.len)?;
-        if 8 + len > budget {
-            return Err(format!("a header of {len} bytes is more than the prefetch budget"));
-        }
-        let json = read(8..8 + len).await?;
-        let tensors = crate::warm::tensor_ranges(&json, plan.len)?;
-        let mut order: Vec<std::ops::Range<u64>> = std::iter::once(0..8 + len).collect();
+        let (header_end, tensors) = read_tensors(&self.cache, source, plan, budget).await?;
+        let mut order: Vec<std::ops::Range<u64>> = std::iter::once(0..header_end).collect();
         order.extend(tensors.into_iter().map(|(_, range)| range));
         Ok(order)
+    }
+
+    /// Reads the header of the `.safetensors` file behind `file` in the background, for its
+    /// key-order prefetch ([`CkptFs::advance_window`]). A loader reads the header first, so
+    /// this fetches nothing it would not (the loader's own read joins the same fetch); a
+    /// header larger than one handle's window, or one that does not parse, leaves the handle
+    /// with its byte window alone.
+    fn index_tensors(&self, path: &str, file: &Arc<OpenFile>) {
+        let (cache, file, key) = (self.cache.clone(), file.clone(), path.to_string());
+        let counters = self.counters.clone();
+        let budget = self.window_share();
+        self.runtime.spawn(async move {
+            let plan = *file.source.plan();
+            match read_tensors(&cache, &file.dyn_source, &plan, budget).await {
+                Ok((_, tensors)) => {
+                    let _ = file.tensors.set(crate::warm::TensorIndex::new(&tensors));
+                    counters.headers_indexed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why) => tracing::debug!(key, why, "no key-order prefetch"),
+            }
+        });
     }
 
     /// Closes handle `fh`. The last handle of a version cancels its prefetch that has not
@@ -1141,6 +1246,8 @@ impl CkptFs {
             version_changed: get(&s.version_changed),
             prefetched_at_mount_files: get(&self.counters.warm_files),
             prefetched_at_mount_bytes: get(&self.counters.warm_bytes),
+            safetensors_headers_indexed: get(&self.counters.headers_indexed),
+            key_order_bytes_queued: get(&self.counters.key_order_bytes),
             cache: self.cache.stats(),
             timeline: bootseer_common::timeline::global(),
         }

@@ -15,7 +15,8 @@
 //! - [`stripe`]: stripe planning (never across an HDFS block) and fetching with deadlines.
 //! - [`fs`]: [`CkptFs`], the logic layer, without fuser types.
 //! - [`fuse`]: [`CkptFuse`], the adapter.
-//! - [`warm`]: prefetch at mount (`--prefetch GLOB`), safetensors header and tensor order.
+//! - [`warm`]: prefetch at mount (`--prefetch GLOB`), safetensors header and tensor order, and
+//!   the key-order run of a handle ([`warm::KeyRun`]) that queues the next tensors by name.
 //! - [`cli`]: the `bootseer-ckpt` command line; `main` only calls [`run`].
 //!
 //! **Sync/async bridge**: one multi-threaded tokio runtime per mount owns the HDFS client (its

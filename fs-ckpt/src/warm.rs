@@ -18,6 +18,11 @@
 //! same pinned version), and its own sequential window carries on from there; a chunk it has
 //! read is released as for any reader. The pure parts (matching, header parsing, the order)
 //! live here; [`crate::fs::CkptFs::warm`] drives them.
+//!
+//! Without `--prefetch`, the same header serves each handle: [`TensorIndex`] is read when a
+//! `.safetensors` file is opened, and [`KeyRun`] follows the handle's reads in name order, so
+//! a key-order loader gets the next tensors by name queued instead of the next bytes
+//! (`CkptFs::advance_window` drives it; `--no-key-order` turns it off).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -152,6 +157,132 @@ pub fn chunks_in_order(ranges: &[Range<u64>], plan: &StripePlan, budget: u64) ->
     (out, taken)
 }
 
+/// A safetensors file's tensors as one handle's reads meet them: in name order (the order
+/// loaders read them), and found by byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorIndex {
+    /// Tensor byte ranges in name order.
+    by_name: Vec<Range<u64>>,
+    /// (start, end, name index) of the non-empty tensors, sorted by start.
+    by_start: Vec<(u64, u64, usize)>,
+}
+
+impl TensorIndex {
+    /// The index of `tensors` (as [`tensor_ranges`] returns them: sorted by name).
+    pub fn new(tensors: &[(String, Range<u64>)]) -> Self {
+        let by_name: Vec<Range<u64>> = tensors.iter().map(|(_, r)| r.clone()).collect();
+        let mut by_start: Vec<(u64, u64, usize)> = by_name
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(k, r)| (r.start, r.end, k))
+            .collect();
+        by_start.sort_unstable();
+        Self { by_name, by_start }
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether the file has no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Where the first tensor in the file starts (the end of the header, but for padding).
+    pub fn data_start(&self) -> u64 {
+        self.by_start.first().map_or(0, |&(start, _, _)| start)
+    }
+
+    /// The bytes of the `k`-th tensor by name.
+    pub fn range(&self, k: usize) -> Range<u64> {
+        self.by_name.get(k).cloned().unwrap_or(0..0)
+    }
+
+    /// The name index of the tensor holding byte `offset` (none in the header or a gap).
+    pub fn at(&self, offset: u64) -> Option<usize> {
+        let after = self.by_start.partition_point(|&(start, _, _)| start <= offset);
+        let &(_, end, k) = self.by_start.get(after.checked_sub(1)?)?;
+        (offset < end).then_some(k)
+    }
+}
+
+/// A handle's run through a safetensors file in name order, which decides its key-order
+/// prefetch: a loader (`load_file`, `load_state_dict`) reads tensor after tensor **by name**,
+/// so its reads jump about the file, and a window ahead in bytes would fetch what it does
+/// not read next. Two steps in name order that jump in bytes make it a key-order reader
+/// (one could be chance; a reader in byte order, reading on into the next tensor by name
+/// wherever it lies, never takes any).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyRun {
+    /// Name index of the tensor the run is in.
+    current: Option<usize>,
+    /// Steps to the next tensor by name that jumped in bytes.
+    jumps: u32,
+    /// Bytes the run has read.
+    pub bytes: u64,
+    /// Tensors before this name index are queued (or read) in this run.
+    pub queued: usize,
+}
+
+/// What a read did to a [`KeyRun`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStep {
+    /// The read is in the run's tensor or the next one by name.
+    Continues,
+    /// The read is elsewhere but continues the handle's byte run (read-ahead spilling into
+    /// the tensor that lies next in the file): the key run is left as it was.
+    Spill,
+    /// The read starts a new run (the old one is over).
+    Restarts,
+    /// The read is outside every tensor (the header, a gap).
+    Outside,
+}
+
+impl KeyRun {
+    /// Notes a read of `[offset, end)`; `in_byte_run`: it continues the handle's byte run.
+    pub fn step(
+        &mut self,
+        index: &TensorIndex,
+        offset: u64,
+        end: u64,
+        in_byte_run: bool,
+    ) -> KeyStep {
+        let Some(k) = index.at(offset) else { return KeyStep::Outside };
+        match self.current {
+            Some(c) if k == c => {}
+            Some(c) if k == c + 1 => {
+                // A reader in byte order meets the next tensor by name too, now and then,
+                // by reading on: only a read that left the byte run to get there counts.
+                if !in_byte_run {
+                    self.jumps = self.jumps.saturating_add(1);
+                }
+                self.current = Some(k);
+            }
+            _ if in_byte_run && self.current.is_some() => return KeyStep::Spill,
+            _ => {
+                *self = KeyRun { current: Some(k), jumps: 0, bytes: 0, queued: k };
+                self.bytes = end - offset;
+                return KeyStep::Restarts;
+            }
+        }
+        self.bytes = self.bytes.saturating_add(end - offset);
+        KeyStep::Continues
+    }
+
+    /// Whether the run is a key-order loader's (see the type's doc).
+    pub fn is_key_order(&self) -> bool {
+        self.jumps >= 2
+    }
+
+    /// The name index of the run's tensor.
+    pub fn current(&self) -> Option<usize> {
+        self.current
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +347,66 @@ mod tests {
         assert!(header_len(&u64::MAX.to_le_bytes(), 1 << 40).is_err());
         assert!(header_len(&93u64.to_le_bytes(), 100).is_err());
         assert_eq!(header_len(&92u64.to_le_bytes(), 100), Ok(92));
+    }
+
+    /// Tensors a (0..100), b (100..200), c (200..300) lie in that byte order; by name the
+    /// index lists them as the names given.
+    fn index(names_by_start: &[&str]) -> TensorIndex {
+        let mut t: Vec<(String, Range<u64>)> = names_by_start
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), 100 * i as u64 + 100..100 * i as u64 + 200))
+            .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        TensorIndex::new(&t)
+    }
+
+    #[test]
+    fn a_tensor_is_found_by_its_bytes() {
+        let idx = index(&["c", "a", "d", "b"]);
+        assert_eq!(idx.len(), 4);
+        assert_eq!(idx.range(0), 200..300, "a lies second");
+        assert_eq!(idx.at(99), None, "the header");
+        assert_eq!(idx.data_start(), 100);
+        assert_eq!(idx.at(100), Some(2), "c, third by name, lies first");
+        assert_eq!(idx.at(299), Some(0));
+        assert_eq!(idx.at(499), Some(1), "b lies last");
+        assert_eq!(idx.at(500), None, "past the last tensor");
+    }
+
+    #[test]
+    fn name_order_is_told_from_byte_order_and_spills() {
+        // Name order a, b, c, d lies at 200, 400, 100, 300: every step jumps in bytes.
+        let idx = index(&["c", "a", "d", "b"]);
+        let mut run = KeyRun::default();
+        assert_eq!(run.step(&idx, 0, 100, false), KeyStep::Outside);
+        assert_eq!(run.step(&idx, 200, 250, false), KeyStep::Restarts);
+        assert_eq!(run.step(&idx, 250, 300, true), KeyStep::Continues);
+        // Read-ahead past a's end into d (what lies next in bytes) is a spill.
+        assert_eq!(run.step(&idx, 300, 340, true), KeyStep::Spill);
+        assert!(!run.is_key_order());
+        assert_eq!(run.step(&idx, 400, 500, false), KeyStep::Continues, "b");
+        assert!(!run.is_key_order(), "one jump could be chance");
+        assert_eq!(run.step(&idx, 100, 200, false), KeyStep::Continues, "c");
+        assert!(run.is_key_order());
+        assert_eq!(run.bytes, 50 + 50 + 100 + 100);
+        // A jump to a tensor out of turn starts again.
+        assert_eq!(run.step(&idx, 400, 450, false), KeyStep::Restarts);
+        assert!(!run.is_key_order());
+        assert_eq!((run.current(), run.queued, run.bytes), (Some(1), 1, 50));
+        // A reader in byte order never takes a jump, whichever order the names lie in: it
+        // meets a, b, c in turn as it reads on, with x and y between them or not.
+        let layouts: [&[&str]; 3] =
+            [&["a", "b", "c", "d"], &["a", "x", "b", "y", "c"], &["c", "a", "d", "b"]];
+        for names in layouts {
+            let idx = index(names);
+            let mut run = KeyRun::default();
+            let end = 100 * (names.len() as u64 + 1);
+            for start in (100..end).step_by(50) {
+                run.step(&idx, start, start + 50, start > 100);
+            }
+            assert!(!run.is_key_order(), "{names:?}");
+        }
     }
 
     #[test]

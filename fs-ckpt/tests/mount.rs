@@ -137,6 +137,7 @@ fn reads_through_the_mount_equal_the_source() {
     logic_layer_fetches_each_stripe_once(&env, &files[5].1);
     random_preads_fetch_what_they_read(&env);
     prefetch_at_mount_takes_tensors_in_key_order(&env);
+    key_order_loaders_get_the_next_tensors_by_name(&env);
     memory_budget_holds_with_64_readers(&env);
     replaced_file(&env, &swap.1);
     replaced_by_a_longer_file_within_the_ttl(&env);
@@ -323,13 +324,24 @@ fn random_preads_fetch_what_they_read(env: &Env) {
 /// bytes lie (the file's first tensor is the last by name), and the tensors' byte ranges in the
 /// file by name, as the writer placed them.
 fn shuffled_safetensors(seed: u64) -> (Vec<u8>, Vec<(String, std::ops::Range<u64>)>) {
-    const N: usize = 20;
-    const SIZE: u64 = 128 << 10;
-    let name = |i: usize| format!("t.{:02}", N - 1 - (7 * i) % N);
+    safetensors_laid_out(seed, 128 << 10, |i| N_TENSORS - 1 - (7 * i) % N_TENSORS)
+}
+
+const N_TENSORS: usize = 20;
+
+/// A safetensors file of [`N_TENSORS`] tensors of `SIZE` bytes, the `i`-th in the file named
+/// `t.{name(i)}`, and the tensors' byte ranges in the file by name.
+fn safetensors_laid_out(
+    seed: u64,
+    size: u64,
+    name_of: impl Fn(usize) -> usize,
+) -> (Vec<u8>, Vec<(String, std::ops::Range<u64>)>) {
+    let name = |i: usize| format!("t.{:02}", name_of(i));
+    let at = |i: usize| i as u64 * size..(i as u64 + 1) * size;
     let mut header = serde_json::Map::new();
-    for i in 0..N {
-        let (a, b) = (i as u64 * SIZE, (i as u64 + 1) * SIZE);
-        let entry = serde_json::json!({"dtype": "U8", "shape": [SIZE], "data_offsets": [a, b]});
+    for i in 0..N_TENSORS {
+        let (a, b) = (at(i).start, at(i).end);
+        let entry = serde_json::json!({"dtype": "U8", "shape": [size], "data_offsets": [a, b]});
         header.insert(name(i), entry);
     }
     let mut json = serde_json::to_vec(&header).expect("json");
@@ -339,9 +351,9 @@ fn shuffled_safetensors(seed: u64) -> (Vec<u8>, Vec<(String, std::ops::Range<u64
     let base = 8 + json.len() as u64;
     let mut data = (json.len() as u64).to_le_bytes().to_vec();
     data.extend_from_slice(&json);
-    data.extend(bytes(seed, N * SIZE as usize));
+    data.extend(bytes(seed, N_TENSORS * size as usize));
     let mut ranges: Vec<(String, std::ops::Range<u64>)> =
-        (0..N).map(|i| (name(i), base + i as u64 * SIZE..base + (i as u64 + 1) * SIZE)).collect();
+        (0..N_TENSORS).map(|i| (name(i), base + at(i).start..base + at(i).end)).collect();
     ranges.sort_by(|a, b| a.0.cmp(&b.0));
     (data, ranges)
 }
@@ -431,6 +443,97 @@ fn prefetch_at_mount_takes_tensors_in_key_order(env: &Env) {
         s.bytes_fetched
     );
     assert_eq!(s.stripes_failed, 0, "{s:?}");
+}
+
+/// Issue 9 item 2 at an ordinary open (no `--prefetch`, no byte window: `sequential_after` off):
+/// the mount reads a `.safetensors` header when the file is opened; a handle that reads
+/// tensors by name, jumping about the file, gets the next tensors by name queued after its
+/// second jump, not before (one could be chance); a handle reading the same file in byte order
+/// never does; the whole load fetches each chunk once and every byte equals the one written.
+/// And a rank that reads scattered tensors whole gets no byte window past a tensor's end.
+fn key_order_loaders_get_the_next_tensors_by_name(env: &Env) {
+    // 1 MiB tensors, t.{3i mod 20}: the next by name lies 7 tensors on (or 13 back), further
+    // than kernel read-ahead reorders reads, so each step by name is a jump in bytes.
+    let (data, tensors) = safetensors_laid_out(779, 1 << 20, |i| (3 * i) % N_TENSORS);
+    let len = data.len() as u64;
+    env.runtime
+        .block_on(env.store.put("keys/model.safetensors", Bytes::from(data.clone())))
+        .expect("put");
+    let header_end = tensors.iter().map(|(_, r)| r.start).min().expect("tensors");
+    // A mount of its own (an empty cache) and the file opened, its header read.
+    let mount_and_open = |sequential_after: u64| {
+        let config = bootseer_ckpt::CkptConfig { sequential_after, ..support::test_config() };
+        let handle = env.runtime.handle().clone();
+        let fs = bootseer_ckpt::CkptFs::new(env.store.clone(), config, handle).expect("fs");
+        let root = bootseer_ckpt::fs::ROOT_INO;
+        let dir = env.runtime.block_on(fs.lookup(root, "keys")).expect("dir").ino;
+        let ino = env.runtime.block_on(fs.lookup(dir, "model.safetensors")).expect("file").ino;
+        let fh = env.runtime.block_on(fs.open(ino)).expect("open").fh;
+        let waited = Instant::now();
+        while fs.summary().safetensors_headers_indexed < 1 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "the header was never read");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (fs, fh)
+    };
+    let read = |fs: &bootseer_ckpt::CkptFs, fh: u64, r: &std::ops::Range<u64>| {
+        let got =
+            env.runtime.block_on(fs.read(fh, r.start, (r.end - r.start) as u32)).expect("read");
+        assert!(got[..] == data[r.start as usize..r.end as usize], "bytes of {r:?}");
+    };
+
+    // In byte order: no key-order prefetch, whatever is read.
+    let (fs, fh) = mount_and_open(u64::MAX);
+    let mut by_bytes = tensors.clone();
+    by_bytes.sort_by_key(|(_, r)| r.start);
+    read(&fs, fh, &(0..header_end));
+    for (_, range) in &by_bytes {
+        read(&fs, fh, range);
+    }
+    fs.release(fh).expect("release");
+    assert_eq!(fs.summary().key_order_bytes_queued, 0, "a byte-order reader got key order");
+    drop(fs);
+
+    // By name.
+    let (fs, fh) = mount_and_open(u64::MAX);
+    read(&fs, fh, &(0..header_end));
+    read(&fs, fh, &tensors[0].1);
+    read(&fs, fh, &tensors[1].1);
+    assert_eq!(fs.summary().key_order_bytes_queued, 0, "queued after one jump");
+    read(&fs, fh, &tensors[2].1);
+    let queued = fs.summary().key_order_bytes_queued;
+    assert!(queued >= tensors[3].1.end - tensors[3].1.start, "nothing queued after two jumps");
+    for (_, range) in &tensors[3..] {
+        read(&fs, fh, range);
+    }
+    let s = fs.summary();
+    fs.release(fh).expect("release");
+    assert!(s.cache.bytes_background > 0, "the queued tensors were never fetched ahead: {s:?}");
+    // The cache (64 MiB) holds the file: each chunk fetched once (hedges aside).
+    let hedged = s.stripes_hedged * (256 << 10);
+    assert!(s.bytes_fetched <= len + hedged, "fetched {} of {len} B: {s:?}", s.bytes_fetched);
+    assert_eq!(s.stripes_failed, 0, "{s:?}");
+    drop(fs);
+
+    // A rank picking every 4th tensor (none next to another, by bytes or by name), each read
+    // whole in one read past `sequential_after`: its byte window stops at the tensor's end.
+    let (fs, fh) = mount_and_open(64 << 10);
+    read(&fs, fh, &(0..header_end));
+    let picked: Vec<std::ops::Range<u64>> =
+        by_bytes.iter().step_by(4).map(|(_, r)| r.clone()).collect();
+    for range in &picked {
+        read(&fs, fh, range);
+    }
+    let s = fs.summary();
+    fs.release(fh).expect("release");
+    const CHUNK: u64 = 64 << 10;
+    let chunks: std::collections::BTreeSet<u64> = std::iter::once(0..header_end)
+        .chain(picked)
+        .flat_map(|r| r.start / CHUNK..r.end.div_ceil(CHUNK))
+        .collect();
+    let most = chunks.len() as u64 * CHUNK + s.stripes_hedged * (256 << 10);
+    assert!(s.bytes_fetched <= most, "fetched {} past the tensors read: {s:?}", s.bytes_fetched);
+    assert_eq!(s.key_order_bytes_queued, 0, "{s:?}");
 }
 
 /// The daemon binary with `--memory 32M` on a 64 MiB file, and with `--memory 256M` (issue 9

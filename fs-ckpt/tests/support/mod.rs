@@ -45,6 +45,7 @@ pub fn test_config() -> CkptConfig {
         metadata_ttl: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(5),
         prefetch: Vec::new(),
+        key_order: true,
     }
 }
 
