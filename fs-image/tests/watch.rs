@@ -249,3 +249,119 @@ fn a_metrics_addr_in_use_fails_the_mount() {
     assert!(stderr.contains(&addr.to_string()), "{stderr}");
     assert!(!is_mounted(mnt.path()));
 }
+
+/// Issue 10 item 8: a daemon's log lines are written off the threads that serve reads. Its
+/// stderr here is a pipe nobody reads, full after 64 KiB, and every FUSE request is logged
+/// (`BOOTSEER_LOG=trace`): reads of a whole image still finish, and once the pipe is drained
+/// the daemon unmounts and exits cleanly. (With lines written on the FUSE threads, the first
+/// full pipe stops every reply.)
+#[test]
+fn a_log_pipe_nobody_reads_stops_no_read() {
+    if require_root_fuse(&[]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    // Many small files: every one costs a lookup, an open, a read, a release (~6 lines).
+    let files: Vec<(String, Vec<u8>)> =
+        (0..400u64).map(|i| (format!("f{i:03}"), pattern(i + 70, 8 << 10))).collect();
+    for (name, data) in &files {
+        std::fs::write(src.path().join(name), data).expect("write");
+    }
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "quietlog:v1");
+    let (mnt, cache) = (tempfile::tempdir().expect("mnt"), tempfile::tempdir().expect("cache"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+        .args(["mount", &reference])
+        .arg(mnt.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(["--trace", "off", "-f"])
+        .env("BOOTSEER_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("the pipe");
+    let mut daemon = Daemon { child, mnt: mnt.path().to_path_buf() };
+    wait_for("the mount", || {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("the daemon exited before mounting: {status}");
+        }
+        is_mounted(mnt.path())
+    });
+    // The reads on their own thread, so a hang is a failure here, not a stuck test.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let root = mnt.path().to_path_buf();
+    let reader = std::thread::spawn(move || {
+        for (name, data) in &files {
+            assert_eq!(&read_and_forget(&root.join(name)), data, "{name}");
+            let _ = std::fs::metadata(root.join(name));
+        }
+        let _ = done_tx.send(());
+    });
+    let finished = done_rx.recv_timeout(Duration::from_secs(30));
+    // Drain the pipe now: whatever happened, the daemon must be able to exit.
+    let drained = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+        text
+    });
+    assert!(finished.is_ok(), "reads stalled behind a full log pipe");
+    reader.join().expect("the reads");
+    daemon.stop();
+    let log = drained.join().expect("drain");
+    assert!(log.len() > 64 << 10, "the log did not fill the pipe ({} bytes): no test", log.len());
+}
+
+/// Issue 10 item 8: a daemon that systemd started (a `.mount` unit, a service) logs to the
+/// journal: its stderr is the journal's stream, named by `JOURNAL_STREAM` (device:inode), and
+/// stays its stderr when the daemon forks. Here a plain file stands in for the journal's
+/// socket; the daemon must tell it from a stderr it merely inherited (another inode named:
+/// /dev/null, as before).
+#[test]
+fn a_daemon_started_by_systemd_logs_to_its_journal_stream() {
+    use std::os::unix::fs::MetadataExt;
+    if require_root_fuse(&["umount"]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("f"), pattern(90, 4096)).expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "journal:v1");
+    let work = tempfile::tempdir().expect("work");
+    for (case, named_is_stderr) in [("journal", true), ("another", false)] {
+        let journal = work.path().join(case);
+        let file = std::fs::File::create(&journal).expect("journal file");
+        let md = file.metadata().expect("stat");
+        let ino = if named_is_stderr { md.ino() } else { md.ino() + 1 };
+        let mnt = work.path().join(format!("mnt-{case}"));
+        std::fs::create_dir(&mnt).expect("mnt");
+        let status = Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+            .args(["mount", &reference])
+            .arg(&mnt)
+            .args(["--trace", "off"])
+            .env("JOURNAL_STREAM", format!("{}:{ino}", md.dev()))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "{case}: mount");
+        assert_eq!(std::fs::read(mnt.join("f")).expect("read"), pattern(90, 4096));
+        let ok = Command::new("umount").arg(&mnt).status().expect("umount");
+        assert!(ok.success(), "{case}: umount");
+        let text = || std::fs::read_to_string(&journal).unwrap_or_default();
+        if named_is_stderr {
+            wait_for("the daemon's last lines", || text().contains("unmounted"));
+            assert!(text().contains("mounted source="), "{case}: {}", text());
+        } else {
+            // Gone when the mount is: its exit is what the summary-less daemon leaves.
+            wait_for("the daemon to exit", || {
+                !Command::new("pgrep")
+                    .args(["-f", &format!("bootseer-image mount {reference} {}", mnt.display())])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+            assert_eq!(text(), "", "{case}: a stderr not named by JOURNAL_STREAM got lines");
+        }
+    }
+}

@@ -30,7 +30,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -399,6 +399,9 @@ pub fn daemonize(log: Option<&Path>) -> std::io::Result<Ready> {
                     let _ = LOG_PATH.set(path.to_path_buf());
                     std::fs::OpenOptions::new().create(true).append(true).open(path)?.into()
                 }
+                // Started by systemd (a .mount unit, a service's ExecStart): stderr is the
+                // journal, and stays so.
+                None if stderr_is_journal() => std::io::stderr().as_fd().try_clone_to_owned()?,
                 None => null.try_clone()?.into(),
             };
             for (fd, target) in [(null.as_raw_fd(), 0), (null.as_raw_fd(), 1), (err.as_raw_fd(), 2)]
@@ -415,6 +418,18 @@ pub fn daemonize(log: Option<&Path>) -> std::io::Result<Ready> {
             Ok(Ready { pipe: Some(pipe) })
         }
     }
+}
+
+/// Whether stderr is the journal stream systemd gave this process: `JOURNAL_STREAM` names the
+/// device and inode of the journal's socket (see systemd.exec(5)), which must be what fd 2 is,
+/// not merely inherited from a parent whose stderr it was.
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.split_once(':') else { return false };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else { return false };
+    std::fs::File::from(fd).metadata().is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so a reader of the summary
@@ -601,7 +616,7 @@ pub fn run_daemon(
         daemonize(options.log.as_deref()).context("daemonizing")?
     };
     let signals = ServeSignals::block().context("blocking signals")?;
-    crate::telemetry::init(options.log_filter);
+    crate::telemetry::init_daemon(options.log_filter);
     if let Some(p) = &options.pidfile
         && let Err(e) = write_atomic(p, format!("{}\n", std::process::id()).as_bytes())
     {
@@ -622,6 +637,10 @@ pub fn run_daemon(
     if let Some(p) = &options.pidfile {
         let _ = std::fs::remove_file(p);
     }
+    if let Err(e) = &result {
+        tracing::error!(error = %error_chain(e), "the daemon stops");
+    }
+    crate::telemetry::flush();
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
