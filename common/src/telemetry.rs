@@ -212,38 +212,17 @@ impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for RateLimited<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
-    /// A writer into a shared buffer, one per line.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("buffer").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
+    use crate::test_writer::Shared;
 
     #[test]
     fn repeated_warnings_are_counted_not_written_and_said_after_the_window() {
-        let buffer = Buffer::default();
+        let buffer = Shared::default();
         let window = Duration::from_millis(300);
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .with_writer(RateLimited::new(buffer.clone(), 3, window))
             .finish();
-        let lines = || String::from_utf8(buffer.0.lock().expect("buffer").clone()).expect("utf8");
+        let lines = || buffer.text();
         tracing::subscriber::with_default(subscriber, || {
             let fail = |i: u32| tracing::warn!(block = i, "fetch failed");
             for i in 0..50 {

@@ -238,8 +238,6 @@ fn draw_loop(progress: &Progress, mut out: Box<dyn Write + Send>, stop: &mpsc::R
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
 
     #[test]
@@ -283,24 +281,10 @@ mod tests {
         assert!(!t.ready(at(500)));
     }
 
-    /// A writer the test can read back.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn the_line_redraws_in_place_at_most_ten_times_a_second_and_ends_with_the_totals() {
         let progress = Arc::new(Progress::default());
-        let out = Shared::default();
+        let out = crate::test_writer::Shared::default();
         let started = Instant::now();
         let line = ProgressLine::start(progress.clone(), Box::new(out.clone()));
         for i in 0..60u64 {
@@ -309,7 +293,7 @@ mod tests {
         }
         line.finish();
         let elapsed = started.elapsed();
-        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
+        let text = out.text();
         let draws = text.matches('\r').count() as u128;
         // One per interval that passed, plus the final one.
         assert!(draws >= 1 && draws <= elapsed.as_millis() / INTERVAL.as_millis() + 1, "{text:?}");
