@@ -138,6 +138,8 @@ struct Window {
     run_bytes: u64,
     /// Chunks before this index are queued (or were read) in this run.
     queued_end: u64,
+    /// A read of this run started more than [`RUN_GAP`] past its end (bytes skipped).
+    gapped: bool,
     /// The run in tensor-name order, for a `.safetensors` file whose header is read.
     key: crate::warm::KeyRun,
 }
@@ -149,6 +151,14 @@ const RUN_BEHIND: u64 = 8 << 20;
 /// How far past the run's end a read may start and still continue it (requests of one
 /// read-ahead window overtaking each other).
 const RUN_AHEAD: u64 = 2 << 20;
+/// How far past the run's end a read may start without its run counting as one that skipped
+/// bytes: one FUSE read (the kernel's largest is 1 MiB) overtaking the one before it.
+const RUN_GAP: u64 = 1 << 20;
+/// How far a run must read on past the end of its first tensor (of a `.safetensors` file whose
+/// header is known), skipping nothing, to be taken for a sequential reader: further than the
+/// kernel's read-ahead asks for after one pread (up to two windows of the 4 MiB the mount sets,
+/// and the window it was in).
+const SURE_SEQUENTIAL: u64 = 16 << 20;
 
 #[derive(Debug)]
 struct OpenFile {
@@ -888,11 +898,13 @@ impl CkptFs {
                 && end.saturating_add(RUN_BEHIND) > w.run_end;
             let byte_stopped = !continues && w.queued_end > plan.stripe_of(w.run_end);
             if continues {
+                w.gapped |= offset > w.run_end.saturating_add(RUN_GAP);
                 w.run_bytes += end.saturating_sub(w.run_end);
                 w.run_end = w.run_end.max(end);
             } else {
                 let key = std::mem::take(&mut w.key);
-                *w = Window { run_end: end, run_bytes: end - offset, queued_end: 0, key };
+                let run_bytes = end - offset;
+                *w = Window { run_end: end, run_bytes, queued_end: 0, gapped: false, key };
             }
             let (mut key_order, mut key_stopped, mut tensors) = (false, false, 0..0);
             if let Some(index) = index {
@@ -919,23 +931,31 @@ impl CkptFs {
             let range = if key_order || w.run_bytes < self.config.sequential_after {
                 0..0
             } else {
-                // As far ahead as the run is long: a sequential reader's window doubles as it
-                // reads (to the whole file within its share), while a reader that stops (a
-                // tensor read to its end) leaves at most its own length fetched past it.
-                let ahead = w.run_bytes.max(first).min(share);
-                let start = w.queued_end.max(plan.stripe_of(w.run_end));
-                let target = plan.stripe_of(w.run_end.saturating_add(ahead).min(plan.len));
-                // A run within one tensor of a known header (the header before it aside)
+                // With a known header, a run within one tensor (the header before it aside)
                 // stops at its end: reading a tensor whole says nothing of the one that lies
-                // after it (a rank picking its slice); a run that read on from one tensor
-                // into the next is a sequential reader's.
+                // after it (a rank picking its slice). A run no more than [`SURE_SEQUENTIAL`]
+                // past its first tensor's end gets nothing more: the kernel's read-ahead reads
+                // that far past a tensor read whole. A run further on that skipped no bytes is
+                // a sequential reader's, sure enough to get its whole share at once.
                 let run_start = w.run_end.saturating_sub(w.run_bytes);
                 let last = w.run_end.saturating_sub(1);
-                let cap = index.and_then(|i| {
-                    let tensor = i.range(i.at(last)?);
-                    let within = run_start.max(i.data_start()) >= tensor.start;
-                    within.then(|| plan.covering(tensor).end)
-                });
+                let (cap, sure) = match index {
+                    Some(i) => match i.first_start_after(run_start.max(i.data_start())) {
+                        Some(b) if b <= last && w.run_end - b > SURE_SEQUENTIAL => {
+                            (None, !w.gapped)
+                        }
+                        Some(b) if b <= last => (Some(plan.stripe_of(w.run_end)), false),
+                        _ => (i.at(last).map(|k| plan.covering(i.range(k)).end), false),
+                    },
+                    None => (None, false),
+                };
+                // Otherwise as far ahead as the run is long: a sequential reader's window
+                // doubles as it reads (to the whole file within its share), while a reader
+                // that stops (a tensor read to its end) leaves at most its own length fetched
+                // past it.
+                let ahead = if sure { share } else { w.run_bytes.max(first).min(share) };
+                let start = w.queued_end.max(plan.stripe_of(w.run_end));
+                let target = plan.stripe_of(w.run_end.saturating_add(ahead).min(plan.len));
                 // Whole stripes only (but the last, and a tensor's end): a window that slides
                 // by each read's length would otherwise queue read-sized jobs, one small range
                 // read each.

@@ -196,6 +196,13 @@ impl TensorIndex {
         self.by_start.first().map_or(0, |&(start, _, _)| start)
     }
 
+    /// The first tensor start after byte `offset`: where a run from there first crosses into
+    /// another tensor.
+    pub fn first_start_after(&self, offset: u64) -> Option<u64> {
+        let after = self.by_start.partition_point(|&(start, _, _)| start <= offset);
+        self.by_start.get(after).map(|&(start, _, _)| start)
+    }
+
     /// The bytes of the `k`-th tensor by name.
     pub fn range(&self, k: usize) -> Range<u64> {
         self.by_name.get(k).cloned().unwrap_or(0..0)
@@ -368,6 +375,10 @@ mod tests {
         assert_eq!(idx.range(0), 200..300, "a lies second");
         assert_eq!(idx.at(99), None, "the header");
         assert_eq!(idx.data_start(), 100);
+        assert_eq!(idx.first_start_after(0), Some(100), "from the header");
+        assert_eq!(idx.first_start_after(100), Some(200));
+        assert_eq!(idx.first_start_after(399), Some(400));
+        assert_eq!(idx.first_start_after(400), None);
         assert_eq!(idx.at(100), Some(2), "c, third by name, lies first");
         assert_eq!(idx.at(299), Some(0));
         assert_eq!(idx.at(499), Some(1), "b lies last");

@@ -515,12 +515,18 @@ fn key_order_loaders_get_the_next_tensors_by_name(env: &Env) {
     assert_eq!(s.stripes_failed, 0, "{s:?}");
     drop(fs);
 
-    // A rank picking every 4th tensor (none next to another, by bytes or by name), each read
-    // whole in one read past `sequential_after`: its byte window stops at the tensor's end.
+    // A rank picking every 6th tensor (none next to another, by bytes or by name, nor within
+    // 2 MiB after the last read), each read whole in one read past `sequential_after`, then
+    // 2 MiB past its end (what the kernel's read-ahead asks for after a pread, here across two
+    // tensor boundaries): its byte window stops at the tensor's end, and the read-ahead does
+    // not make it a sequential reader.
     let (fs, fh) = mount_and_open(64 << 10);
     read(&fs, fh, &(0..header_end));
-    let picked: Vec<std::ops::Range<u64>> =
-        by_bytes.iter().step_by(4).map(|(_, r)| r.clone()).collect();
+    let picked: Vec<std::ops::Range<u64>> = by_bytes
+        .iter()
+        .step_by(6)
+        .flat_map(|(_, r)| [r.clone(), r.end..(r.end + (2 << 20)).min(len)])
+        .collect();
     for range in &picked {
         read(&fs, fh, range);
     }
