@@ -193,6 +193,53 @@ async fn round_trip_block_boundaries_listing_and_nameservice() {
     .await
     .expect("open defaultFS");
     assert_eq!(store_dir.stat("ckpt/model.bin").await.expect("stat").len, len);
+
+    put_file_uploads_in_pieces_and_leaves_nothing_on_failure(&store, &dfs).await;
+}
+
+/// `put_file` on HDFS (what `convert` and snapshot captures upload from disk): more than two
+/// pieces, not a multiple of one, read back equal; the file's cursor left where it was; a
+/// second upload over the first fine; a file shorter than the length given is an error that
+/// stores nothing and leaves no temporary file in the directory (listed by a plain hdfs-native
+/// client, which shows the dot-names the store hides).
+async fn put_file_uploads_in_pieces_and_leaves_nothing_on_failure(
+    store: &HdfsStore,
+    dfs: &MiniDfs,
+) {
+    use std::io::{Seek, SeekFrom, Write};
+    let file_of = |data: &[u8]| {
+        let mut file = bootseer_common::layer::blob::temp_file(&std::env::temp_dir()).expect("tmp");
+        file.write_all(data).expect("write");
+        file.seek(SeekFrom::Start(17)).expect("seek");
+        file
+    };
+    let piece = bootseer_common::store::PUT_PIECE as usize;
+    let data = bootseer_common::testing::mem::pattern(11, 2 * piece + 12_345);
+    let mut file = file_of(&data);
+    store.put_file("up/blob", &file, data.len() as u64).await.expect("put_file");
+    let stored = store.read_range("up/blob", 0..u64::MAX).await.expect("read back");
+    assert!(stored == data, "put_file stored other bytes");
+    assert_eq!(file.stream_position().expect("cursor"), 17, "put_file moved the cursor");
+    store.put_file("up/blob", &file, data.len() as u64).await.expect("second put_file");
+    assert_eq!(store.stat("up/blob").await.expect("stat").len, data.len() as u64);
+
+    let short = b"only these bytes";
+    let err = store
+        .put_file("up/short", &file_of(short), short.len() as u64 + 1)
+        .await
+        .expect_err("a short file must fail");
+    assert!(!err.is_retryable(), "a short file is not worth retrying: {err}");
+    assert!(matches!(store.stat("up/short").await, Err(StoreError::NotFound { .. })));
+    let client = hdfs_native::ClientBuilder::new().with_url(dfs.uri()).build().expect("client");
+    let dir = format!("{}/up", store.root());
+    let names: Vec<String> = client
+        .list_status(&dir, false)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.path.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, ["blob"], "left in {dir}");
 }
 
 /// A retry policy short enough for a test: bounded by `total_deadline` plus one attempt.
