@@ -167,8 +167,6 @@ struct OpenFile {
     source: Arc<StripeSource>,
     dyn_source: DynSource,
     window: Mutex<Window>,
-    /// A `.safetensors` file's tensors, once its header is read (see [`CkptFs::open`]).
-    tensors: std::sync::OnceLock<crate::warm::TensorIndex>,
 }
 
 /// A read [`CkptFs::read_now`] could not answer from memory: finish it with
@@ -249,7 +247,8 @@ pub struct Summary {
     pub prefetched_at_mount_files: u64,
     /// Bytes of them queued at mount (within one reader's window of the budget).
     pub prefetched_at_mount_bytes: u64,
-    /// `.safetensors` headers read at open, for key-order prefetch.
+    /// `.safetensors` headers read (once per file version, at open or by `--prefetch`), for
+    /// key-order prefetch.
     pub safetensors_headers_indexed: u64,
     /// Bytes of tensors queued ahead of key-order loaders (the next tensors by name).
     pub key_order_bytes_queued: u64,
@@ -380,30 +379,37 @@ fn assemble(
     Ok(Bytes::from(out))
 }
 
-/// A safetensors file's header end and its tensors by name (see
-/// [`crate::warm::tensor_ranges`]), read through `cache`; a header over `budget` bytes is not
-/// read.
-async fn read_tensors(
+/// The safetensors header of `source`'s version: read through `cache` the first time it is
+/// asked for (one over `budget` bytes is not read), then kept with the version, so the mount's
+/// prefetch and every handle share one read. A header that does not parse is asked for again
+/// by the next open.
+async fn tensor_index<'a>(
     cache: &BlockCache,
-    source: &DynSource,
-    plan: &StripePlan,
+    counters: &Counters,
+    source: &'a Arc<StripeSource>,
     budget: u64,
-) -> Result<(u64, Vec<(String, std::ops::Range<u64>)>), String> {
+) -> Result<&'a crate::warm::TensorIndex, String> {
+    let (plan, dyn_source): (&StripePlan, DynSource) = (source.plan(), source.clone());
+    let dyn_source = &dyn_source;
     let read = |range: std::ops::Range<u64>| async move {
         let covering = plan.covering(range.clone());
         let first = covering.start;
-        let chunks = cache.get_many(source, covering).await.map_err(|e| e.to_string())?;
-        assemble(plan, first, &chunks, range, source.id()).map_err(|e| e.to_string())
+        let chunks = cache.get_many(dyn_source, covering).await.map_err(|e| e.to_string())?;
+        assemble(plan, first, &chunks, range, dyn_source.id()).map_err(|e| e.to_string())
     };
-    if plan.len < 8 {
-        return Err(format!("{} bytes, shorter than a safetensors length prefix", plan.len));
-    }
-    let len = crate::warm::header_len(&read(0..8).await?, plan.len)?;
-    if 8 + len > budget {
-        return Err(format!("a header of {len} bytes is more than the prefetch budget"));
-    }
-    let json = read(8..8 + len).await?;
-    Ok((8 + len, crate::warm::tensor_ranges(&json, plan.len)?))
+    let init = || async {
+        if plan.len < 8 {
+            return Err(format!("{} bytes, shorter than a safetensors length prefix", plan.len));
+        }
+        let len = crate::warm::header_len(&read(0..8).await?, plan.len)?;
+        if 8 + len > budget {
+            return Err(format!("a header of {len} bytes is more than the prefetch budget"));
+        }
+        let tensors = crate::warm::tensor_ranges(&read(8..8 + len).await?, plan.len)?;
+        counters.headers_indexed.fetch_add(1, Ordering::Relaxed);
+        Ok(crate::warm::TensorIndex::new(8 + len, &tensors))
+    };
+    source.tensors().get_or_try_init(init).await
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -772,16 +778,11 @@ impl CkptFs {
         source.handle_opened();
         let dyn_source: DynSource = source.clone();
         self.note_opened_version(&path, version);
-        let file = Arc::new(OpenFile {
-            ino,
-            source,
-            dyn_source,
-            window: Mutex::new(Window::default()),
-            tensors: std::sync::OnceLock::new(),
-        });
         if self.config.key_order && path.ends_with(".safetensors") {
-            self.index_tensors(&path, &file);
+            self.index_tensors(&path, &source);
         }
+        let file =
+            Arc::new(OpenFile { ino, source, dyn_source, window: Mutex::new(Window::default()) });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, file);
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
@@ -890,7 +891,7 @@ impl CkptFs {
         let plan = file.source.plan();
         let share = self.window_share();
         let first = self.config.initial_window.saturating_mul(self.config.stripe_size);
-        let index = file.tensors.get();
+        let index = file.source.tensors().get();
         let (range, tensors, stopped) = {
             let mut w = lock(&file.window);
             let continues = w.run_bytes > 0
@@ -909,12 +910,11 @@ impl CkptFs {
             let (mut key_order, mut key_stopped, mut tensors) = (false, false, 0..0);
             if let Some(index) = index {
                 let was_key_order = w.key.is_key_order();
-                match w.key.step(index, offset, end, continues) {
-                    KeyStep::Continues => key_order = w.key.is_key_order(),
-                    KeyStep::Spill => key_order = was_key_order,
-                    KeyStep::Restarts => key_stopped = was_key_order,
-                    KeyStep::Outside => key_order = was_key_order && continues,
-                }
+                // A step leaves the run as it was but for Continues (it may turn key order)
+                // and Restarts (a key-order run that restarts is stopped).
+                let step = w.key.step(index, offset, end, continues);
+                key_order = w.key.is_key_order() && (step != KeyStep::Outside || continues);
+                key_stopped = step == KeyStep::Restarts && was_key_order;
                 if key_order && let Some(current) = w.key.current() {
                     let ahead = w.key.bytes.max(first).min(share);
                     let (mut last, mut lead) =
@@ -1142,10 +1142,13 @@ impl CkptFs {
         let plan = *source.plan();
         let whole: Vec<std::ops::Range<u64>> = std::iter::once(0..plan.len).collect();
         let order = match path.ends_with(".safetensors") {
-            true => self.tensor_order(&dyn_source, &plan, budget).await.unwrap_or_else(|why| {
-                tracing::warn!(key = %path, why, "not a readable safetensors header; warming from the start");
-                whole
-            }),
+            true => match tensor_index(&self.cache, &self.counters, &source, budget).await {
+                Ok(index) => index.read_order(),
+                Err(why) => {
+                    tracing::warn!(key = %path, why, "not a readable safetensors header; warming from the start");
+                    whole
+                }
+            },
             false => whole,
         };
         let (chunks, bytes) = crate::warm::chunks_in_order(&order, &plan, budget);
@@ -1167,37 +1170,20 @@ impl CkptFs {
         Ok(bytes)
     }
 
-    /// A safetensors file's read order: its header (length prefix and JSON), then each
-    /// tensor's bytes by name, as loaders read them. The header is read through the cache.
-    async fn tensor_order(
-        &self,
-        source: &DynSource,
-        plan: &StripePlan,
-        budget: u64,
-    ) -> Result<Vec<std::ops::Range<u64>>, String> {
-        let (header_end, tensors) = read_tensors(&self.cache, source, plan, budget).await?;
-        let mut order: Vec<std::ops::Range<u64>> = std::iter::once(0..header_end).collect();
-        order.extend(tensors.into_iter().map(|(_, range)| range));
-        Ok(order)
-    }
-
-    /// Reads the header of the `.safetensors` file behind `file` in the background, for its
-    /// key-order prefetch ([`CkptFs::advance_window`]). A loader reads the header first, so
-    /// this fetches nothing it would not (the loader's own read joins the same fetch); a
-    /// header larger than one handle's window, or one that does not parse, leaves the handle
-    /// with its byte window alone.
-    fn index_tensors(&self, path: &str, file: &Arc<OpenFile>) {
-        let (cache, file, key) = (self.cache.clone(), file.clone(), path.to_string());
-        let counters = self.counters.clone();
-        let budget = self.window_share();
+    /// Reads the header of `source`'s version in the background unless it is known already,
+    /// for key-order prefetch ([`CkptFs::advance_window`]). A loader reads the header first,
+    /// so this fetches nothing it would not (the loader's own read joins the same fetch); a
+    /// header larger than one handle's window, or one that does not parse, leaves handles
+    /// with their byte windows alone.
+    fn index_tensors(&self, path: &str, source: &Arc<StripeSource>) {
+        if source.tensors().initialized() {
+            return;
+        }
+        let (cache, counters) = (self.cache.clone(), self.counters.clone());
+        let (source, key, budget) = (source.clone(), path.to_string(), self.window_share());
         self.runtime.spawn(async move {
-            let plan = *file.source.plan();
-            match read_tensors(&cache, &file.dyn_source, &plan, budget).await {
-                Ok((_, tensors)) => {
-                    let _ = file.tensors.set(crate::warm::TensorIndex::new(&tensors));
-                    counters.headers_indexed.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(why) => tracing::debug!(key, why, "no key-order prefetch"),
+            if let Err(why) = tensor_index(&cache, &counters, &source, budget).await {
+                tracing::debug!(key, why, "no key-order prefetch");
             }
         });
     }

@@ -335,6 +335,9 @@ pub struct StripeSource {
     /// Set once a check found the file changed or gone: no fetch of this version succeeds after.
     changed: std::sync::atomic::AtomicBool,
     counters: Arc<StripeCounters>,
+    /// A `.safetensors` version's header, read once for every handle and the mount's prefetch
+    /// (see [`crate::fs::CkptFs`]'s key-order window).
+    tensors: tokio::sync::OnceCell<crate::warm::TensorIndex>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -390,6 +393,7 @@ impl StripeSource {
             budget,
             changed: std::sync::atomic::AtomicBool::new(false),
             counters,
+            tensors: tokio::sync::OnceCell::new(),
         });
         // Opened before this stat: if the stat still shows the pinned version, so did they.
         source.verify().await?;
@@ -399,6 +403,11 @@ impl StripeSource {
     /// The stripe layout.
     pub fn plan(&self) -> &StripePlan {
         &self.plan
+    }
+
+    /// The version's safetensors header, once read (set through [`crate::fs`]).
+    pub fn tensors(&self) -> &tokio::sync::OnceCell<crate::warm::TensorIndex> {
+        &self.tensors
     }
 
     /// The pinned version.

@@ -161,6 +161,8 @@ pub fn chunks_in_order(ranges: &[Range<u64>], plan: &StripePlan, budget: u64) ->
 /// loaders read them), and found by byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorIndex {
+    /// Where the header (length prefix and JSON) ends.
+    header_end: u64,
     /// Tensor byte ranges in name order.
     by_name: Vec<Range<u64>>,
     /// (start, end, name index) of the non-empty tensors, sorted by start.
@@ -168,8 +170,9 @@ pub struct TensorIndex {
 }
 
 impl TensorIndex {
-    /// The index of `tensors` (as [`tensor_ranges`] returns them: sorted by name).
-    pub fn new(tensors: &[(String, Range<u64>)]) -> Self {
+    /// The index of a file whose header ends at `header_end`, of `tensors` (as
+    /// [`tensor_ranges`] returns them: sorted by name).
+    pub fn new(header_end: u64, tensors: &[(String, Range<u64>)]) -> Self {
         let by_name: Vec<Range<u64>> = tensors.iter().map(|(_, r)| r.clone()).collect();
         let mut by_start: Vec<(u64, u64, usize)> = by_name
             .iter()
@@ -178,7 +181,12 @@ impl TensorIndex {
             .map(|(k, r)| (r.start, r.end, k))
             .collect();
         by_start.sort_unstable();
-        Self { by_name, by_start }
+        Self { header_end, by_name, by_start }
+    }
+
+    /// The order loaders read the file in: the header, then each tensor by name.
+    pub fn read_order(&self) -> Vec<Range<u64>> {
+        std::iter::once(0..self.header_end).chain(self.by_name.iter().cloned()).collect()
     }
 
     /// Number of tensors.
@@ -365,7 +373,7 @@ mod tests {
             .map(|(i, n)| (n.to_string(), 100 * i as u64 + 100..100 * i as u64 + 200))
             .collect();
         t.sort_by(|a, b| a.0.cmp(&b.0));
-        TensorIndex::new(&t)
+        TensorIndex::new(100, &t)
     }
 
     #[test]
@@ -375,6 +383,8 @@ mod tests {
         assert_eq!(idx.range(0), 200..300, "a lies second");
         assert_eq!(idx.at(99), None, "the header");
         assert_eq!(idx.data_start(), 100);
+        let order = idx.read_order();
+        assert_eq!(order[..3], [0..100, 200..300, 400..500], "header, then a, b by name");
         assert_eq!(idx.first_start_after(0), Some(100), "from the header");
         assert_eq!(idx.first_start_after(100), Some(200));
         assert_eq!(idx.first_start_after(399), Some(400));

@@ -424,12 +424,10 @@ pub fn daemonize(log: Option<&Path>) -> std::io::Result<Ready> {
 /// device and inode of the journal's socket (see systemd.exec(5)), which must be what fd 2 is,
 /// not merely inherited from a parent whose stderr it was.
 pub fn stderr_is_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
     let Some((dev, ino)) = stream.split_once(':') else { return false };
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
-    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else { return false };
-    std::fs::File::from(fd).metadata().is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so a reader of the summary
