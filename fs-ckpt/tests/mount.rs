@@ -8,8 +8,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bootseer_common::store::Store;
-use bytes::Bytes;
 use support::{BLOCK, Env, bytes, sha};
 
 fn read_all(path: &Path) -> Vec<u8> {
@@ -176,9 +174,7 @@ fn safetensors_loads_through_the_mount(env: &Env) {
     };
     let data = std::fs::read(&local).expect("read written model");
     assert!(data.len() as u64 > 4 * BLOCK, "the model must span several HDFS blocks");
-    env.runtime
-        .block_on(env.store.put("model/model.safetensors", Bytes::from(data)))
-        .expect("put model");
+    env.put("model/model.safetensors", data);
     std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
     let through_mount = env.mount.path().join("model/model.safetensors");
     let out = run("load", &through_mount).expect("run python3");
@@ -197,7 +193,7 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     let data = bytes(4242, like.len());
     let len = data.len() as u64;
     for key in ["logic.bin", "large.bin"] {
-        env.runtime.block_on(env.store.put(key, Bytes::from(data.clone()))).expect("put");
+        env.put(key, data.clone());
     }
     std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
     let fs = env.fs.clone();
@@ -277,7 +273,7 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
 /// 1 MiB preads at random offsets of a 24 MiB file (default chunk and sequential settings).
 fn random_preads_fetch_what_they_read(env: &Env) {
     let data = bytes(5151, 24 * BLOCK as usize + 4321);
-    env.runtime.block_on(env.store.put("random.bin", Bytes::from(data.clone()))).expect("put");
+    env.put("random.bin", data.clone());
     let d = bootseer_ckpt::CkptConfig::default();
     let config = bootseer_ckpt::CkptConfig {
         chunk_size: d.chunk_size,
@@ -365,11 +361,9 @@ fn safetensors_laid_out(
 fn prefetch_at_mount_takes_tensors_in_key_order(env: &Env) {
     let (data, tensors) = shuffled_safetensors(777);
     let len = data.len() as u64;
-    env.runtime
-        .block_on(env.store.put("warm/model.safetensors", Bytes::from(data.clone())))
-        .expect("put");
+    env.put("warm/model.safetensors", data.clone());
     let other = bytes(778, 2 * BLOCK as usize);
-    env.runtime.block_on(env.store.put("warm/other.bin", Bytes::from(other))).expect("put");
+    env.put("warm/other.bin", other);
     let config = bootseer_ckpt::CkptConfig {
         // 4 MiB: 3 MiB for cached chunks, half of it (6 stripes of 256 KiB) for prefetch.
         memory_bytes: 4 << 20,
@@ -456,9 +450,7 @@ fn key_order_loaders_get_the_next_tensors_by_name(env: &Env) {
     // than kernel read-ahead reorders reads, so each step by name is a jump in bytes.
     let (data, tensors) = safetensors_laid_out(779, 1 << 20, |i| (3 * i) % N_TENSORS);
     let len = data.len() as u64;
-    env.runtime
-        .block_on(env.store.put("keys/model.safetensors", Bytes::from(data.clone())))
-        .expect("put");
+    env.put("keys/model.safetensors", data.clone());
     let header_end = tensors.iter().map(|(_, r)| r.start).min().expect("tensors");
     // A mount of its own (an empty cache) and the file opened, its header read.
     let mount_and_open = |sequential_after: u64| {
@@ -557,8 +549,7 @@ fn memory_budget_holds(env: &Env, memory: &str, file_len: usize) {
     const OVERHEAD: u64 = 64 << 20;
     let key = format!("rss-{memory}.bin");
     let data = bytes(6464, file_len);
-    let put = env.store.put_with_block_size(&key, Bytes::from(data.clone()), Some(16 << 20));
-    env.runtime.block_on(put).expect("put the file");
+    support::put_retrying(&env.runtime, &env.store, &key, data.clone().into(), Some(16 << 20));
     let dir = tempfile::tempdir().expect("tempdir");
     let mountpoint = dir.path().join("mnt");
     std::fs::create_dir(&mountpoint).expect("mkdir");
@@ -691,7 +682,7 @@ fn replaced_file(env: &Env, old: &[u8]) {
     assert!(head[..] == old[..1000]);
 
     let new = bytes(2000, old.len());
-    env.runtime.block_on(env.store.put("swap.bin", Bytes::from(new.clone()))).expect("replace");
+    env.put("swap.bin", new.clone());
     std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(300));
 
     let mut old_ok = 0;
@@ -730,14 +721,14 @@ fn replaced_by_a_longer_file_within_the_ttl(env: &Env) {
         ..support::test_config()
     };
     let mut old = bytes(3000, 300_000);
-    env.runtime.block_on(env.store.put("grow.bin", Bytes::from(old.clone()))).expect("put");
+    env.put("grow.bin", old.clone());
     let (_fs, mount) = support::mount_again(env, config);
     let path = mount.path().join("grow.bin");
     for round in 1..=8u64 {
         let md = std::fs::metadata(&path).expect("stat");
         assert_eq!(md.len(), old.len() as u64, "round {round}: the length the mount knows");
         let new = bytes(3000 + round, old.len() + 150_000 + round as usize * 1_111);
-        env.runtime.block_on(env.store.put("grow.bin", Bytes::from(new.clone()))).expect("put");
+        env.put("grow.bin", new.clone());
         let got = std::fs::read(&path).expect("read the replaced file");
         assert!(
             got == old || got == new,

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bootseer_ckpt::{CkptConfig, CkptFs, CkptFuse};
 use bootseer_common::mount::MountConfig;
-use bootseer_common::store::Store;
 use bootseer_common::store::hdfs::{HdfsOptions, HdfsStore};
 use bootseer_common::testing::fuse::MountGuard;
 use bootseer_common::testing::minidfs::{MiniDfs, MiniDfsConfig};
@@ -76,13 +75,45 @@ pub fn setup(dfs: MiniDfs, files: &[(&str, &[u8])], config: CkptConfig) -> Optio
         HdfsOptions { config_dir: Some(dfs.conf_dir().to_path_buf()), ..Default::default() };
     let store = runtime.block_on(HdfsStore::open_with(&url, &options)).expect("open store");
     for (key, data) in files {
-        runtime.block_on(store.put(key, Bytes::copy_from_slice(data))).expect("put");
+        put_retrying(&runtime, &store, key, Bytes::copy_from_slice(data), None);
     }
     let fs = Arc::new(CkptFs::new(store.clone(), config, runtime.handle().clone()).expect("fs"));
     let mount_config = MountConfig { threads: 4, ..MountConfig::default() };
     let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
     let mount = require_real("FUSE", MountGuard::mount(adapter, &mount_config))?;
     Some(Env { mount, fs, store, runtime, dfs, url })
+}
+
+/// Writes `key` (with HDFS block size `block_size`, `None`: the default), trying again on a
+/// transient error. The tests write straight to `HdfsStore`, not through the daemons' retrying
+/// store, and a MiniDFS DataNode loaded by the case before sometimes fails a write pipeline's
+/// recovery ("Failed to replay packets during recovery"); a put is atomic (temporary name, then
+/// rename), so another attempt is safe. Panics after three failures.
+pub fn put_retrying(
+    runtime: &tokio::runtime::Runtime,
+    store: &HdfsStore,
+    key: &str,
+    data: Bytes,
+    block_size: Option<u64>,
+) {
+    use bootseer_common::store::StoreError;
+    for attempt in 1..=3 {
+        match runtime.block_on(store.put_with_block_size(key, data.clone(), block_size)) {
+            Ok(()) => return,
+            Err(e @ StoreError::Transient { .. }) if attempt < 3 => {
+                eprintln!("put {key}: attempt {attempt} failed ({e}), trying again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("put {key}: {e}"),
+        }
+    }
+}
+
+impl Env {
+    /// [`put_retrying`] on this cluster, default block size.
+    pub fn put(&self, key: &str, data: impl Into<Bytes>) {
+        put_retrying(&self.runtime, &self.store, key, data.into(), None);
+    }
 }
 
 /// No MiniDFS JVM and no FUSE mount of ours is left behind.
