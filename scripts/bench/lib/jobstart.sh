@@ -96,6 +96,8 @@ with open(path, "wb") as f:
     for s in sizes:
         f.write(os.urandom(s))
 PY
+  # Whole-second times, so the packed layer's times equal what the .pyc files record (see it).
+  python3 "$repo/scripts/bench/lib/whole-second-mtimes.py" "$root"
   local oci=$src/oci
   umoci init --layout "$oci" >/dev/null
   umoci new --image "$oci:v1" >/dev/null
