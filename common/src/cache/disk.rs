@@ -185,23 +185,54 @@ impl OpenEntry {
     /// The bytes `within` the payload (clamped), reading and checking only their chunks.
     fn read(&self, within: std::ops::Range<usize>) -> Result<Bytes, String> {
         use std::os::unix::fs::FileExt;
+        self.read_with(within, |buf, at| {
+            self.file.read_exact_at(buf, at).map(|()| true).map_err(|e| format!("payload: {e}"))
+        })
+        .map(|read| read.unwrap_or_default())
+    }
+
+    /// [`Self::read`] only if the kernel has every byte in its page cache: one `preadv2` with
+    /// `RWF_NOWAIT`, which never waits on the device. `Ok(None)`: some of it is not cached (or
+    /// the filesystem cannot say), nothing was checked; read it with [`Self::read`] off this
+    /// thread.
+    fn read_now(&self, within: std::ops::Range<usize>) -> Result<Option<Bytes>, String> {
+        use std::os::fd::AsRawFd;
+        self.read_with(within, |buf, at| {
+            let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            let at = libc::off_t::try_from(at).map_err(|_| format!("offset {at}"))?;
+            // SAFETY: one iovec over `buf`, writable for its whole length while the call runs;
+            // the descriptor is this entry's open file.
+            let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+            // Short (part cached), EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here) or
+            // any other error: not now; the blocking read says what is wrong, if anything is.
+            Ok(usize::try_from(n) == Ok(buf.len()))
+        })
+    }
+
+    /// The bytes `within` the payload through `fill(buf, file_offset)` (`Ok(false)`: it could
+    /// not fill `buf` now), with each chunk's CRC checked.
+    fn read_with(
+        &self,
+        within: std::ops::Range<usize>,
+        fill: impl FnOnce(&mut [u8], u64) -> Result<bool, String>,
+    ) -> Result<Option<Bytes>, String> {
         let (from, to) = (within.start.min(self.len), within.end.min(self.len));
         if from >= to {
-            return Ok(Bytes::new());
+            return Ok(Some(Bytes::new()));
         }
         let (first, last) = (from / CHUNK, (to - 1) / CHUNK);
         let span = first * CHUNK..((last + 1) * CHUNK).min(self.len);
         let mut data = vec![0u8; span.end - span.start];
-        self.file
-            .read_exact_at(&mut data, self.prefix + span.start as u64)
-            .map_err(|e| format!("payload: {e}"))?;
+        if !fill(&mut data, self.prefix + span.start as u64)? {
+            return Ok(None);
+        }
         for (k, chunk) in data.chunks(CHUNK).enumerate() {
             if crc32fast::hash(chunk) != crc_word(&self.table, 4 * (first + k)) {
                 return Err(format!("chunk {} checksum mismatch", first + k));
             }
         }
         let data = Bytes::from(data);
-        Ok(data.slice(from - span.start..to - span.start))
+        Ok(Some(data.slice(from - span.start..to - span.start)))
     }
 }
 
@@ -344,12 +375,7 @@ impl DiskTier {
     pub fn load_range(&self, key: &DiskKey, index: u64, within: std::ops::Range<usize>) -> Load {
         match self.read_checked(key, index, within) {
             Ok(Some((bytes, total))) => {
-                let mut idx = self.lock();
-                if idx.entries.get(key).is_none() {
-                    // Written by another process since our last walk.
-                    idx.entries.put(*key, total);
-                    idx.bytes += total;
-                }
+                self.touch(key, total);
                 Load::Hit(bytes)
             }
             Ok(None) => {
@@ -360,6 +386,45 @@ impl DiskTier {
                 self.remove(key);
                 Load::Corrupt(why)
             }
+        }
+    }
+
+    /// [`Self::load_range`] without waiting on anything: only for an entry that is already open
+    /// and bytes the page cache holds (see [`OpenEntry::read_now`]), so a FUSE thread may call
+    /// it. `None`: not now (not open, not cached); load it off the thread. A corrupt entry is
+    /// removed and reported as on the blocking path.
+    pub fn load_range_now(
+        &self,
+        key: &DiskKey,
+        index: u64,
+        within: std::ops::Range<usize>,
+    ) -> Option<Load> {
+        let entry = lock_open(&self.open).get(key).cloned()?;
+        let checked = if entry.index == index {
+            entry.read_now(within)
+        } else {
+            Err("entry belongs to another block".into())
+        };
+        match checked {
+            Ok(Some(bytes)) => {
+                self.touch(key, entry.file_len);
+                Some(Load::Hit(bytes))
+            }
+            Ok(None) => None,
+            Err(why) => {
+                self.remove(key);
+                Some(Load::Corrupt(why))
+            }
+        }
+    }
+
+    /// Marks `key` (an entry of `total` bytes) used now, for eviction order; indexes it if
+    /// another process wrote it since our last walk.
+    fn touch(&self, key: &DiskKey, total: u64) {
+        let mut idx = self.lock();
+        if idx.entries.get(key).is_none() {
+            idx.entries.put(*key, total);
+            idx.bytes += total;
         }
     }
 
@@ -748,6 +813,42 @@ mod tests {
         assert!(matches!(tier.load_range(&key, 7, 0..2 * CHUNK), Load::Hit(_)));
         assert!(matches!(tier.load_range(&key, 7, 4 * CHUNK..4 * CHUNK + 1), Load::Corrupt(_)));
         assert!(matches!(tier.load(&key, 7), Load::Miss), "the damaged entry was removed");
+    }
+
+    #[test]
+    fn a_load_that_cannot_wait_takes_only_open_entries_in_the_page_cache() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tier = DiskTier::open(dir.path(), 1 << 30).expect("open");
+        let block: Vec<u8> = (0..(3 * CHUNK + 7) as u32).map(|i| (i % 241) as u8).collect();
+        let key = disk_key("blob", 5);
+        tier.store(&key, 5, &block).expect("store");
+        let range = CHUNK - 5..2 * CHUNK + 5;
+        assert!(tier.load_range_now(&key, 5, range.clone()).is_none(), "not open yet");
+        assert!(matches!(tier.load_range(&key, 5, range.clone()), Load::Hit(_)));
+        let now = tier.load_range_now(&key, 5, range.clone());
+        assert!(
+            matches!(&now, Some(Load::Hit(b)) if b[..] == block[range.clone()]),
+            "an open entry in the page cache loads without waiting"
+        );
+        // Out of the page cache (written back first: DONTNEED drops only clean pages): not
+        // without waiting.
+        let path = tier.entry_path(&key);
+        let file = std::fs::File::open(&path).expect("open entry");
+        file.sync_all().expect("fsync");
+        // SAFETY: advice on an open descriptor; no memory is involved.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        assert!(tier.load_range_now(&key, 5, range.clone()).is_none(), "would wait on the disk");
+        assert!(
+            matches!(tier.load_range(&key, 5, range.clone()), Load::Hit(b) if b[..] == block[range.clone()])
+        );
+        // Damage under the open entry (same inode): caught, and the entry removed.
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[prefix_len(block.len() as u64) as usize + CHUNK + 1] ^= 0x10;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(tier.load_range_now(&key, 5, range), Some(Load::Corrupt(_))));
+        assert!(matches!(tier.load(&key, 5), Load::Miss), "the damaged entry was removed");
     }
 
     #[test]

@@ -637,23 +637,52 @@ impl BlockCache {
             })
             .await
             .unwrap_or_else(|_| (0..n).map(|_| disk::Load::Miss).collect());
-        loads
-            .into_iter()
-            .map(|load| match load {
-                disk::Load::Hit(data) => {
-                    bump(&self.inner.counters.hits_disk, 1);
-                    ::metrics::counter!(m::CACHE_HIT_DISK).increment(1);
-                    Some(data)
+        loads.into_iter().map(|load| self.disk_loaded(&blob, load)).collect()
+    }
+
+    /// [`Self::load_disk_ranges`] on the calling thread, without waiting on anything: only if
+    /// every range is in an entry already open whose bytes are in the page cache
+    /// ([`DiskTier::load_range_now`]). So a FUSE thread answers a warm read itself instead of
+    /// handing it to a task and a blocking thread (two thread hops, most of a warm read's
+    /// time). Hits are counted only when every range is served, since the blocking path loads
+    /// and counts them again otherwise. `None`: not all of them now (a corrupt entry is removed
+    /// and counted); take the blocking path.
+    pub fn load_disk_ranges_now(
+        &self,
+        source: &DynSource,
+        wanted: &[(u64, std::ops::Range<usize>)],
+    ) -> Option<Vec<Bytes>> {
+        let tier = self.inner.disk.as_ref()?;
+        let blob = source.id();
+        let mut got = Vec::with_capacity(wanted.len());
+        for (i, within) in wanted {
+            match tier.load_range_now(&disk::disk_key(blob, *i), *i, within.clone())? {
+                disk::Load::Hit(data) => got.push(data),
+                other => {
+                    let _ = self.disk_loaded(blob, other);
+                    return None;
                 }
-                disk::Load::Corrupt(why) => {
-                    bump(&self.inner.counters.corrupt, 1);
-                    ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
-                    tracing::warn!(blob = %blob, why, "dropped corrupt disk cache entry");
-                    None
-                }
-                disk::Load::Miss => None,
-            })
-            .collect()
+            }
+        }
+        got.into_iter().map(|data| self.disk_loaded(blob, disk::Load::Hit(data))).collect()
+    }
+
+    /// Counts one disk-tier load and gives its bytes (`None`: missed, or corrupt and removed).
+    fn disk_loaded(&self, blob: &str, load: disk::Load) -> Option<Bytes> {
+        match load {
+            disk::Load::Hit(data) => {
+                bump(&self.inner.counters.hits_disk, 1);
+                ::metrics::counter!(m::CACHE_HIT_DISK).increment(1);
+                Some(data)
+            }
+            disk::Load::Corrupt(why) => {
+                bump(&self.inner.counters.corrupt, 1);
+                ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
+                tracing::warn!(blob = %blob, why, "dropped corrupt disk cache entry");
+                None
+            }
+            disk::Load::Miss => None,
+        }
     }
 
     /// Fetches running now (joined readers count once; queued prefetch not at all).

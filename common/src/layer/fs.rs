@@ -4,7 +4,8 @@
 //!  lookup/getattr/readdir/readlink/xattrs ──► Metadata (all in memory since mount)
 //!  plan_read(ino, off, len) ──► file range in blob stream ──► blocks b0..bn (a PlannedRead)
 //!        └─ per block: Recorder::record (first access only); sequential window (below)
-//!  read_cached(planned) ──► every block in the memory tier? bytes : None   (never waits)
+//!  read_cached(planned) ──► every block in the memory tier, or in open disk-tier entries the
+//!                           page cache holds (preadv2 RWF_NOWAIT)? bytes : None (never waits)
 //!  read_planned(planned) ──► BlockCache::get_many (on demand; one fill for the missing run)
 //!                         └─ miss: disk tier, or LayerBlob::fetch (one range read) → decode
 //!                            (zstd, length) → digest check, on a blocking thread
@@ -15,7 +16,7 @@
 //!           shares the link)
 //!  each answer ──► timeline read latency + `fuse.read.latency{origin}`: memory (read_cached,
 //!                  or every block in memory by the time the task looked), disk (some block
-//!                  from the disk tier, none fetched), demand (some block waited on a fetch)
+//!                  from the disk tier, none fetched; on the FUSE thread or a blocking one), demand (some block waited on a fetch)
 //! ```
 //!
 //! The sequential window is ours, not the kernel's: the mount keeps kernel read-ahead small
@@ -135,6 +136,9 @@ pub struct PlannedRead {
     block_size: u64,
     /// When the read arrived (for the timeline's read latency).
     t0: Instant,
+    /// The memory tier's blocks (`None` where it had none), once looked up: a read that
+    /// [`LayerFs::read_cached`] could not finish hands them on, so they are counted once.
+    held: Option<Vec<Option<(usize, bytes::Bytes)>>>,
 }
 
 impl PlannedRead {
@@ -144,6 +148,19 @@ impl PlannedRead {
         let elapsed = self.t0.elapsed();
         crate::timeline::read_done(elapsed);
         crate::metrics::read_served(origin, elapsed, out.as_ref().ok().map(Vec::len));
+    }
+
+    /// The blocks `pieces` lacks, each with the bytes of it this read needs.
+    fn missing(
+        &self,
+        pieces: &[Option<(usize, bytes::Bytes)>],
+    ) -> Vec<(u64, std::ops::Range<usize>)> {
+        self.blocks
+            .clone()
+            .zip(pieces)
+            .filter(|(_, p)| p.is_none())
+            .map(|(i, _)| (i, self.within(i)))
+            .collect()
     }
 
     /// The bytes of block `index` this read needs, as offsets within the block.
@@ -383,7 +400,7 @@ impl LayerFs {
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         match self.plan_read(ino, offset, size)? {
             None => Ok(Vec::new()),
-            Some(planned) => match self.read_cached(&planned) {
+            Some(mut planned) => match self.read_cached(&mut planned) {
                 Some(done) => done,
                 None => self.read_planned(planned).await,
             },
@@ -433,16 +450,42 @@ impl LayerFs {
                 rec.record(slot, index, file);
             }
         }
-        Ok(Some(PlannedRead { source: source.clone(), blocks, start, stop, block_size: bs, t0 }))
+        Ok(Some(PlannedRead {
+            source: source.clone(),
+            blocks,
+            start,
+            stop,
+            block_size: bs,
+            t0,
+            held: None,
+        }))
     }
 
-    /// The planned read from the memory tier alone, if every block it needs is there: what a
-    /// FUSE thread answers without waiting. `None`: some block must be loaded or fetched.
-    pub fn read_cached(&self, planned: &PlannedRead) -> Option<Result<Vec<u8>>> {
-        let blocks = self.cache.peek_many(&planned.source, planned.blocks.clone())?;
-        let pieces: Vec<(usize, bytes::Bytes)> = blocks.into_iter().map(|b| (0, b)).collect();
+    /// The planned read from what is at hand without waiting, if every block it needs is: the
+    /// memory tier, else the disk tier's open entries whose bytes the page cache holds (see
+    /// [`BlockCache::load_disk_ranges_now`]). What a FUSE thread answers itself; a warm start
+    /// is mostly these. `None`: some block must be loaded or fetched off the thread, by
+    /// [`Self::read_planned`] (`planned` keeps what the memory tier gave).
+    pub fn read_cached(&self, planned: &mut PlannedRead) -> Option<Result<Vec<u8>>> {
+        if let Some(blocks) = self.cache.peek_many(&planned.source, planned.blocks.clone()) {
+            let pieces: Vec<(usize, bytes::Bytes)> = blocks.into_iter().map(|b| (0, b)).collect();
+            let out = planned.assemble(&pieces);
+            planned.done(ReadOrigin::Memory, &out);
+            return Some(out);
+        }
+        self.cache.disk()?;
+        let mut pieces = self.in_memory(planned);
+        let wanted = planned.missing(&pieces);
+        let Some(loaded) = self.cache.load_disk_ranges_now(&planned.source, &wanted) else {
+            planned.held = Some(pieces);
+            return None;
+        };
+        for ((i, within), data) in wanted.into_iter().zip(loaded) {
+            pieces[(i - planned.blocks.start) as usize] = Some((within.start, data));
+        }
+        let pieces: Vec<(usize, bytes::Bytes)> = pieces.into_iter().flatten().collect();
         let out = planned.assemble(&pieces);
-        planned.done(ReadOrigin::Memory, &out);
+        planned.done(ReadOrigin::Disk, &out);
         Some(out)
     }
 
@@ -450,30 +493,39 @@ impl LayerFs {
     /// bytes the read needs, not kept in memory: the page cache over the disk tier holds them)
     /// or else fetched on demand (consecutive missing blocks in one fill, so neighbours are one
     /// store request).
-    pub async fn read_planned(&self, planned: PlannedRead) -> Result<Vec<u8>> {
+    pub async fn read_planned(&self, mut planned: PlannedRead) -> Result<Vec<u8>> {
         let mut origin = ReadOrigin::Memory;
-        let out =
-            self.gather(&planned, &mut origin).await.and_then(|pieces| planned.assemble(&pieces));
+        let pieces = match planned.held.take() {
+            Some(held) => held,
+            None => self.in_memory(&planned),
+        };
+        let out = self
+            .gather(&planned, pieces, &mut origin)
+            .await
+            .and_then(|pieces| planned.assemble(&pieces));
         planned.done(origin, &out);
         out
     }
 
-    /// The pieces of `planned`; `origin` ends as the slowest source any piece came from.
+    /// What the memory tier holds of `planned`'s blocks (counted as hits), `None` where not.
+    fn in_memory(&self, planned: &PlannedRead) -> Vec<Option<(usize, bytes::Bytes)>> {
+        planned
+            .blocks
+            .clone()
+            .map(|i| self.cache.peek(&planned.source, i).map(|b| (0, b)))
+            .collect()
+    }
+
+    /// `planned`'s pieces, the missing ones of `pieces` (from [`Self::in_memory`]) filled;
+    /// `origin` ends as the slowest source any piece came from.
     async fn gather(
         &self,
         planned: &PlannedRead,
+        mut pieces: Vec<Option<(usize, bytes::Bytes)>>,
         origin: &mut ReadOrigin,
     ) -> Result<Vec<(usize, bytes::Bytes)>> {
         let source = &planned.source;
-        let mut pieces: Vec<Option<(usize, bytes::Bytes)>> =
-            planned.blocks.clone().map(|i| self.cache.peek(source, i).map(|b| (0, b))).collect();
-        let wanted: Vec<(u64, std::ops::Range<usize>)> = planned
-            .blocks
-            .clone()
-            .zip(&pieces)
-            .filter(|(_, p)| p.is_none())
-            .map(|(i, _)| (i, planned.within(i)))
-            .collect();
+        let wanted = planned.missing(&pieces);
         if !wanted.is_empty() {
             let loaded = self.cache.load_disk_ranges(source, wanted.clone()).await;
             for ((i, within), data) in wanted.into_iter().zip(loaded) {

@@ -3,7 +3,8 @@
 //! Every callback: a `tracing` span, one call into [`LayerFs`], one reply; errors go through
 //! [`fuse_error`]. Metadata is all in memory, so lookups, attributes, listings and xattrs answer
 //! on fuser's worker thread. A read is planned there too ([`LayerFs::plan_read`]) and answered
-//! there when its blocks are in the memory tier; otherwise the reply is handed to a task on the
+//! there when its blocks are in the memory tier, or in the disk tier's open entries with their
+//! bytes in the page cache (a read that cannot wait on the device); otherwise the reply is handed to a task on the
 //! session's runtime, which loads or fetches the blocks and replies (fuser replies are `Send`).
 //! So no FUSE worker ever waits on the disk or the network: 8 cold reads on a stalled store do
 //! not hold up a cached read or a `stat`. The tree is immutable, so entries and attributes get
@@ -205,12 +206,12 @@ impl Filesystem for LayerFuse {
         reply: ReplyData,
     ) {
         let span = debug_span!("read", ino = ino.0, offset, size);
-        let planned = match span.in_scope(|| self.fs.plan_read(ino.0, offset, size)) {
+        let mut planned = match span.in_scope(|| self.fs.plan_read(ino.0, offset, size)) {
             Ok(Some(planned)) => planned,
             Ok(None) => return reply.data(&[]),
             Err(e) => return reply.error(fuse_error("read", &e)),
         };
-        if let Some(done) = span.in_scope(|| self.fs.read_cached(&planned)) {
+        if let Some(done) = span.in_scope(|| self.fs.read_cached(&mut planned)) {
             return reply_read(done, reply);
         }
         // A block must come from disk or the store: the reply is sent from a task, and this
