@@ -20,7 +20,10 @@
 //! disk hit with sha256 again. [`DiskTier::load_range`] reads and checks only the chunks a read
 //! needs, so a 4 KiB file in a 1 MiB block costs one chunk, not the block; the last
 //! [`OPEN_ENTRIES`] entries loaded stay open with their header checked, so a warm read is one
-//! `pread` and the file's kernel read-ahead state survives between requests. Any mismatch deletes
+//! `pread` and the file's kernel read-ahead state survives between requests. For an open entry
+//! whose bytes the page cache holds, [`DiskTier::load_range_now`] does that `pread` with
+//! `RWF_NOWAIT`, so a FUSE thread serves a warm read itself; [`DiskTier::warm`] opens an entry
+//! and has the kernel read it into the page cache ahead of a sequential reader. Any mismatch deletes
 //! the file and reports [`Load::Corrupt`] so the caller refetches. Writes go to a
 //! temporary file renamed into place, so a crash leaves either the old state or a whole entry.
 //!
@@ -414,6 +417,32 @@ impl DiskTier {
             Err(why) => {
                 self.remove(key);
                 Some(Load::Corrupt(why))
+            }
+        }
+    }
+
+    /// Readies block `index` (entry `key`) for reads that cannot wait: opens the entry (its
+    /// header checked, kept among the open entries) and asks the kernel to read its payload
+    /// into the page cache (`POSIX_FADV_WILLNEED`, asynchronous). Blocks on the device: call
+    /// it off the FUSE and async threads. Whether the entry is there; a corrupt one is removed
+    /// (its readers then fetch the block).
+    pub fn warm(&self, key: &DiskKey, index: u64) -> bool {
+        use std::os::fd::AsRawFd;
+        match self.open_entry(key) {
+            Ok(Some(entry)) if entry.index == index => {
+                let (at, len) = (entry.prefix as libc::off_t, entry.len as libc::off_t);
+                // SAFETY: advice on the entry's open descriptor; no memory is involved.
+                let _ = unsafe {
+                    libc::posix_fadvise(entry.file.as_raw_fd(), at, len, libc::POSIX_FADV_WILLNEED)
+                };
+                true
+            }
+            Ok(None) => false,
+            other => {
+                let why = other.err().unwrap_or_else(|| "entry belongs to another block".into());
+                tracing::warn!(dir = %self.dir.display(), why, "dropped corrupt disk cache entry");
+                self.remove(key);
+                false
             }
         }
     }
@@ -849,6 +878,29 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         assert!(matches!(tier.load_range_now(&key, 5, range), Some(Load::Corrupt(_))));
         assert!(matches!(tier.load(&key, 5), Load::Miss), "the damaged entry was removed");
+    }
+
+    #[test]
+    fn warming_opens_an_entry_for_loads_that_cannot_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tier = DiskTier::open(dir.path(), 1 << 30).expect("open");
+        let block: Vec<u8> = (0..(2 * CHUNK) as u32).map(|i| (i % 239) as u8).collect();
+        let (key, other) = (disk_key("blob", 1), disk_key("blob", 2));
+        tier.store(&key, 1, &block).expect("store");
+        tier.store(&other, 2, &block).expect("store");
+        assert!(tier.load_range_now(&key, 1, 0..10).is_none(), "not open yet");
+        assert!(tier.warm(&key, 1));
+        assert!(
+            matches!(tier.load_range_now(&key, 1, 0..10), Some(Load::Hit(b)) if b[..] == block[..10])
+        );
+        assert!(!tier.warm(&disk_key("blob", 3), 3), "no entry");
+        // A damaged header: not warmed, and removed.
+        let path = tier.entry_path(&other);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[9] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(!tier.warm(&other, 2));
+        assert!(matches!(tier.load(&other, 2), Load::Miss), "the damaged entry was removed");
     }
 
     #[test]

@@ -496,7 +496,7 @@ impl BlockCache {
         blocks: std::ops::Range<u64>,
         priority: Priority,
     ) -> Result<(), CacheError> {
-        let mut waiting = self.enqueue(source, blocks, priority, false);
+        let mut waiting = self.enqueue(source, blocks, priority);
         let mut first_error = None;
         for (index, rx) in &mut waiting {
             if let Err(e) = wait(rx, source.id(), *index).await {
@@ -513,23 +513,48 @@ impl BlockCache {
         blocks: std::ops::Range<u64>,
         priority: Priority,
     ) {
-        drop(self.enqueue(source, blocks, priority, false));
+        drop(self.enqueue(source, blocks, priority));
     }
 
-    /// Queues `blocks` of `source` at [`Priority::Background`] for a sequential reader, without
-    /// waiting: unlike [`Self::spawn_prefetch`], blocks the disk tier holds are queued too, and
-    /// loaded (CRC-checked) into the memory tier ahead of the reader, so its next requests are
-    /// answered from memory on the FUSE thread instead of one disk load per 128 KiB request.
+    /// Readies `blocks` of `source` for a sequential reader, without waiting: those the disk
+    /// tier holds are opened and their bytes read into the kernel's page cache
+    /// ([`DiskTier::warm`], on a blocking thread), so that the reader's next 128 KiB requests
+    /// are answered on the FUSE thread ([`Self::load_disk_ranges_now`]) with nothing copied
+    /// into the memory tier, which would cost the daemon resident memory for bytes the page
+    /// cache holds anyway; the rest are queued at [`Priority::Background`] to be fetched.
     pub fn spawn_readahead(&self, source: &DynSource, blocks: std::ops::Range<u64>) {
-        drop(self.enqueue(source, blocks, Priority::Background, true));
+        let blocks = blocks.start..blocks.end.min(source.block_count());
+        if let Some(tier) = self.inner.disk.clone() {
+            let blob = source.id();
+            let on_disk: Vec<(disk::DiskKey, u64)> = {
+                let mem = lock(&self.inner.mem);
+                blocks
+                    .clone()
+                    .map(|i| (disk::disk_key(blob, i), i))
+                    .filter(|(key, i)| {
+                        tier.contains(key)
+                            && !mem.blocks.contains(&BlockKey { blob: blob.into(), index: *i })
+                    })
+                    .collect()
+            };
+            if !on_disk.is_empty() {
+                drop(self.inner.runtime.spawn_blocking(move || {
+                    for (key, index) in on_disk {
+                        tier.warm(&key, index);
+                    }
+                }));
+            }
+        }
+        drop(self.enqueue(source, blocks, Priority::Background));
     }
 
+    /// Queues the blocks of `blocks` that are in neither tier nor in flight; gives a receiver
+    /// for each block in flight or queued.
     fn enqueue(
         &self,
         source: &DynSource,
         blocks: std::ops::Range<u64>,
         priority: Priority,
-        from_disk_too: bool,
     ) -> Vec<(u64, watch::Receiver<Outcome>)> {
         let inner = &self.inner;
         let blocks = blocks.start..blocks.end.min(source.block_count());
@@ -543,15 +568,13 @@ impl BlockCache {
                 if let Some(flight) = flights.get(&key) {
                     waiting.push((index, flight.tx.subscribe()));
                 } else if !lock(&inner.mem).blocks.contains(&key)
-                    && (from_disk_too
-                        || !inner
-                            .disk
-                            .as_ref()
-                            .is_some_and(|d| d.contains(&disk::disk_key(&blob, index))))
+                    && !inner
+                        .disk
+                        .as_ref()
+                        .is_some_and(|d| d.contains(&disk::disk_key(&blob, index)))
                 {
                     // Not in memory and not on disk (a block on disk is local already: a
-                    // replay would only copy it into memory, where scattered readers do not
-                    // need it; a sequential reader's read-ahead asks for it on purpose).
+                    // replay would only copy it into memory, where readers do not need it).
                     let (tx, rx) = watch::channel(None);
                     flights.insert(key, Flight { tx, running: false });
                     waiting.push((index, rx));
