@@ -18,8 +18,8 @@ use crate::errno::fuse_error;
 use crate::mount::MountConfig;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, ReplyXattr, Request,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
 use tracing::{Instrument, debug_span};
 
@@ -96,6 +96,19 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Directory `ino`'s listing as the kernel gets it: `.`, `..`, then `entries`, each as (inode,
+/// mode, name) with the offset that resumes after it (1 after ".", 2 after "..", 3 + i after
+/// entry i). The parent's inode is not tracked, so ".." names `ino` itself; the kernel answers
+/// ".." lookups on its own.
+fn listing(
+    ino: u64,
+    entries: &[crate::layer::fs::DirEntry],
+) -> impl Iterator<Item = (u64, (u64, u32, &str))> {
+    let dots = [(ino, libc::S_IFDIR, "."), (ino, libc::S_IFDIR, "..")];
+    let all = dots.into_iter().chain(entries.iter().map(|e| (e.ino, e.mode, e.name.as_str())));
+    (1..).zip(all)
+}
+
 /// What a negative entry carries: inode 0 (the kernel reads it as "no such entry").
 fn negative_entry() -> FileAttr {
     FileAttr {
@@ -144,6 +157,9 @@ impl Filesystem for LayerFuse {
         self.mount.kernel_init(config);
         // Symlink targets never change under a mount: let the kernel keep them.
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        // Listings that carry attributes when lookups follow them (see `readdirplus`).
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -235,12 +251,39 @@ impl Filesystem for LayerFuse {
             Ok(e) => e,
             Err(e) => return reply.error(fuse_error("readdir", &e)),
         };
-        // Offsets: 1 after ".", 2 after "..", 3 + i after entry i. The parent's inode is not
-        // tracked; the kernel answers ".." itself for lookups.
-        let dots = [(ino.0, libc::S_IFDIR, "."), (ino.0, libc::S_IFDIR, "..")];
-        let all = dots.into_iter().chain(entries.iter().map(|e| (e.ino, e.mode, e.name.as_str())));
-        for (i, (child, mode, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind(mode), name) {
+        for (next, (child, mode, name)) in listing(ino.0, &entries).skip(offset as usize) {
+            if reply.add(INodeNo(child), next, kind(mode), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// A listing with every entry's attributes, so the kernel makes the dentries as it lists:
+    /// a Python import lists a package directory and then stats and opens names in it, which
+    /// then need no LOOKUP each. With FUSE_READDIRPLUS_AUTO the kernel asks for this on a
+    /// directory's first listing and while lookups follow its listings, plain READDIR
+    /// otherwise.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let _span = debug_span!("readdirplus", ino = ino.0, offset).entered();
+        let entries = match self.fs.readdir(ino.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(fuse_error("readdirplus", &e)),
+        };
+        for (next, (child, _, name)) in listing(ino.0, &entries).skip(offset as usize) {
+            // "." and "..": the kernel links neither, and takes only their inode numbers.
+            let attr = match self.fs.getattr(child) {
+                Ok(a) => a,
+                Err(e) => return reply.error(fuse_error("readdirplus", &e)),
+            };
+            if reply.add(INodeNo(child), next, name, &TTL, &file_attr(&attr), Generation(0)) {
                 break;
             }
         }
