@@ -107,6 +107,72 @@ fn sequential_reads_queue_the_next_blocks_of_the_file_and_jumps_do_not() {
 }
 
 #[test]
+fn a_window_fetches_only_for_a_file_the_caches_did_not_hold() {
+    // "seq" is blocks 0..8. A first mount puts blocks 0 and 1 on disk (read out of order, so
+    // no window); a second mount on the same cache directory then streams through them: a
+    // stream answered by the caches fetches nothing ahead, until one of its reads needs a
+    // block they lack (block 2), after which its window fetches the rest of the file.
+    let b = BLOCK as usize;
+    let (_src, mem, image, meta) = image_in_mem(&[("seq", 8 * b, 11)]);
+    let blob = meta.blobs[0].digest.clone();
+    let cache = tempfile::tempdir().expect("cache");
+    let config = || SessionConfig { cache_dir: Some(cache.path().to_path_buf()), ..config() };
+    // Reads of half a block, as the kernel's (128 KiB) are of a few blocks of 1 MiB.
+    let chunk = BLOCK / 2;
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    rt.block_on(async {
+        let store: DynStore = mem.clone();
+        let session = LayerSession::open_with_store(image.clone(), store.clone(), config())
+            .await
+            .expect("open");
+        let fs = session.fs();
+        let seq = fs.lookup(1, "seq").expect("lookup").ino;
+        for block in [1u64, 0] {
+            fs.read(seq, block * u64::from(BLOCK), chunk).await.expect("read");
+        }
+        fs.cache().flush_disk();
+        assert_eq!(fs.cache().stats().fetched_background, 0);
+        session.finish().await.expect("finish");
+
+        let session = LayerSession::open_with_store(image, store, config()).await.expect("reopen");
+        let fs = session.fs();
+        let want = pattern(11, 8 * b);
+        let per_block = u64::from(BLOCK / chunk);
+        for i in 0..2 * per_block {
+            let at = i * u64::from(chunk);
+            let got = fs.read(seq, at, chunk).await.expect("read");
+            assert!(got[..] == want[at as usize..at as usize + got.len()], "bytes at {at}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let stats = fs.cache().stats();
+        assert_eq!(
+            stats.fetched_background, 0,
+            "a stream the caches served fetched ahead: {stats:?}"
+        );
+        assert!(
+            !fs.cache().contains(&blob, 2),
+            "block 2 was fetched before anyone read it: {stats:?}"
+        );
+        // Into block 2, which neither tier holds: the window now fetches ahead.
+        for i in 2 * per_block..3 * per_block {
+            let at = i * u64::from(chunk);
+            let got = fs.read(seq, at, chunk).await.expect("read");
+            assert!(got[..] == want[at as usize..at as usize + got.len()], "bytes at {at}");
+        }
+        for _ in 0..200 {
+            if (3..8).all(|i| fs.cache().contains(&blob, i)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let stats = fs.cache().stats();
+        assert!(stats.fetched_background > 0, "{stats:?}");
+        assert!((3..8).all(|i| fs.cache().contains(&blob, i)), "{stats:?}");
+        session.finish().await.expect("finish");
+    });
+}
+
+#[test]
 fn a_block_with_the_wrong_digest_is_eio() {
     let (_src, mem, image, mut meta) = image_in_mem(&[("f", 2 * BLOCK as usize, 5)]);
     // Re-publish the image with block 1's digest changed: the store's bytes no longer match.

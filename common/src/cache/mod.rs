@@ -521,8 +521,9 @@ impl BlockCache {
     /// ([`DiskTier::warm`], on a blocking thread), so that the reader's next 128 KiB requests
     /// are answered on the FUSE thread ([`Self::load_disk_ranges_now`]) with nothing copied
     /// into the memory tier, which would cost the daemon resident memory for bytes the page
-    /// cache holds anyway; the rest are queued at [`Priority::Background`] to be fetched.
-    pub fn spawn_readahead(&self, source: &DynSource, blocks: std::ops::Range<u64>) {
+    /// cache holds anyway; the rest, if `fetch`, are queued at [`Priority::Background`] to be
+    /// fetched.
+    pub fn spawn_readahead(&self, source: &DynSource, blocks: std::ops::Range<u64>, fetch: bool) {
         let blocks = blocks.start..blocks.end.min(source.block_count());
         if let Some(tier) = self.inner.disk.clone() {
             let blob = source.id();
@@ -545,7 +546,9 @@ impl BlockCache {
                 }));
             }
         }
-        drop(self.enqueue(source, blocks, Priority::Background));
+        if fetch {
+            drop(self.enqueue(source, blocks, Priority::Background));
+        }
     }
 
     /// Queues the blocks of `blocks` that are in neither tier nor in flight; gives a receiver

@@ -9,11 +9,11 @@
 //!  read_planned(planned) ──► BlockCache::get_many (on demand; one fill for the missing run)
 //!                         └─ miss: disk tier, or LayerBlob::fetch (one range read) → decode
 //!                            (zstd, length) → digest check, on a blocking thread
-//!        └─ a read that continues the file's previous one: queue the next blocks of the file
-//!           at Background priority, a window that doubles per sequential read (2 → 16), from
-//!           the disk tier into memory as well as from the store (warm streams then answer
-//!           on the FUSE thread); not while a trace replays (the trace knows better, and
-//!           shares the link)
+//!        └─ a read that continues the file's previous one: ready the next blocks of the file,
+//!           a window that doubles per sequential read (2 → 16): those on disk opened and read
+//!           into the page cache (warm streams then answer on the FUSE thread), the others
+//!           fetched at Background priority once a read of the file needed a block neither
+//!           tier held; not while a trace replays (the trace knows better, and shares the link)
 //!  each answer ──► timeline read latency + `fuse.read.latency{origin}`: memory (read_cached,
 //!                  or every block in memory by the time the task looked), disk (some block
 //!                  from the disk tier, none fetched; on the FUSE thread or a blocking one), demand (some block waited on a fetch)
@@ -120,6 +120,9 @@ struct Stream {
     queued_end: u64,
     /// Blocks to keep queued ahead.
     window: u64,
+    /// Whether a read of this file needed a block neither tier held: only then does its window
+    /// fetch from the store (a file served from the caches so far only warms the disk tier).
+    fetches: bool,
 }
 
 /// A read resolved against the metadata ([`LayerFs::plan_read`]): the blocks of one blob it
@@ -565,16 +568,26 @@ impl LayerFs {
         last_block: u64,
     ) {
         let (first, last) = (blocks.start, blocks.end);
+        let cached = (first..=last).all(|i| self.cache.contains(source.id(), i));
         let queue = {
             let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
             if streams.len() >= MAX_STREAMS && !streams.contains_key(&ino) {
                 streams.clear();
             }
-            let s =
-                streams.entry(ino).or_insert(Stream { last: u64::MAX, queued_end: 0, window: 0 });
+            let s = streams.entry(ino).or_insert(Stream {
+                last: u64::MAX,
+                queued_end: 0,
+                window: 0,
+                fetches: false,
+            });
+            if !cached && !s.fetches {
+                // Blocks queued so far were only warmed: queue them again, to be fetched.
+                s.fetches = true;
+                s.queued_end = s.queued_end.min(first);
+            }
             let sequential = s.last != u64::MAX && (first == s.last || first == s.last + 1);
             if !sequential {
-                *s = Stream { last, queued_end: last + 1, window: 0 };
+                *s = Stream { last, queued_end: last + 1, window: 0, fetches: s.fetches };
                 return;
             }
             s.window = (s.window * 2).clamp(WINDOW_START, WINDOW_MAX);
@@ -582,11 +595,15 @@ impl LayerFs {
             let end = (last + 1 + s.window).min(last_block + 1);
             let begin = s.queued_end.max(last + 1);
             s.queued_end = s.queued_end.max(end);
-            begin..end
+            (begin..end, s.fetches)
         };
+        let (queue, fetch) = queue;
         if !queue.is_empty() && !self.replaying.load(Ordering::Acquire) {
-            // Blocks on disk too: a stream's next requests then answer from memory.
-            self.cache.spawn_readahead(source, queue);
+            // Blocks on disk are readied for the FUSE thread; the rest are fetched only for a
+            // file one of whose reads needed a block the caches lacked. A warm start otherwise
+            // fetched ~25 MB of blocks past what it read (and held them in memory): windows of
+            // files whose every read so far came from the caches.
+            self.cache.spawn_readahead(source, queue, fetch);
         }
     }
 
