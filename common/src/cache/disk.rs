@@ -23,8 +23,8 @@
 //! `pread` and the file's kernel read-ahead state survives between requests. For an open entry
 //! whose bytes the page cache holds, [`DiskTier::load_range_now`] does that `pread` with
 //! `RWF_NOWAIT`, so a FUSE thread serves a warm read itself; [`DiskTier::warm`] opens an entry
-//! and has the kernel read it into the page cache ahead of a sequential reader. Any mismatch deletes
-//! the file and reports [`Load::Corrupt`] so the caller refetches. Writes go to a
+//! and has the kernel read it into the page cache ahead of a sequential reader. Any mismatch
+//! deletes the file and reports [`Load::Corrupt`] so the caller refetches. Writes go to a
 //! temporary file renamed into place, so a crash leaves either the old state or a whole entry.
 //!
 //! **Sharing.** Several daemons may use one directory (`bootseer-deps` runs one per snapshot

@@ -526,16 +526,14 @@ impl BlockCache {
     pub fn spawn_readahead(&self, source: &DynSource, blocks: std::ops::Range<u64>, fetch: bool) {
         let blocks = blocks.start..blocks.end.min(source.block_count());
         if let Some(tier) = self.inner.disk.clone() {
-            let blob = source.id();
+            let blob: Arc<str> = source.id().into();
             let on_disk: Vec<(disk::DiskKey, u64)> = {
                 let mem = lock(&self.inner.mem);
                 blocks
                     .clone()
-                    .map(|i| (disk::disk_key(blob, i), i))
-                    .filter(|(key, i)| {
-                        tier.contains(key)
-                            && !mem.blocks.contains(&BlockKey { blob: blob.into(), index: *i })
-                    })
+                    .filter(|&index| !mem.blocks.contains(&BlockKey { blob: blob.clone(), index }))
+                    .map(|i| (disk::disk_key(&blob, i), i))
+                    .filter(|(key, _)| tier.contains(key))
                     .collect()
             };
             if !on_disk.is_empty() {
@@ -690,15 +688,20 @@ impl BlockCache {
                 }
             }
         }
-        got.into_iter().map(|data| self.disk_loaded(blob, disk::Load::Hit(data))).collect()
+        self.count_disk_hits(got.len() as u64);
+        Some(got)
+    }
+
+    fn count_disk_hits(&self, n: u64) {
+        bump(&self.inner.counters.hits_disk, n);
+        ::metrics::counter!(m::CACHE_HIT_DISK).increment(n);
     }
 
     /// Counts one disk-tier load and gives its bytes (`None`: missed, or corrupt and removed).
     fn disk_loaded(&self, blob: &str, load: disk::Load) -> Option<Bytes> {
         match load {
             disk::Load::Hit(data) => {
-                bump(&self.inner.counters.hits_disk, 1);
-                ::metrics::counter!(m::CACHE_HIT_DISK).increment(1);
+                self.count_disk_hits(1);
                 Some(data)
             }
             disk::Load::Corrupt(why) => {

@@ -16,7 +16,8 @@
 //!           tier held; not while a trace replays (the trace knows better, and shares the link)
 //!  each answer ──► timeline read latency + `fuse.read.latency{origin}`: memory (read_cached,
 //!                  or every block in memory by the time the task looked), disk (some block
-//!                  from the disk tier, none fetched; on the FUSE thread or a blocking one), demand (some block waited on a fetch)
+//!                  from the disk tier, none fetched; on the FUSE thread or a blocking one),
+//!                  demand (some block waited on a fetch)
 //! ```
 //!
 //! The sequential window is ours, not the kernel's: the mount keeps kernel read-ahead small
@@ -470,25 +471,23 @@ impl LayerFs {
     /// is mostly these. `None`: some block must be loaded or fetched off the thread, by
     /// [`Self::read_planned`] (`planned` keeps what the memory tier gave).
     pub fn read_cached(&self, planned: &mut PlannedRead) -> Option<Result<Vec<u8>>> {
-        if let Some(blocks) = self.cache.peek_many(&planned.source, planned.blocks.clone()) {
-            let pieces: Vec<(usize, bytes::Bytes)> = blocks.into_iter().map(|b| (0, b)).collect();
-            let out = planned.assemble(&pieces);
-            planned.done(ReadOrigin::Memory, &out);
-            return Some(out);
-        }
-        self.cache.disk()?;
+        // One look at the memory tier; what it lacks is tried on disk without waiting, and
+        // whatever is still missing goes on with `planned` (so hits count once).
         let mut pieces = self.in_memory(planned);
         let wanted = planned.missing(&pieces);
-        let Some(loaded) = self.cache.load_disk_ranges_now(&planned.source, &wanted) else {
-            planned.held = Some(pieces);
-            return None;
-        };
-        for ((i, within), data) in wanted.into_iter().zip(loaded) {
-            pieces[(i - planned.blocks.start) as usize] = Some((within.start, data));
+        let origin = if wanted.is_empty() { ReadOrigin::Memory } else { ReadOrigin::Disk };
+        if !wanted.is_empty() {
+            let Some(loaded) = self.cache.load_disk_ranges_now(&planned.source, &wanted) else {
+                planned.held = Some(pieces);
+                return None;
+            };
+            for ((i, within), data) in wanted.into_iter().zip(loaded) {
+                pieces[(i - planned.blocks.start) as usize] = Some((within.start, data));
+            }
         }
         let pieces: Vec<(usize, bytes::Bytes)> = pieces.into_iter().flatten().collect();
         let out = planned.assemble(&pieces);
-        planned.done(ReadOrigin::Disk, &out);
+        planned.done(origin, &out);
         Some(out)
     }
 
@@ -568,8 +567,7 @@ impl LayerFs {
         last_block: u64,
     ) {
         let (first, last) = (blocks.start, blocks.end);
-        let cached = (first..=last).all(|i| self.cache.contains(source.id(), i));
-        let queue = {
+        let (queue, fetch) = {
             let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
             if streams.len() >= MAX_STREAMS && !streams.contains_key(&ino) {
                 streams.clear();
@@ -580,7 +578,8 @@ impl LayerFs {
                 window: 0,
                 fetches: false,
             });
-            if !cached && !s.fetches {
+            // Asked only until the first block the caches lack, not on every read after it.
+            if !s.fetches && !(first..=last).all(|i| self.cache.contains(source.id(), i)) {
                 // Blocks queued so far were only warmed: queue them again, to be fetched.
                 s.fetches = true;
                 s.queued_end = s.queued_end.min(first);
@@ -597,7 +596,6 @@ impl LayerFs {
             s.queued_end = s.queued_end.max(end);
             (begin..end, s.fetches)
         };
-        let (queue, fetch) = queue;
         if !queue.is_empty() && !self.replaying.load(Ordering::Acquire) {
             // Blocks on disk are readied for the FUSE thread; the rest are fetched only for a
             // file one of whose reads needed a block the caches lacked. A warm start otherwise

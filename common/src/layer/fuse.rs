@@ -4,8 +4,9 @@
 //! [`fuse_error`]. Metadata is all in memory, so lookups, attributes, listings and xattrs answer
 //! on fuser's worker thread. A read is planned there too ([`LayerFs::plan_read`]) and answered
 //! there when its blocks are in the memory tier, or in the disk tier's open entries with their
-//! bytes in the page cache (a read that cannot wait on the device); otherwise the reply is handed to a task on the
-//! session's runtime, which loads or fetches the blocks and replies (fuser replies are `Send`).
+//! bytes in the page cache (a read that cannot wait on the device); otherwise the reply is
+//! handed to a task on the session's runtime, which loads or fetches the blocks and replies
+//! (fuser replies are `Send`).
 //! So no FUSE worker ever waits on the disk or the network: 8 cold reads on a stalled store do
 //! not hold up a cached read or a `stat`. The tree is immutable, so entries and attributes get
 //! long TTLs and opened files keep the page cache across opens.
