@@ -142,6 +142,34 @@ async fn round_trip_block_boundaries_listing_and_nameservice() {
     assert_eq!(keys(store.list("").await.expect("list")).len(), 4);
     assert!(store.list("nothing/here/").await.expect("list").is_empty());
 
+    // list_dir: one level, directories included, against what `list` found under it.
+    let level = |entries: Vec<bootseer_common::store::hdfs::HdfsDirEntry>| {
+        entries.into_iter().map(|e| (e.name, e.is_dir, e.len)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        level(store.list_dir("ckpt").await.expect("list_dir")),
+        [("empty".into(), false, 0), ("model.bin".into(), false, len), ("sub".into(), true, 0)]
+    );
+    assert_eq!(
+        level(store.list_dir("ckpt/sub").await.expect("list_dir")),
+        [("opt.bin".into(), false, 9)]
+    );
+    let top: Vec<String> = store.list("").await.expect("list").into_iter().map(|m| m.key).collect();
+    let mut firsts: Vec<String> =
+        top.iter().map(|k| k.split('/').next().expect("a name").to_string()).collect();
+    firsts.dedup();
+    let names: Vec<String> =
+        store.list_dir("").await.expect("list_dir root").into_iter().map(|e| e.name).collect();
+    assert_eq!(names, firsts, "the root's names are the first parts of every key");
+    let missing = store.list_dir("nothing/here").await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "{missing:?}");
+    let file = store.list_dir("ckpt/model.bin").await;
+    assert!(
+        matches!(&file, Err(StoreError::Other { message, .. }) if message.contains("not a directory")),
+        "{file:?}"
+    );
+    assert!(matches!(store.list_dir("../x").await, Err(StoreError::InvalidKey { .. })));
+
     // NotFound, for files and for directories (keys name files).
     for key in ["missing", "ckpt/missing.bin", "ckpt/sub"] {
         assert!(matches!(store.stat(key).await, Err(StoreError::NotFound { .. })), "stat {key}");

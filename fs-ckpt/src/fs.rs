@@ -1,12 +1,15 @@
 //! [`CkptFs`]: the filesystem logic of a checkpoint mount, with no fuser types.
 //!
 //! ```text
-//!   lookup/getattr/readdir ──► Tree (one recursive HDFS listing, trusted for metadata_ttl;
-//!                                     stable inode numbers by path across refreshes)
-//!              └─ *_now (FUSE threads): the listing held, whatever its age; a stale one starts
-//!                 one refresh on the runtime and is served until it lands. Waited for (on a
-//!                 task): the mount's first listing, and a fresh one for a name a stale
-//!                 listing lacks (a file written since must not read as missing).
+//!   lookup/getattr/readdir ──► Dirs: one listing per directory (one level, HDFS list_status),
+//!              made the first time something looks into that directory (the mount lists only
+//!              its root before it is ready), trusted for metadata_ttl; stable inode numbers by
+//!              path across refreshes
+//!              └─ *_now (FUSE threads): the directory's listing held, whatever its age; a stale
+//!                 one starts one refresh of that directory on the runtime and is served until
+//!                 it lands. Waited for (on a task): a directory's first listing, and a fresh
+//!                 one for a name a stale listing lacks (a file written since must not read as
+//!                 missing).
 //!   open  ──► stat (fresh, within the connect timeout) → pinned Version → StripeSource
 //!              (shared by handles of that version); nothing is fetched yet
 //!   read_now (FUSE thread, never waits) ─► window noted; every chunk under
@@ -26,13 +29,15 @@
 //!              the last handle of a version cancels that version's queued prefetch
 //! ```
 //!
-//! Directories are the parents of listed files (HDFS listings through the store name files
-//! only), so empty directories do not appear; files are shown 0444 and directories 0555, the
-//! mount being read-only. Lock order: `tree_refresh` (async) → `inodes`; `handles`, `sources`
-//! and a handle's `window` are leaf locks, never held across an await.
+//! A directory of 10,000 files costs its first `ls` ten NameNode RPCs (1,000 names a page) and
+//! nothing else: no other directory waits for it, and a mount over a deep tree is ready after
+//! one listing of its root. Dot-names (temporary files of puts in progress) are hidden; files are
+//! shown 0444 and directories 0555, the mount being read-only. Lock order: a directory's listing
+//! lock (async) → `dirs` → `inodes`; `dirs`, `handles`, `sources` and a handle's `window` are
+//! never held across an await.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -102,13 +107,45 @@ struct Node {
     mtime: SystemTime,
 }
 
+/// One directory's listing, as the NameNode gave it (one level).
 #[derive(Debug)]
-struct Tree {
+struct Dir {
     fetched: Instant,
-    /// Path (relative, "" for the root) → node.
-    nodes: HashMap<String, Node>,
-    /// Directory path → name → child path.
-    children: HashMap<String, BTreeMap<String, String>>,
+    /// Name → entry.
+    entries: BTreeMap<String, Node>,
+}
+
+/// The listings of the directories the mount has been asked about, and who is fetching them.
+#[derive(Debug, Default)]
+struct Dirs {
+    /// Directory path (relative, "" for the root) → its listing. A directory is listed the
+    /// first time something looks into it, never before.
+    listed: HashMap<String, Arc<Dir>>,
+    /// Directories a background refresh is listing (one at a time each).
+    refreshing: HashSet<String>,
+    /// One lock per directory, held by the caller that lists it.
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// `name` in directory `dir` ("" for the root).
+fn child_path(dir: &str, name: &str) -> String {
+    match dir.is_empty() {
+        true => name.to_string(),
+        false => format!("{dir}/{name}"),
+    }
+}
+
+/// `path`'s parent directory and name ("" and "" for the root).
+fn split_path(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// `path` as errors and logs show it: "/" for the root.
+fn display_path(path: &str) -> String {
+    match path.is_empty() {
+        true => "/".to_string(),
+        false => path.to_string(),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +236,7 @@ struct Counters {
     warm_bytes: AtomicU64,
     headers_indexed: AtomicU64,
     key_order_bytes: AtomicU64,
+    dirs_listed: AtomicU64,
 }
 
 /// What a mount did, written as JSON at unmount.
@@ -252,6 +290,10 @@ pub struct Summary {
     pub safetensors_headers_indexed: u64,
     /// Bytes of tensors queued ahead of key-order loaders (the next tensors by name).
     pub key_order_bytes_queued: u64,
+    /// Directory listings fetched from the NameNode (one level each: a directory is listed
+    /// when something first looks into it, and again once its listing is older than the
+    /// metadata TTL).
+    pub dirs_listed: u64,
     /// The block cache's counters.
     pub cache: CacheStats,
     /// Wall-clock phases of this mount (host, kind, events), for `report`.
@@ -265,8 +307,7 @@ pub struct CkptFs {
     config: CkptConfig,
     cache: BlockCache,
     started: Instant,
-    tree: Mutex<Option<Arc<Tree>>>,
-    tree_refresh: tokio::sync::Mutex<()>,
+    dirs: Mutex<Dirs>,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
@@ -282,8 +323,6 @@ pub struct CkptFs {
     counters: Arc<Counters>,
     /// The runtime the mount's tasks run on (background listing refreshes).
     runtime: Handle,
-    /// Set while a background listing refresh runs, so lookups start one at a time.
-    refreshing: AtomicBool,
     /// Reads that missed memory and may wait on HDFS at once (see [`MISS_READS`]).
     miss_reads: tokio::sync::Semaphore,
 }
@@ -438,8 +477,7 @@ impl CkptFs {
             config,
             cache,
             started: Instant::now(),
-            tree: Mutex::new(None),
-            tree_refresh: tokio::sync::Mutex::new(()),
+            dirs: Mutex::new(Dirs::default()),
             inodes: Mutex::new(inodes),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -450,7 +488,6 @@ impl CkptFs {
             warm: Mutex::new(Vec::new()),
             counters: Arc::default(),
             runtime,
-            refreshing: AtomicBool::new(false),
             miss_reads: tokio::sync::Semaphore::new(MISS_READS),
         })
     }
@@ -465,60 +502,74 @@ impl CkptFs {
         &self.cache
     }
 
-    /// The current tree: the cached listing while it is younger than the metadata TTL, else a
-    /// fresh one. When HDFS cannot be listed within the connect timeout, the previous tree is
-    /// served (logged) and trusted for another TTL, so while the NameNode is away one call pays
-    /// that timeout at most once per TTL; calls made while it waits get the previous tree.
-    async fn tree(&self) -> Result<Arc<Tree>, CkptError> {
-        let fresh = |t: &Option<Arc<Tree>>| {
-            t.as_ref().filter(|t| t.fetched.elapsed() < self.config.metadata_ttl).cloned()
-        };
-        if let Some(tree) = fresh(&lock(&self.tree)) {
-            return Ok(tree);
+    /// The listing of directory `path` ("" for the root): the one held while it is younger than
+    /// the metadata TTL, else a fresh one from the NameNode (one level, [`HdfsStore::list_dir`]).
+    /// One caller lists a directory at a time; while it waits, the others are answered from the
+    /// listing held (a slow NameNode then holds up one call per directory, not every one). When
+    /// the NameNode cannot list it within the connect timeout, the listing held is served
+    /// (logged) and trusted for another TTL, so while the NameNode is away one call per
+    /// directory pays that timeout at most once per TTL. A directory the NameNode says is gone
+    /// is forgotten.
+    async fn dir(&self, path: &str) -> Result<Arc<Dir>, CkptError> {
+        let held = || lock(&self.dirs).listed.get(path).cloned();
+        let fresh = |d: &Option<Arc<Dir>>| d.as_ref().filter(|d| !self.is_stale(d)).cloned();
+        let stale = held();
+        if let Some(dir) = fresh(&stale) {
+            return Ok(dir);
         }
-        // One caller refreshes; while it waits for the NameNode, the others are answered from
-        // the listing the mount has (a slow NameNode then holds up one call, not every one).
-        let _refresh = match self.tree_refresh.try_lock() {
+        let gate = lock(&self.dirs).locks.entry(path.to_string()).or_default().clone();
+        let _listing = match gate.clone().try_lock_owned() {
             Ok(guard) => guard,
-            Err(_) => {
-                let stale = lock(&self.tree).clone();
-                match stale {
-                    Some(stale) => return Ok(stale),
-                    None => self.tree_refresh.lock().await,
-                }
-            }
+            Err(_) => match stale {
+                Some(stale) => return Ok(stale),
+                None => gate.lock_owned().await,
+            },
         };
-        if let Some(tree) = fresh(&lock(&self.tree)) {
-            return Ok(tree);
+        let stale = held();
+        if let Some(dir) = fresh(&stale) {
+            return Ok(dir);
         }
-        let listing = bounded(self.config.connect_timeout, "list", "", self.store.list("")).await;
-        match listing {
-            Ok(listing) => {
-                let tree = Arc::new(self.build_tree(listing));
-                *lock(&self.tree) = Some(tree.clone());
-                Ok(tree)
+        let limit = self.config.connect_timeout;
+        match bounded(limit, "list", path, self.store.list_dir(path)).await {
+            Ok(entries) => {
+                let entries = entries
+                    .into_iter()
+                    .map(|e| {
+                        let (kind, size) = match e.is_dir {
+                            true => (Kind::Directory, 0),
+                            false => (Kind::File, e.len),
+                        };
+                        (e.name, Node { kind, size, mtime: e.mtime })
+                    })
+                    .collect();
+                let dir = Arc::new(Dir { fetched: Instant::now(), entries });
+                lock(&self.dirs).listed.insert(path.to_string(), dir.clone());
+                self.counters.dirs_listed.fetch_add(1, Ordering::Relaxed);
+                Ok(dir)
             }
-            Err(err) => {
-                let mut current = lock(&self.tree);
-                match current.clone() {
-                    Some(stale) => {
-                        tracing::warn!(error = %err, "listing failed; serving the previous listing");
-                        let kept = Arc::new(Tree {
-                            fetched: Instant::now(),
-                            nodes: stale.nodes.clone(),
-                            children: stale.children.clone(),
-                        });
-                        *current = Some(kept.clone());
-                        Ok(kept)
-                    }
-                    None => Err(err.into()),
+            Err(StoreError::NotFound { .. }) => {
+                lock(&self.dirs).listed.remove(path);
+                Err(CkptError::NotFound(display_path(path)))
+            }
+            Err(StoreError::Other { message, .. }) if message.contains("not a directory") => {
+                Err(CkptError::NotADirectory(display_path(path)))
+            }
+            Err(err) => match stale {
+                Some(stale) => {
+                    tracing::warn!(dir = %display_path(path), error = %err, "listing failed; serving the previous listing");
+                    let entries = stale.entries.clone();
+                    let kept = Arc::new(Dir { fetched: Instant::now(), entries });
+                    lock(&self.dirs).listed.insert(path.to_string(), kept.clone());
+                    Ok(kept)
                 }
-            }
+                None => Err(err.into()),
+            },
         }
     }
 
-    /// Checks that the mounted source is a directory the NameNode answers for, and lists it,
-    /// all within the connect timeout: what a mount does before it tells the kernel it is ready.
+    /// Checks that the mounted source is a directory the NameNode answers for, and lists it
+    /// (its top level only), all within the connect timeout: what a mount does before it tells
+    /// the kernel it is ready.
     pub async fn check_source(&self) -> Result<(), CkptError> {
         let url = self.store.url();
         let limit = self.config.connect_timeout;
@@ -533,7 +584,7 @@ impl CkptFs {
                 }
                 Err(e) => return Err(e.into()),
             }
-            self.tree().await.map(|_| ())
+            self.dir("").await.map(|_| ())
         };
         match tokio::time::timeout(limit, check).await {
             Ok(result) => result,
@@ -543,45 +594,6 @@ impl CkptFs {
                 after: limit,
             })),
         }
-    }
-
-    fn build_tree(&self, listing: Vec<bootseer_common::store::ObjectMeta>) -> Tree {
-        let mut nodes = HashMap::new();
-        let mut children: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-        let epoch = SystemTime::UNIX_EPOCH;
-        nodes.insert(String::new(), Node { kind: Kind::Directory, size: 0, mtime: epoch });
-        children.insert(String::new(), BTreeMap::new());
-        let mut inodes = lock(&self.inodes);
-        for meta in listing {
-            let mtime = meta.mtime.unwrap_or(epoch);
-            let mut parent = String::new();
-            let parts: Vec<&str> = meta.key.split('/').collect();
-            for (i, part) in parts.iter().enumerate() {
-                let path = if parent.is_empty() {
-                    (*part).to_string()
-                } else {
-                    format!("{parent}/{part}")
-                };
-                let is_file = i + 1 == parts.len();
-                children.entry(parent.clone()).or_default().insert((*part).into(), path.clone());
-                if let Some(dir) = nodes.get_mut(&parent) {
-                    dir.mtime = dir.mtime.max(mtime);
-                }
-                inodes.ino(&path);
-                if is_file {
-                    nodes.insert(path, Node { kind: Kind::File, size: meta.len, mtime });
-                } else {
-                    nodes.entry(path.clone()).or_insert(Node {
-                        kind: Kind::Directory,
-                        size: 0,
-                        mtime,
-                    });
-                    children.entry(path.clone()).or_default();
-                    parent = path;
-                }
-            }
-        }
-        Tree { fetched: Instant::now(), nodes, children }
     }
 
     fn path_of(&self, ino: u64) -> Result<String, CkptError> {
@@ -601,89 +613,114 @@ impl CkptFs {
         Attr { ino, kind: node.kind, size: node.size, mtime: node.mtime, perm }
     }
 
-    /// The listing the mount holds, whatever its age, for answers that must not wait on the
-    /// NameNode: `None` before the mount's first listing (the one listing anything waits for,
-    /// through [`CkptFs::tree`]). A listing older than the metadata TTL starts one refresh on
-    /// the runtime, and callers get this listing until that refresh lands (one that fails
-    /// keeps it, see [`CkptFs::tree`]).
-    fn known_tree(self: &Arc<Self>) -> Option<Arc<Tree>> {
-        let tree = lock(&self.tree).clone()?;
-        if self.is_stale(&tree) && !self.refreshing.swap(true, Ordering::AcqRel) {
-            let fs = self.clone();
+    /// The listing of directory `path` the mount holds, whatever its age, for answers that must
+    /// not wait on the NameNode: `None` when the directory has not been listed yet (then await
+    /// [`CkptFs::dir`], on a task). A listing older than the metadata TTL starts one refresh of
+    /// that directory on the runtime, and callers get this listing until that refresh lands
+    /// (one that fails keeps it, see [`CkptFs::dir`]).
+    fn known_dir(self: &Arc<Self>, path: &str) -> Option<Arc<Dir>> {
+        let mut dirs = lock(&self.dirs);
+        let dir = dirs.listed.get(path).cloned()?;
+        if self.is_stale(&dir) && dirs.refreshing.insert(path.to_string()) {
+            let (fs, path) = (self.clone(), path.to_string());
             self.runtime.spawn(async move {
-                if let Err(e) = fs.tree().await {
-                    tracing::warn!(error = %e, "listing refresh failed");
+                if let Err(e) = fs.dir(&path).await {
+                    tracing::warn!(dir = %display_path(&path), error = %e, "listing refresh failed");
                 }
-                fs.refreshing.store(false, Ordering::Release);
+                lock(&fs.dirs).refreshing.remove(&path);
             });
         }
-        Some(tree)
+        Some(dir)
     }
 
-    /// The listing, no older than the metadata TTL: waits for a refresh under way (or makes
-    /// one). Only for a name the held listing lacks, which may have landed since.
-    async fn fresh_tree(&self) -> Result<Arc<Tree>, CkptError> {
-        drop(self.tree_refresh.lock().await);
-        self.tree().await
+    /// The listing of `path`, no older than the metadata TTL: waits for a listing under way (or
+    /// makes one). Only for a name the held listing lacks, which may have landed since.
+    async fn fresh_dir(&self, path: &str) -> Result<Arc<Dir>, CkptError> {
+        let gate = lock(&self.dirs).locks.entry(path.to_string()).or_default().clone();
+        drop(gate.lock().await);
+        self.dir(path).await
     }
 
-    fn is_stale(&self, tree: &Tree) -> bool {
-        tree.fetched.elapsed() >= self.config.metadata_ttl
+    fn is_stale(&self, dir: &Dir) -> bool {
+        dir.fetched.elapsed() >= self.config.metadata_ttl
+    }
+
+    /// Refuses to list `path` when the listing of its parent says it is a file.
+    fn check_dir(&self, path: &str) -> Result<(), CkptError> {
+        let (parent, name) = split_path(path);
+        let dirs = lock(&self.dirs);
+        match dirs.listed.get(parent).and_then(|d| d.entries.get(name)) {
+            Some(node) if !path.is_empty() && node.kind == Kind::File => {
+                Err(CkptError::NotADirectory(display_path(path)))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The entry `name` in directory `parent`. A name a listing older than the TTL lacks is
     /// looked up again in a fresh one (a file written since must not read as missing).
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, CkptError> {
         let dir = self.path_of(parent)?;
-        let tree = self.tree().await?;
-        match self.lookup_in(&tree, &dir, name) {
-            Err(CkptError::NotFound(_)) if self.is_stale(&tree) => {
-                self.lookup_in(&*self.fresh_tree().await?, &dir, name)
+        self.check_dir(&dir)?;
+        let listing = self.dir(&dir).await?;
+        match self.entry_in(&listing, &dir, name) {
+            Err(CkptError::NotFound(_)) if self.is_stale(&listing) => {
+                self.entry_in(&*self.fresh_dir(&dir).await?, &dir, name)
             }
             found => found,
         }
     }
 
     /// [`CkptFs::lookup`] answered from the listing the mount holds, never waiting on HDFS;
-    /// `None` when it cannot say (then await [`CkptFs::lookup`]): before the mount's first
-    /// listing, and for a name a listing older than the TTL lacks.
+    /// `None` when it cannot say (then await [`CkptFs::lookup`]): for a directory not listed
+    /// yet, and for a name a listing older than the TTL lacks.
     pub fn lookup_now(
         self: &Arc<Self>,
         parent: u64,
         name: &str,
     ) -> Option<Result<Attr, CkptError>> {
-        let dir = match self.path_of(parent) {
+        let dir = match self.path_of(parent).and_then(|dir| self.check_dir(&dir).map(|()| dir)) {
             Ok(dir) => dir,
             Err(e) => return Some(Err(e)),
         };
-        let tree = self.known_tree()?;
-        match self.lookup_in(&tree, &dir, name) {
-            Err(CkptError::NotFound(_)) if self.is_stale(&tree) => None,
+        let listing = self.known_dir(&dir)?;
+        match self.entry_in(&listing, &dir, name) {
+            Err(CkptError::NotFound(_)) if self.is_stale(&listing) => None,
             found => Some(found),
         }
     }
 
-    fn lookup_in(&self, tree: &Tree, dir: &str, name: &str) -> Result<Attr, CkptError> {
-        let children =
-            tree.children.get(dir).ok_or_else(|| CkptError::NotADirectory(dir.to_string()))?;
-        let path =
-            children.get(name).ok_or_else(|| CkptError::NotFound(format!("{dir}/{name}")))?;
-        let node = tree.nodes.get(path).ok_or_else(|| CkptError::NotFound(path.clone()))?;
-        Ok(self.attr_of(path, node))
+    fn entry_in(&self, listing: &Dir, dir: &str, name: &str) -> Result<Attr, CkptError> {
+        let path = child_path(dir, name);
+        match listing.entries.get(name) {
+            Some(node) => Ok(self.attr_of(&path, node)),
+            None => Err(CkptError::NotFound(path)),
+        }
+    }
+
+    /// The root's attributes: a directory as new as the newest entry of its listing.
+    fn root_attr(&self, root: &Dir) -> Attr {
+        let mtime = root.entries.values().map(|n| n.mtime).max().unwrap_or(SystemTime::UNIX_EPOCH);
+        self.attr_of("", &Node { kind: Kind::Directory, size: 0, mtime })
     }
 
     /// Attributes of `ino`; with the handle `fh` the kernel read through, the length and mtime
-    /// that handle pinned (what its reads serve), whatever the listing says.
+    /// that handle pinned (what its reads serve), whatever the listing says. Anything else comes
+    /// from the listing of its parent.
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr, CkptError> {
         let path = self.path_of(ino)?;
         if let Some(attr) = self.pinned_attr(&path, ino, fh) {
             return Ok(attr);
         }
-        self.attr_in(&*self.tree().await?, &path)
+        if path.is_empty() {
+            return Ok(self.root_attr(&*self.dir("").await?));
+        }
+        let (parent, name) = split_path(&path);
+        self.entry_in(&*self.dir(parent).await?, parent, name)
     }
 
     /// [`CkptFs::getattr`] answered from the pinned handle or the listing the mount holds,
-    /// never waiting on HDFS; `None` before the mount's first listing.
+    /// never waiting on HDFS; `None` when the parent has not been listed yet.
     pub fn getattr_now(
         self: &Arc<Self>,
         ino: u64,
@@ -696,7 +733,11 @@ impl CkptFs {
         if let Some(attr) = self.pinned_attr(&path, ino, fh) {
             return Some(Ok(attr));
         }
-        Some(self.attr_in(&*self.known_tree()?, &path))
+        if path.is_empty() {
+            return Some(Ok(self.root_attr(&*self.known_dir("")?)));
+        }
+        let (parent, name) = split_path(&path);
+        Some(self.entry_in(&*self.known_dir(parent)?, parent, name))
     }
 
     fn pinned_attr(&self, path: &str, ino: u64, fh: Option<u64>) -> Option<Attr> {
@@ -708,41 +749,33 @@ impl CkptFs {
         Some(self.attr_of(path, &Node { kind: Kind::File, size: v.len, mtime: v.mtime }))
     }
 
-    fn attr_in(&self, tree: &Tree, path: &str) -> Result<Attr, CkptError> {
-        let node = tree.nodes.get(path).ok_or_else(|| CkptError::NotFound(path.to_string()))?;
-        Ok(self.attr_of(path, node))
-    }
-
     /// Entries of directory `ino` (without `.` and `..`), sorted by name.
     pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, CkptError> {
         let dir = self.path_of(ino)?;
-        self.readdir_in(&*self.tree().await?, dir)
+        self.check_dir(&dir)?;
+        Ok(self.entries_of(&*self.dir(&dir).await?, &dir))
     }
 
     /// [`CkptFs::readdir`] answered from the listing the mount holds, never waiting on HDFS;
-    /// `None` before the mount's first listing.
+    /// `None` when the directory has not been listed yet.
     pub fn readdir_now(self: &Arc<Self>, ino: u64) -> Option<Result<Vec<DirEntry>, CkptError>> {
-        let dir = match self.path_of(ino) {
+        let dir = match self.path_of(ino).and_then(|dir| self.check_dir(&dir).map(|()| dir)) {
             Ok(dir) => dir,
             Err(e) => return Some(Err(e)),
         };
-        Some(self.readdir_in(&*self.known_tree()?, dir))
+        Some(Ok(self.entries_of(&*self.known_dir(&dir)?, &dir)))
     }
 
-    fn readdir_in(&self, tree: &Tree, dir: String) -> Result<Vec<DirEntry>, CkptError> {
-        let children = match tree.children.get(&dir) {
-            Some(children) => children,
-            None if tree.nodes.contains_key(&dir) => return Err(CkptError::NotADirectory(dir)),
-            None => return Err(CkptError::NotFound(dir)),
-        };
+    fn entries_of(&self, listing: &Dir, dir: &str) -> Vec<DirEntry> {
         let mut inodes = lock(&self.inodes);
-        Ok(children
+        listing
+            .entries
             .iter()
-            .filter_map(|(name, path)| {
-                let node = tree.nodes.get(path)?;
-                Some(DirEntry { ino: inodes.ino(path), kind: node.kind, name: name.clone() })
+            .map(|(name, node)| {
+                let ino = inodes.ino(&child_path(dir, name));
+                DirEntry { ino, kind: node.kind, name: name.clone() }
             })
-            .collect())
+            .collect()
     }
 
     /// Opens file `ino`: pins its current version and plans its stripes. The NameNode calls
@@ -759,10 +792,11 @@ impl CkptFs {
         let source = match bounded(left(), "stat", &path, self.store.file_info(&path)).await {
             Ok(info) => self.source_within(&path, &info, left()).await?,
             Err(StoreError::NotFound { .. }) => {
-                let tree = self.tree().await?;
-                return Err(match tree.children.contains_key(&path) {
-                    true => CkptError::IsADirectory(path),
-                    false => CkptError::NotFound(path),
+                let (parent, name) = split_path(&path);
+                let listing = self.dir(parent).await?;
+                return Err(match listing.entries.get(name).map(|n| n.kind) {
+                    Some(Kind::Directory) => CkptError::IsADirectory(path),
+                    _ => CkptError::NotFound(path),
                 });
             }
             Err(e) if e.is_retryable() => match self.live_source(&path) {
@@ -794,17 +828,18 @@ impl CkptFs {
     /// within the metadata TTL), the listing takes the open's word, so a `stat` after this open
     /// shows the length its reads serve (the kernel cuts reads at the length it was told).
     fn note_opened_version(&self, path: &str, version: Version) {
-        let mut current = lock(&self.tree);
-        let Some(tree) = current.as_ref() else { return };
-        let stale = tree.nodes.get(path).is_some_and(|n| {
+        let (parent, name) = split_path(path);
+        let mut dirs = lock(&self.dirs);
+        let Some(listing) = dirs.listed.get(parent) else { return };
+        let stale = listing.entries.get(name).is_some_and(|n| {
             n.kind == Kind::File && (n.size != version.len || n.mtime != version.mtime)
         });
         if stale {
-            let mut nodes = tree.nodes.clone();
+            let mut entries = listing.entries.clone();
             let node = Node { kind: Kind::File, size: version.len, mtime: version.mtime };
-            nodes.insert(path.to_string(), node);
-            let fresh = Tree { fetched: tree.fetched, nodes, children: tree.children.clone() };
-            *current = Some(Arc::new(fresh));
+            entries.insert(name.to_string(), node);
+            let fresh = Dir { fetched: listing.fetched, entries };
+            dirs.listed.insert(parent.to_string(), Arc::new(fresh));
             tracing::debug!(key = %path, len = version.len, "listing updated from an open");
         }
     }
@@ -1096,30 +1131,30 @@ impl CkptFs {
         if self.config.prefetch.is_empty() {
             return (0, 0);
         }
-        let tree = match self.tree().await {
-            Ok(tree) => tree,
-            Err(e) => {
-                tracing::warn!(error = %e, "prefetch at mount: listing failed");
-                return (0, 0);
+        // Only the directories the patterns can reach are walked (recursively, once each).
+        let mut prefixes: Vec<String> =
+            self.config.prefetch.iter().map(|g| crate::warm::glob_prefix(g)).collect();
+        prefixes.sort();
+        prefixes.dedup_by(|later, earlier| later.starts_with(earlier.as_str()));
+        let mut paths = Vec::new();
+        for prefix in &prefixes {
+            let limit = self.config.connect_timeout;
+            match bounded(limit, "list", prefix, self.store.list(prefix)).await {
+                Ok(listing) => paths.extend(listing.into_iter().map(|m| m.key).filter(|path| {
+                    self.config.prefetch.iter().any(|g| crate::warm::glob_match(g, path))
+                })),
+                Err(e) => tracing::warn!(prefix, error = %e, "prefetch at mount: listing failed"),
             }
-        };
-        let mut paths: Vec<&String> = tree
-            .nodes
-            .iter()
-            .filter(|(path, node)| {
-                node.kind == Kind::File
-                    && self.config.prefetch.iter().any(|g| crate::warm::glob_match(g, path))
-            })
-            .map(|(path, _)| path)
-            .collect();
+        }
         paths.sort();
+        paths.dedup();
         let mut budget = self.config.max_window().saturating_mul(self.config.stripe_size);
         let (mut files, mut bytes) = (0, 0);
         for path in paths {
             if budget == 0 {
                 break;
             }
-            match self.warm_file(path, budget).await {
+            match self.warm_file(&path, budget).await {
                 Ok(queued) => {
                     (files, bytes, budget) = (files + 1, bytes + queued, budget - queued);
                     // Counted as each file is queued: a summary written meanwhile shows it.
@@ -1213,15 +1248,22 @@ impl CkptFs {
         lock(&self.handles).len()
     }
 
-    /// Files and directories in the current listing, for statfs.
+    /// Files and directories the mount has listed so far (the root and the entries of every
+    /// directory looked into), for statfs: directories are listed lazily, so this grows as a
+    /// job walks the tree.
     pub async fn entry_count(&self) -> Result<u64, CkptError> {
-        Ok(self.tree().await?.nodes.len() as u64)
+        self.dir("").await?;
+        Ok(self.listed_entries())
     }
 
-    /// [`CkptFs::entry_count`] of the listing the mount holds, never waiting on HDFS; `None`
-    /// before the mount's first listing.
+    /// [`CkptFs::entry_count`] without waiting on HDFS; `None` before the root is listed.
     pub fn entry_count_now(self: &Arc<Self>) -> Option<u64> {
-        Some(self.known_tree()?.nodes.len() as u64)
+        self.known_dir("")?;
+        Some(self.listed_entries())
+    }
+
+    fn listed_entries(&self) -> u64 {
+        1 + lock(&self.dirs).listed.values().map(|d| d.entries.len() as u64).sum::<u64>()
     }
 
     /// What the mount did so far.
@@ -1254,6 +1296,7 @@ impl CkptFs {
             prefetched_at_mount_bytes: get(&self.counters.warm_bytes),
             safetensors_headers_indexed: get(&self.counters.headers_indexed),
             key_order_bytes_queued: get(&self.counters.key_order_bytes),
+            dirs_listed: get(&self.counters.dirs_listed),
             cache: self.cache.stats(),
             timeline: bootseer_common::timeline::global(),
         }

@@ -2,11 +2,11 @@
 //! into [`CkptFs`] and one reply; errors go through [`fuse_error`].
 //!
 //! No FUSE worker waits on the network (DESIGN, production defaults). What the mount already knows
-//! is answered on the worker thread: lookups, attributes, listings and statfs from the listing it
-//! holds (a stale one is refreshed in the background, see [`CkptFs::lookup_now`]), and a read whose
-//! chunks are all in memory ([`CkptFs::read_now`]). Everything that may wait on HDFS — a read that
-//! misses memory, an open (it asks the NameNode), a call made before the mount's first listing, and
-//! a lookup of a name a stale listing lacks — is handed with its reply to a task on the runtime
+//! is answered on the worker thread: lookups, attributes, listings and statfs from the directory
+//! listings it holds (a stale one is refreshed in the background, see [`CkptFs::lookup_now`]), and
+//! a read whose chunks are all in memory ([`CkptFs::read_now`]). Everything that may wait on HDFS —
+//! a read that misses memory, an open (it asks the NameNode), a call into a directory not listed
+//! yet, and a lookup of a name a stale listing lacks — is handed with its reply to a task on the runtime
 //! (fuser replies are `Send`), which answers when done; the worker goes back to the kernel
 //! meanwhile. So cold reads on stalled DataNodes hold up no cached read and no `stat`.
 //!
@@ -16,7 +16,7 @@
 //! holds only its reply handle, and the kernel bounds those (one per reader thread blocked in a
 //! read, plus `max_background` read-ahead). Range reads in flight are bounded by the budget's
 //! in-flight share ([`crate::stripe`]); open tasks and listing refreshes by the connect timeout,
-//! one refresh at a time.
+//! one refresh of a directory at a time.
 //!
 //! Kernel caching: entry TTLs and directory attribute TTLs equal the metadata TTL. A file's
 //! attributes have TTL 0: the kernel cuts reads at the size it holds and asks again only when

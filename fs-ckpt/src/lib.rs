@@ -3,7 +3,7 @@
 //! instead of one stream.
 //!
 //! ```text
-//!   fuse::CkptFuse (fuser callbacks) ──► fs::CkptFs (tree, handles, windows)
+//!   fuse::CkptFuse (fuser callbacks) ──► fs::CkptFs (listings, handles, windows)
 //!        │  answered on the FUSE thread: what the mount knows (listing, memory)
 //!        │  answered from a task: what waits on HDFS (a read's misses, opens)
 //!        └── BlockCache (memory budget, single-flight, prefetch queue)

@@ -44,6 +44,18 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
     matches(pattern.trim_start_matches('/').as_bytes(), subject.as_bytes())
 }
 
+/// The key prefix under which every path `pattern` matches lies ([`glob_match`]): its directories
+/// before the first wildcard, with a trailing `/` ("" for the whole tree, which a pattern
+/// without `/` needs: it matches names at any depth). Listing that prefix finds every match.
+pub fn glob_prefix(pattern: &str) -> String {
+    if !pattern.contains('/') {
+        return String::new();
+    }
+    let pattern = pattern.trim_start_matches('/');
+    let literal = &pattern[..pattern.find(['*', '?']).unwrap_or(pattern.len())];
+    literal.rfind('/').map_or(String::new(), |i| literal[..=i].to_string())
+}
+
 /// Wildcard matching by dynamic programming over (pattern position, subject position):
 /// O(|p| × |s|) whatever the number of stars (plain backtracking is exponential in them).
 fn matches(p: &[u8], s: &[u8]) -> bool {
@@ -313,6 +325,20 @@ mod tests {
         assert!(glob_match("/run/**", "run/a/b"));
         assert!(glob_match("shard-?.pt", "x/shard-3.pt"));
         assert!(!glob_match("shard-?.pt", "shard-10.pt"));
+        for (pattern, prefix) in [
+            ("*.safetensors", ""),
+            ("run/step-100/*.bin", "run/step-100/"),
+            ("/run/x.bin", "run/"),
+            ("run/**/x", "run/"),
+            ("ru*/x", ""),
+            ("run/s?/x", "run/"),
+        ] {
+            assert_eq!(glob_prefix(pattern), prefix, "{pattern}");
+        }
+        // Every match of a pattern lies under its prefix.
+        for (pattern, path) in [("run/**/x", "run/a/b/x"), ("/run/x.bin", "run/x.bin")] {
+            assert!(glob_match(pattern, path) && path.starts_with(&glob_prefix(pattern)));
+        }
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("", "anything"));
         assert!(glob_match("a*/b", "abc/b") && !glob_match("a*b", "a/b"));

@@ -143,6 +143,7 @@ fn reads_through_the_mount_equal_the_source() {
     if Path::new("/sbin/mount.fuse3").exists() || Path::new("/usr/sbin/mount.fuse3").exists() {
         cli_mounts_in_daemon_form(&env, &files[5], Form::MountFuse3);
     }
+    a_directory_of_10000_files_is_listed_lazily_and_blocks_no_read(&env, &files[5]);
 
     let mountpoint = root.clone();
     drop(env);
@@ -742,6 +743,115 @@ fn replaced_by_a_longer_file_within_the_ttl(env: &Env) {
         assert_eq!(md.len(), got.len() as u64, "round {round}: stat after reading");
         old = got;
     }
+    drop(mount);
+}
+
+/// Files counted by the mount's statfs: what it has listed so far.
+fn files_known(root: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(root.as_os_str().as_bytes()).expect("path");
+    // SAFETY: `c` is a NUL-terminated path and `st` a statvfs the call fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    st.f_files
+}
+
+/// A directory of 10,000 files beside a checkpoint: a new mount lists its root only (statfs
+/// counts what it has listed), the first `ls` of the big directory shows every name written,
+/// with sizes, and while that listing and its refreshes run (TTL 1 s), `stat` and reads of a
+/// file already read answer from memory without waiting for them.
+fn a_directory_of_10000_files_is_listed_lazily_and_blocks_no_read(
+    env: &Env,
+    (key, data): &(String, Vec<u8>),
+) {
+    use bootseer_common::store::Store;
+    use bytes::Bytes;
+    use futures::StreamExt;
+    const N: usize = 10_000;
+    let name = |i: usize| format!("f-{i:05}");
+    let started = Instant::now();
+    let puts = futures::stream::iter(0..N)
+        .map(|i| {
+            let store = env.store.clone();
+            // Every 1,000th file holds its own index as bytes, the rest are empty.
+            let body = if i % 1000 == 7 { Bytes::from(vec![7u8; i]) } else { Bytes::new() };
+            async move { (i, store.put(&format!("many/{}", name(i)), body).await) }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>();
+    let failed: Vec<usize> = env
+        .runtime
+        .block_on(puts)
+        .into_iter()
+        .filter_map(|(i, r)| r.err().map(|e| eprintln!("put {}: {e}", name(i))).map(|()| i))
+        .collect();
+    for i in failed {
+        let body = if i % 1000 == 7 { vec![7u8; i] } else { Vec::new() };
+        env.put(&format!("many/{}", name(i)), body);
+    }
+    eprintln!("10,000 files written in {:.1} s", started.elapsed().as_secs_f64());
+
+    let (fs, mount) = support::mount_again(env, support::test_config());
+    let root = mount.path().to_path_buf();
+    let known = files_known(&root);
+    assert!(known < 100, "a new mount lists its root only, yet statfs counts {known} entries");
+    let path = root.join(key);
+    let file = std::fs::File::open(&path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    file.read_exact_at(&mut buf, 0).expect("first read");
+    assert!(buf[..] == data[..buf.len()]);
+
+    // Readers of the cached head and `stat`s, while the first listing and refreshes run.
+    let listing_done = std::sync::atomic::AtomicBool::new(false);
+    let (slowest, ops) = std::thread::scope(|s| {
+        let lister = s.spawn(|| {
+            let mut rounds = Vec::new();
+            let until = Instant::now() + Duration::from_secs(4);
+            while rounds.is_empty() || Instant::now() < until {
+                let t = Instant::now();
+                let mut names: Vec<String> = std::fs::read_dir(root.join("many"))
+                    .expect("ls many")
+                    .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                assert_eq!(names.len(), N, "names listed");
+                assert!(names.iter().enumerate().all(|(i, n)| *n == name(i)), "names listed");
+                rounds.push(t.elapsed());
+            }
+            listing_done.store(true, std::sync::atomic::Ordering::Release);
+            rounds
+        });
+        let (mut slowest, mut ops) = (Duration::ZERO, 0);
+        while !listing_done.load(std::sync::atomic::Ordering::Acquire) {
+            let t = Instant::now();
+            let md = std::fs::metadata(&path).expect("stat during the listing");
+            let mut head = vec![0u8; 64 << 10];
+            file.read_exact_at(&mut head, 4096).expect("cached read during the listing");
+            slowest = slowest.max(t.elapsed());
+            ops += 1;
+            assert_eq!(md.len(), data.len() as u64);
+            assert!(head[..] == data[4096..4096 + head.len()]);
+        }
+        let rounds = lister.join().expect("lister");
+        eprintln!(
+            "ls of {N} files: first {:?}, then {} more (slowest {:?}); {ops} stat + read pairs meanwhile, slowest {slowest:?}",
+            rounds[0],
+            rounds.len() - 1,
+            rounds[1..].iter().max().copied().unwrap_or_default()
+        );
+        (slowest, ops)
+    });
+    assert!(ops > 0);
+    assert!(slowest < Duration::from_millis(250), "a stat + cached read took {slowest:?}");
+    for i in (7..N).step_by(1000) {
+        let md = std::fs::metadata(root.join("many").join(name(i))).expect("stat");
+        assert_eq!(md.len(), i as u64, "{}", name(i));
+    }
+    let known = files_known(&root);
+    assert!(known > N as u64, "statfs counts {known} entries after the big directory was listed");
+    let summary = fs.summary();
+    assert!(summary.dirs_listed >= 2, "{summary:?}");
+    drop(file);
     drop(mount);
 }
 

@@ -66,6 +66,19 @@ pub struct HdfsFileInfo {
     pub block_size: u64,
 }
 
+/// One entry of a directory, as [`HdfsStore::list_dir`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HdfsDirEntry {
+    /// The name within the directory (decoded, as keys are).
+    pub name: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// Length in bytes (0 for a directory).
+    pub len: u64,
+    /// Last modification time.
+    pub mtime: SystemTime,
+}
+
 /// A store rooted at an HDFS directory.
 #[derive(Clone)]
 pub struct HdfsStore {
@@ -312,6 +325,47 @@ impl HdfsStore {
             });
         }
         Ok(())
+    }
+
+    /// The entries of directory `dir` (a key, `""` for the root), one level only, sorted by
+    /// name: what a mount needs to answer `ls` of one directory without walking the tree under
+    /// it (hdfs-native pages through a large directory, 1,000 names per NameNode RPC). Dot-names
+    /// (temporary files of puts in progress) are left out, as [`Store::list`] does.
+    /// [`StoreError::NotFound`] when nothing is there; [`StoreError::Other`] "not a directory"
+    /// when `dir` is a file.
+    pub async fn list_dir(&self, dir: &str) -> StoreResult<Vec<HdfsDirEntry>> {
+        const OP: &str = "list";
+        if !dir.is_empty() {
+            check_key(dir)?;
+        }
+        let path = self.join(&encode_key(dir));
+        let statuses = guarded(OP, dir, self.client.list_status(&path, false)).await?;
+        let base = path.trim_end_matches('/').to_string() + "/";
+        let mut out = Vec::with_capacity(statuses.len());
+        for status in statuses {
+            // A file lists as itself, under its own path.
+            let Some(name) = status.path.strip_prefix(&base).filter(|n| !n.is_empty()) else {
+                if !status.isdir {
+                    return Err(StoreError::Other {
+                        op: OP,
+                        key: dir.to_string(),
+                        message: "not a directory".into(),
+                    });
+                }
+                continue;
+            };
+            if name.contains('/') || name.starts_with('.') {
+                continue;
+            }
+            out.push(HdfsDirEntry {
+                name: decode_key(name),
+                is_dir: status.isdir,
+                len: if status.isdir { 0 } else { status.length as u64 },
+                mtime: mtime(status.modification_time),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// [`Store::put`] with an HDFS block size for the new file (`None`: the NameNode's
