@@ -47,8 +47,15 @@ fn failures_are_bounded_clear_and_recover() {
         attempt_timeout: Duration::from_secs(3),
         ..support::test_config()
     };
-    let files =
-        [("a.bin", a.as_slice()), ("b.bin", b.as_slice()), ("c.bin", c.as_slice()), ("d.bin", &d)];
+    let e = bytes(25, 1000);
+    let files = [
+        ("a.bin", a.as_slice()),
+        ("b.bin", b.as_slice()),
+        ("c.bin", c.as_slice()),
+        ("d.bin", &d),
+        // Never looked into before the NameNode goes silent: listed by nobody.
+        ("sub/e.bin", &e),
+    ];
     let Some(env) = support::setup(dfs, &files, config) else { return };
 
     mount_time_failures(&env);
@@ -131,7 +138,7 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
     let mut handle = std::fs::File::open(root.join("a.bin")).expect("open a.bin");
     let mut got = vec![0u8; BLOCK as usize];
     handle.read_exact(&mut got).expect("first MiB of a.bin");
-    assert_eq!(std::fs::read_dir(root).expect("ls").count(), 4);
+    assert_eq!(std::fs::read_dir(root).expect("ls").count(), 5);
 
     ns.silence_port(port_of(env.dfs.uri())).expect("silence the NameNode");
     std::thread::sleep(ttl + Duration::from_millis(200));
@@ -152,7 +159,7 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
         assert_eq!(md.len(), 4 * BLOCK + 5);
         assert!(took < Duration::from_secs(1), "a stat waited {took:?} behind a refresh");
         let (names, took) = waiting.join().expect("ls thread");
-        assert_eq!(names, 4);
+        assert_eq!(names, 5);
         assert!(took < timeout + Duration::from_secs(2), "ls took {took:?}");
     });
     std::thread::sleep(ttl + Duration::from_millis(200));
@@ -163,7 +170,7 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
         let md = std::fs::metadata(root.join("b.bin")).expect("stat with the NameNode silent");
         let took = started.elapsed();
         eprintln!("NameNode silent: ls + stat #{round} in {took:?}");
-        assert_eq!((names, md.len()), (4, b.len() as u64));
+        assert_eq!((names, md.len()), (5, b.len() as u64));
         assert!(took < timeout + Duration::from_secs(2), "ls + stat took {took:?}");
     }
 
@@ -184,6 +191,23 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(took < timeout * 2 + Duration::from_secs(2), "the open failed after {took:?}");
 
+    // A directory the mount has not listed yet needs the NameNode: EIO within the timeout.
+    let started = Instant::now();
+    let err = std::fs::read_dir(root.join("sub")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    let took = started.elapsed();
+    eprintln!("NameNode silent: ls of a directory not listed yet failed after {took:?}: {err:?}");
+    assert_eq!(err.expect_err("ls sub needs the NameNode").raw_os_error(), Some(libc::EIO));
+    assert!(took < timeout + Duration::from_secs(2), "ls of sub failed after {took:?}");
+
+    // A process whose call waits on the NameNode is killable: fuser 0.18 ignores FUSE_INTERRUPT,
+    // so the kernel waits for the daemon's answer, and every such answer is bounded by the
+    // connect timeout (an `ls` sent SIGKILL once stayed in D state for 139 s).
+    let cat = format!("cat {}", root.join("b.bin").display());
+    let ls = format!("ls {}", root.join("sub").display());
+    for shell in [cat, ls] {
+        killed_while_waiting(&shell, timeout);
+    }
+
     // Answering again: the same mount opens and reads (TCP retransmits may take a while).
     ns.clear().expect("un-silence");
     let started = Instant::now();
@@ -199,6 +223,28 @@ fn namenode_silent(env: &Env, ns: &NetNs, a: &[u8], b: &[u8]) {
     };
     eprintln!("NameNode back: served again after {:?}", started.elapsed());
     assert_eq!(sha(&read), sha(b));
+}
+
+/// Runs `shell` (a call that waits on the silent NameNode), sends it SIGKILL once it is
+/// waiting, and checks that it is gone within the connect timeout (plus slack).
+fn killed_while_waiting(shell: &str, timeout: Duration) {
+    let mut child = Command::new("sh").args(["-c", &format!("exec {shell}")]).spawn().expect("sh");
+    std::thread::sleep(Duration::from_millis(300));
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+    let state = state.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("?");
+    let waiting = child.try_wait().expect("try_wait").is_none();
+    assert!(waiting, "`{shell}` finished before the kill: nothing was waiting");
+    let started = Instant::now();
+    child.kill().expect("SIGKILL");
+    while child.try_wait().expect("try_wait").is_none() {
+        let took = started.elapsed();
+        assert!(took < timeout + Duration::from_secs(2), "`{shell}` alive {took:?} after SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "NameNode silent: `{shell}` (state {state}) gone {:?} after SIGKILL",
+        started.elapsed()
+    );
 }
 
 /// Every DataNode's port held to 400 kbit/s: a 256 KiB stripe takes about 5 s, more than the
