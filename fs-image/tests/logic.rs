@@ -83,6 +83,21 @@ fn sequential_reads_queue_the_next_blocks_of_the_file_and_jumps_do_not() {
             fs.read(seq, block * u64::from(BLOCK), chunk).await.expect("read");
         }
         assert_eq!(fs.cache().stats().fetched_background, 0, "a jump must not prefetch");
+        // Not merely "not yet": a window is queued inside the read that grows it, so the block
+        // after each jump's two blocks is fetched afresh by a reader (had a jump queued it, the
+        // reader would promote, join or hit it). Block 9 after 7..=8 is itself read on demand.
+        for next in [4u64, 11] {
+            let before = fs.cache().stats();
+            fs.cache().get(&fs.sources()[0], next).await.expect("the block after a jump");
+            let after = fs.cache().stats();
+            let delta = |f: fn(&bootseer_common::cache::CacheStats) -> u64| f(&after) - f(&before);
+            assert_eq!(
+                [delta(|s| s.fetched_demand), delta(|s| s.promoted), delta(|s| s.joined)],
+                [1, 0, 0],
+                "block {next} was queued by a jump: {after:?}"
+            );
+            assert_eq!(delta(|s| s.hits_memory), 0, "block {next} was fetched by a jump");
+        }
         // A stream from the start: 128 KiB reads through blocks 0 and 1.
         let mut got = Vec::new();
         for i in 0..16u64 {
