@@ -167,29 +167,40 @@ async fn cancelled_prefetch_is_never_fetched_and_released_blocks_free_memory() {
     assert_eq!(cache.cancel_queued("id-blob"), 7, "block 0 is running, 1..8 are queued");
     let err = waiter.await.expect_err("a cancelled prefetch is not a success");
     assert!(matches!(err, CacheError::Abandoned { .. }), "{err}");
+    // A control job of another blob, queued behind the cancelled one in the same FIFO lane: the
+    // only worker pops the cancelled job first, so once the control is fetched the cancelled
+    // job has been dealt with (no sleep that a slow machine could outlast).
+    fx.mem.insert("control", fx.data.clone());
+    let control = fx.source("control", false);
+    let mut control_done = Box::pin(cache.prefetch(&control, 0..1, Priority::Background));
+    assert!(futures::poll!(&mut control_done).is_pending(), "the control is queued");
     fx.failing.release();
-    until(|| cache.contains("id-blob", 0)).await;
-    // The worker pops the cancelled job and must skip every block of it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(fx.mem.read_count(), 1, "only the running block 0 was fetched");
+    control_done.await.expect("the control prefetch");
+    assert!(cache.contains("id-blob", 0));
+    let blob_reads = || fx.mem.reads().iter().filter(|(key, _)| key == "blob").count();
+    assert_eq!(blob_reads(), 1, "only the running block 0 was fetched: {:?}", fx.mem.reads());
 
     // A cancelled block is fetched afresh when a reader wants it.
     assert_eq!(&cache.get(&source, 5).await.expect("read")[..], fx.block(5));
-    assert_eq!(fx.mem.read_count(), 2);
+    assert_eq!(blob_reads(), 2);
+    assert!(cache.release("id-control", 0), "the control block is in memory");
     assert_eq!(cache.stats().memory_bytes, 2 * BLOCK);
     assert!(cache.release("id-blob", 5));
     assert!(!cache.release("id-blob", 5), "released once");
     assert!(!cache.contains("id-blob", 5));
     let stats = cache.stats();
-    assert_eq!((stats.memory_bytes, stats.released, stats.cancelled), (BLOCK, 1, 7), "{stats:?}");
+    assert_eq!((stats.memory_bytes, stats.released, stats.cancelled), (BLOCK, 2, 7), "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+// One thread, so "every other task had its turn" is a count of scheduler turns, not a wait: a
+// woken task runs before a task that yields after it was woken.
+#[tokio::test(flavor = "current_thread")]
 async fn prefetch_concurrency_is_bounded() {
     let fx = Fixture::new("blob", 32 * BLOCK as usize);
     let source = fx.source("blob", false);
     let cache = cache(CacheConfig { prefetch_concurrency: 3, ..CacheConfig::default() });
     fx.failing.set("blob", Fault::Stall, u64::MAX);
+    let faults = || fx.failing.faults.load(std::sync::atomic::Ordering::Relaxed);
     // Every other block: 16 separate runs, none can merge.
     let waits: Vec<_> = (0..16)
         .map(|i| {
@@ -199,15 +210,30 @@ async fn prefetch_concurrency_is_bounded() {
             })
         })
         .collect();
-    until(|| fx.failing.faults.load(std::sync::atomic::Ordering::Relaxed) == 3).await;
-    // Give the other queued jobs every chance to start; none may.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(fx.failing.faults.load(std::sync::atomic::Ordering::Relaxed), 3);
+    until(|| faults() >= 3).await;
+    // The control: an on-demand read of a block nobody queued reaches the store (and stalls
+    // there too) in the same scheduler turns in which a fourth prefetch worker, woken when its
+    // job was queued, would have reached it before.
+    let control = tokio::spawn({
+        let (cache, source) = (cache.clone(), source.clone());
+        async move { cache.get(&source, 1).await }
+    });
+    let mut turns = 0;
+    while faults() < 4 {
+        assert!(turns < 1000, "the control read never reached the store");
+        tokio::task::yield_now().await;
+        turns += 1;
+    }
+    for _ in 0..turns + 10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(faults(), 4, "3 prefetches and the control at the store, no fourth prefetch");
     fx.failing.release();
     for w in waits {
         w.await.expect("join").expect("prefetch");
     }
-    assert_eq!(fx.mem.read_count(), 16);
+    assert_eq!(&control.await.expect("join").expect("control")[..], fx.block(1));
+    assert_eq!(fx.mem.read_count(), 17);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

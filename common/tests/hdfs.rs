@@ -334,8 +334,12 @@ async fn datanode_faults_fail_in_bounded_time_and_recover() {
 
 #[test]
 fn a_launcher_that_fails_reports_its_log() {
-    if std::process::Command::new("java").arg("-version").output().is_err() {
-        eprintln!("SKIPPED: no java");
+    let java = std::process::Command::new("java")
+        .arg("-version")
+        .output()
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("java -version: {e}"));
+    if require_real("java (package openjdk-17-jdk-headless)", java).is_none() {
         return;
     }
     // HDFS block sizes must be multiples of 512: the launcher refuses this before Hadoop starts.

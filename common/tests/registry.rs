@@ -182,12 +182,12 @@ async fn manifests_tags_and_skopeo_interop() {
     let err = store.put("manifests/broken", Bytes::from(missing)).await.expect_err("dangling");
     assert!(!err.is_retryable(), "{err}");
 
-    let Ok(output) = std::process::Command::new("skopeo")
+    let ran = std::process::Command::new("skopeo")
         .args(["inspect", "--tls-verify=false"])
         .arg(format!("docker://{}/bootseer/image:v1", reg.host_port()))
         .output()
-    else {
-        eprintln!("SKIPPED skopeo interop: skopeo not installed");
+        .map_err(|e| anyhow::anyhow!("skopeo: {e}"));
+    let Some(output) = require_real("skopeo (package skopeo)", ran) else {
         return;
     };
     let stdout = String::from_utf8_lossy(&output.stdout);

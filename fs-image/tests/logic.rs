@@ -83,6 +83,21 @@ fn sequential_reads_queue_the_next_blocks_of_the_file_and_jumps_do_not() {
             fs.read(seq, block * u64::from(BLOCK), chunk).await.expect("read");
         }
         assert_eq!(fs.cache().stats().fetched_background, 0, "a jump must not prefetch");
+        // Not merely "not yet": a window is queued inside the read that grows it, so the block
+        // after each jump's two blocks is fetched afresh by a reader (had a jump queued it, the
+        // reader would promote, join or hit it). Block 9 after 7..=8 is itself read on demand.
+        for next in [4u64, 11] {
+            let before = fs.cache().stats();
+            fs.cache().get(&fs.sources()[0], next).await.expect("the block after a jump");
+            let after = fs.cache().stats();
+            let delta = |f: fn(&bootseer_common::cache::CacheStats) -> u64| f(&after) - f(&before);
+            assert_eq!(
+                [delta(|s| s.fetched_demand), delta(|s| s.promoted), delta(|s| s.joined)],
+                [1, 0, 0],
+                "block {next} was queued by a jump: {after:?}"
+            );
+            assert_eq!(delta(|s| s.hits_memory), 0, "block {next} was fetched by a jump");
+        }
         // A stream from the start: 128 KiB reads through blocks 0 and 1.
         let mut got = Vec::new();
         for i in 0..16u64 {
@@ -143,12 +158,21 @@ fn a_window_fetches_only_for_a_file_the_caches_did_not_hold() {
             let got = fs.read(seq, at, chunk).await.expect("read");
             assert!(got[..] == want[at as usize..at as usize + got.len()], "bytes at {at}");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // A window queues its blocks in the read that grows it, so the fetches these reads
+        // asked for are queued, running or done by now. Block 7, the file's last, is in the
+        // window those reads reached: a reader finds it queued (promoted), in flight (joined)
+        // or held (a hit) if they asked for it, and fetches it afresh if not.
+        let before = fs.cache().stats();
+        let got = fs.cache().get(&fs.sources()[0], 7).await.expect("block 7");
+        assert!(got[..] == want[7 * b..], "bytes of block 7");
         let stats = fs.cache().stats();
         assert_eq!(
-            stats.fetched_background, 0,
+            (stats.fetched_demand - before.fetched_demand, stats.promoted, stats.joined),
+            (1, before.promoted, before.joined),
             "a stream the caches served fetched ahead: {stats:?}"
         );
+        assert_eq!(stats.hits_memory, before.hits_memory, "{stats:?}");
+        assert_eq!(stats.fetched_background, 0, "{stats:?}");
         assert!(
             !fs.cache().contains(&blob, 2),
             "block 2 was fetched before anyone read it: {stats:?}"
@@ -277,8 +301,15 @@ fn a_trace_window_stores_the_trace_before_unmount() {
         fs.read(f.ino, 0, 10).await.expect("read");
         let load = || bootseer_common::layer::session::load_trace(&store, &image, &key);
         assert!(load().await.expect("load").is_none(), "stored before the window closed");
-        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-        let stored = load().await.expect("load").expect("the window stored the trace");
+        // The window closes 300 ms after the mount; poll for the stored trace past that.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let stored = loop {
+            if let Some(stored) = load().await.expect("load") {
+                break stored;
+            }
+            assert!(std::time::Instant::now() < deadline, "the window never stored the trace");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         assert_eq!(stored.records.len(), 1);
         // Reads after the window are not part of the recording.
         fs.read(f.ino, 2 * u64::from(BLOCK), 10).await.expect("read");
