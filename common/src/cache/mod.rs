@@ -719,6 +719,12 @@ impl BlockCache {
         lock(&self.inner.flights).values().filter(|f| f.running).count()
     }
 
+    /// Fetches running or queued now (blocks; joined readers count once): 0 once everything
+    /// asked for has been fetched, failed or cancelled.
+    pub fn fetches_pending(&self) -> usize {
+        lock(&self.inner.flights).len()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> CacheStats {
         let c = &self.inner.counters;
