@@ -83,6 +83,10 @@ pub const RESCAN_EVERY: u64 = 256 << 20;
 /// Below this budget (after ENOSPC lowered it) the tier stops writing: a cache this small on a
 /// full disk evicts what it just wrote.
 pub const MIN_BUDGET: u64 = 16 << 20;
+/// Bytes [`DiskTier::warm`] asks the kernel to read per `POSIX_FADV_WILLNEED` call: the smallest
+/// read-ahead window a disk has by default, which caps what one call reads.
+const WILLNEED_STEP: u64 = 128 << 10;
+
 /// A temporary file older than this belongs to a write that crashed (a live write renames its
 /// file within milliseconds), so the next open removes it.
 const STALE_TMP: Duration = Duration::from_secs(600);
@@ -148,6 +152,15 @@ struct OpenEntry {
 }
 
 impl OpenEntry {
+    /// This entry, if it holds block `index`: two blocks whose keys collide in the file name
+    /// are told apart by the index the header records.
+    fn of_block(self: Arc<Self>, index: u64) -> Result<Arc<Self>, String> {
+        match self.index == index {
+            true => Ok(self),
+            false => Err("entry belongs to another block".into()),
+        }
+    }
+
     /// Checks `file`'s header (magic, crc, key hash, length, file size) and reads its CRC table.
     fn check(file: std::fs::File, key: &DiskKey) -> Result<Self, String> {
         use std::os::unix::fs::FileExt;
@@ -403,17 +416,12 @@ impl DiskTier {
         within: std::ops::Range<usize>,
     ) -> Option<Load> {
         let entry = lock_open(&self.open).get(key).cloned()?;
-        let checked = if entry.index == index {
-            entry.read_now(within)
-        } else {
-            Err("entry belongs to another block".into())
-        };
-        match checked {
-            Ok(Some(bytes)) => {
+        match entry.of_block(index).and_then(|entry| Ok((entry.read_now(within)?, entry))) {
+            Ok((Some(bytes), entry)) => {
                 self.touch(key, entry.file_len);
                 Some(Load::Hit(bytes))
             }
-            Ok(None) => None,
+            Ok((None, _)) => None,
             Err(why) => {
                 self.remove(key);
                 Some(Load::Corrupt(why))
@@ -425,24 +433,33 @@ impl DiskTier {
     /// header checked, kept among the open entries) and asks the kernel to read its payload
     /// into the page cache (`POSIX_FADV_WILLNEED`, asynchronous). Blocks on the device: call
     /// it off the FUSE and async threads. Whether the entry is there; a corrupt one is removed
-    /// (its readers then fetch the block).
-    pub fn warm(&self, key: &DiskKey, index: u64) -> bool {
+    /// and reported (its readers then fetch the block).
+    pub fn warm(&self, key: &DiskKey, index: u64) -> Result<bool, String> {
         use std::os::fd::AsRawFd;
-        match self.open_entry(key) {
-            Ok(Some(entry)) if entry.index == index => {
-                let (at, len) = (entry.prefix as libc::off_t, entry.len as libc::off_t);
-                // SAFETY: advice on the entry's open descriptor; no memory is involved.
-                let _ = unsafe {
-                    libc::posix_fadvise(entry.file.as_raw_fd(), at, len, libc::POSIX_FADV_WILLNEED)
-                };
-                true
+        match self.open_entry(key).and_then(|e| e.map(|e| e.of_block(index)).transpose()) {
+            Ok(Some(entry)) => {
+                // The kernel reads at most one read-ahead window per WILLNEED call (Linux caps
+                // it at max(read_ahead_kb, the device's io size), 128 KiB on most disks), so one
+                // call over a 1 MiB block left seven eighths of it cold: ask window by window.
+                let (fd, end) = (entry.file.as_raw_fd(), entry.prefix + entry.len as u64);
+                for at in (entry.prefix..end).step_by(WILLNEED_STEP as usize) {
+                    let len = WILLNEED_STEP.min(end - at);
+                    // SAFETY: advice on the entry's open descriptor; no memory is involved.
+                    let _ = unsafe {
+                        libc::posix_fadvise(
+                            fd,
+                            at as libc::off_t,
+                            len as libc::off_t,
+                            libc::POSIX_FADV_WILLNEED,
+                        )
+                    };
+                }
+                Ok(true)
             }
-            Ok(None) => false,
-            other => {
-                let why = other.err().unwrap_or_else(|| "entry belongs to another block".into());
-                tracing::warn!(dir = %self.dir.display(), why, "dropped corrupt disk cache entry");
+            Ok(None) => Ok(false),
+            Err(why) => {
                 self.remove(key);
-                false
+                Err(why)
             }
         }
     }
@@ -465,9 +482,7 @@ impl DiskTier {
         within: std::ops::Range<usize>,
     ) -> Result<Option<(Bytes, u64)>, String> {
         let Some(entry) = self.open_entry(key)? else { return Ok(None) };
-        if entry.index != index {
-            return Err("entry belongs to another block".into());
-        }
+        let entry = entry.of_block(index)?;
         entry.read(within).map(|bytes| Some((bytes, entry.file_len)))
     }
 
@@ -898,18 +913,84 @@ mod tests {
         tier.store(&key, 1, &block).expect("store");
         tier.store(&other, 2, &block).expect("store");
         assert!(tier.load_range_now(&key, 1, 0..10).is_none(), "not open yet");
-        assert!(tier.warm(&key, 1));
+        assert_eq!(tier.warm(&key, 1), Ok(true));
         assert!(
             matches!(tier.load_range_now(&key, 1, 0..10), Some(Load::Hit(b)) if b[..] == block[..10])
         );
-        assert!(!tier.warm(&disk_key("blob", 3), 3), "no entry");
+        assert_eq!(tier.warm(&disk_key("blob", 3), 3), Ok(false), "no entry");
+        // An entry asked for as another block's: refused, and removed.
+        let third = disk_key("blob", 4);
+        tier.store(&third, 4, &block).expect("store");
+        let refused = tier.warm(&third, 5);
+        assert!(refused.as_ref().is_err_and(|why| why.contains("another block")), "{refused:?}");
+        assert!(matches!(tier.load(&third, 4), Load::Miss), "the mismatched entry was removed");
         // A damaged header: not warmed, and removed.
         let path = tier.entry_path(&other);
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[9] ^= 1;
         std::fs::write(&path, &bytes).expect("write");
-        assert!(!tier.warm(&other, 2));
+        assert!(tier.warm(&other, 2).is_err(), "a damaged header is reported");
         assert!(matches!(tier.load(&other, 2), Load::Miss), "the damaged entry was removed");
+    }
+
+    /// Whether the page of `file` at `offset` is in the page cache, as `mincore(2)` reports it.
+    fn resident(file: &std::fs::File, offset: usize) -> bool {
+        use std::os::fd::AsRawFd;
+        let page = 4096;
+        let at = offset / page * page;
+        // SAFETY: a fresh read-only shared mapping of one page of an open file, unmapped below
+        // and never dereferenced; mincore only reports on it.
+        unsafe {
+            let ptr = libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                at as libc::off_t,
+            );
+            assert_ne!(ptr, libc::MAP_FAILED, "mmap");
+            let mut vec = [0u8; 1];
+            assert_eq!(libc::mincore(ptr, page, vec.as_mut_ptr()), 0, "mincore");
+            libc::munmap(ptr, page);
+            vec[0] & 1 == 1
+        }
+    }
+
+    #[test]
+    fn warming_reads_the_payload_into_the_page_cache() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tier = DiskTier::open(dir.path(), 1 << 30).expect("open");
+        // Large enough that the last page lies far past what the header read's own read-ahead
+        // brings in.
+        let block: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+        let key = disk_key("blob", 1);
+        tier.store(&key, 1, &block).expect("store");
+        let file = std::fs::File::open(tier.entry_path(&key)).expect("open entry");
+        let last = file.metadata().expect("stat").len() as usize - 1;
+        // Out of the page cache first (written back: DONTNEED drops only clean pages; ask again
+        // until the kernel has let them go).
+        let evicted = (0..50).any(|_| {
+            file.sync_all().expect("fsync");
+            // SAFETY: advice on an open descriptor; no memory is involved.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0);
+            let gone = !resident(&file, last);
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            gone
+        });
+        assert!(evicted, "the entry's last page stayed in the page cache");
+        assert_eq!(tier.warm(&key, 1), Ok(true));
+        // WILLNEED starts the read asynchronously: the last page arrives soon after.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !resident(&file, last) {
+            assert!(std::time::Instant::now() < deadline, "warming never read the payload in");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -219,6 +219,13 @@ struct Counters {
     cancelled: AtomicU64,
 }
 
+/// A corrupt disk-tier entry was found (and removed): counted, exported and logged.
+fn note_corrupt(inner: &Inner, blob: &str, index: u64, why: &str) {
+    bump(&inner.counters.corrupt, 1);
+    ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
+    tracing::warn!(blob = %blob, block = index, why, "dropped corrupt disk cache entry");
+}
+
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
@@ -537,9 +544,12 @@ impl BlockCache {
                     .collect()
             };
             if !on_disk.is_empty() {
+                let inner = self.inner.clone();
                 drop(self.inner.runtime.spawn_blocking(move || {
                     for (key, index) in on_disk {
-                        tier.warm(&key, index);
+                        if let Err(why) = tier.warm(&key, index) {
+                            note_corrupt(&inner, &blob, index, &why);
+                        }
                     }
                 }));
             }
@@ -649,6 +659,7 @@ impl BlockCache {
         let Some(tier) = self.inner.disk.clone() else { return vec![None; wanted.len()] };
         let blob: Arc<str> = source.id().into();
         let n = wanted.len();
+        let wanted_indexes: Vec<u64> = wanted.iter().map(|(i, _)| *i).collect();
         let blob2 = blob.clone();
         let loads = self
             .inner
@@ -661,7 +672,8 @@ impl BlockCache {
             })
             .await
             .unwrap_or_else(|_| (0..n).map(|_| disk::Load::Miss).collect());
-        loads.into_iter().map(|load| self.disk_loaded(&blob, load)).collect()
+        let indexes = wanted_indexes.into_iter();
+        loads.into_iter().zip(indexes).map(|(load, i)| self.disk_loaded(&blob, i, load)).collect()
     }
 
     /// [`Self::load_disk_ranges`] on the calling thread, without waiting on anything: only if
@@ -683,7 +695,7 @@ impl BlockCache {
             match tier.load_range_now(&disk::disk_key(blob, *i), *i, within.clone())? {
                 disk::Load::Hit(data) => got.push(data),
                 other => {
-                    let _ = self.disk_loaded(blob, other);
+                    let _ = self.disk_loaded(blob, *i, other);
                     return None;
                 }
             }
@@ -698,16 +710,14 @@ impl BlockCache {
     }
 
     /// Counts one disk-tier load and gives its bytes (`None`: missed, or corrupt and removed).
-    fn disk_loaded(&self, blob: &str, load: disk::Load) -> Option<Bytes> {
+    fn disk_loaded(&self, blob: &str, index: u64, load: disk::Load) -> Option<Bytes> {
         match load {
             disk::Load::Hit(data) => {
                 self.count_disk_hits(1);
                 Some(data)
             }
             disk::Load::Corrupt(why) => {
-                bump(&self.inner.counters.corrupt, 1);
-                ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
-                tracing::warn!(blob = %blob, why, "dropped corrupt disk cache entry");
+                note_corrupt(&self.inner, blob, index, &why);
                 None
             }
             disk::Load::Miss => None,
@@ -909,11 +919,7 @@ async fn fill(inner: &Arc<Inner>, source: DynSource, blocks: Vec<u64>, priority:
                     missing.retain(|&i| i != index);
                     done.complete(index, Ok(data));
                 }
-                disk::Load::Corrupt(why) => {
-                    bump(&inner.counters.corrupt, 1);
-                    ::metrics::counter!(m::CACHE_CORRUPT, "tier" => "disk").increment(1);
-                    tracing::warn!(blob = %blob, block = index, why, "dropped corrupt disk cache entry");
-                }
+                disk::Load::Corrupt(why) => note_corrupt(inner, &blob, index, &why),
                 disk::Load::Miss => {}
             }
         }
