@@ -8,6 +8,9 @@
 //!     (fadvise DONTNEED), read again ─► memory; scrape; unmount ─► summary 1
 //!  mount 2 (same cache dir, fresh memory): read every file ─► disk; scrape; unmount ─► summary 2
 //! ```
+//!
+//! Then where a daemon's log goes (a pipe nobody reads, the journal's stream), and `log_dropped`
+//! against the notes of the rate limit.
 
 mod common;
 
@@ -364,4 +367,88 @@ fn a_daemon_started_by_systemd_logs_to_its_journal_stream() {
             assert_eq!(text(), "", "{case}: a stderr not named by JOURNAL_STREAM got lines");
         }
     }
+}
+
+/// Issue 10 item 8: log lines the rate limit leaves out are counted in `log_dropped` by reason
+/// on the metrics endpoint, and the count is the one the log's notes give. A corrupted block
+/// makes every read of one file fail the same way (two warning sites per read); after the
+/// window, one more read makes each site say how many of its lines were left out.
+#[test]
+fn log_lines_left_out_by_the_rate_limit_are_counted_on_the_metrics_endpoint() {
+    if require_root_fuse(&["umount"]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("victim"), pattern(5, 2 * BLOCK as usize)).expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "noisy:v1");
+    // The largest file in blobs/ is the data blob; one flipped byte fails its verification.
+    let blob = std::fs::read_dir(store_dir.path().join("blobs"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| std::fs::metadata(p).expect("stat").len())
+        .expect("a blob");
+    let mut bytes = std::fs::read(&blob).expect("read blob");
+    let at = bytes.len() / 4;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&blob, &bytes).expect("write blob");
+    let work = tempfile::tempdir().expect("work");
+    let (mnt, log) = (work.path().join("mnt"), work.path().join("daemon.log"));
+    std::fs::create_dir(&mnt).expect("mnt");
+    let addr = free_port().expect("port");
+    let out = Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+        .args(["mount", &reference])
+        .arg(&mnt)
+        .args(["--trace", "off", "--metrics-addr", &addr.to_string(), "--log"])
+        .arg(&log)
+        .env_remove("BOOTSEER_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("mount");
+    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if is_mounted(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+    let guard = Unmount(mnt.clone());
+    let fail = || {
+        let err = std::fs::read(mnt.join("victim")).expect_err("a corrupt block was served");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    };
+    let before = scrape(addr).expect("scrape");
+    assert_eq!(before.sum("log_dropped", &[("reason", "rate_limited")]), 0.0);
+    assert!(before.has("log_dropped"), "the reasons show at 0 from the start");
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        fail();
+    }
+    let m = scrape(addr).expect("scrape");
+    assert!(
+        started.elapsed() < bootseer_common::telemetry::WINDOW,
+        "the reads took longer than the window: no test"
+    );
+    let left_out = m.sum("log_dropped", &[("reason", "rate_limited")]);
+    assert!(left_out > 0.0, "30 failing reads, nothing left out: {:?}", m.samples);
+    assert_eq!(m.sum("log_dropped", &[("reason", "queue_full")]), 0.0);
+    assert!(m.help.contains_key("log_dropped"), "no HELP line");
+
+    std::thread::sleep(bootseer_common::telemetry::WINDOW + Duration::from_millis(200));
+    fail();
+    let ok = Command::new("umount").arg(&mnt).status().expect("umount");
+    assert!(ok.success(), "umount");
+    drop(guard);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the daemon's last lines", || text().contains("unmounted"));
+    let text = text();
+    let notes: Vec<&str> = text.lines().filter(|l| l.contains(" were left out in the ")).collect();
+    let said: f64 = notes
+        .iter()
+        .map(|l| l.split(' ').next().and_then(|n| n.parse::<f64>().ok()).expect("N more …"))
+        .sum();
+    assert!(notes.len() >= 2, "a note from each failing site: {notes:#?}");
+    assert_eq!(said, left_out, "the notes {notes:#?} vs the scrape");
 }
