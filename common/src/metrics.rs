@@ -40,7 +40,7 @@ pub const CACHE_EVICT_DISK: &str = "cache.evict.disk";
 pub const CACHE_DISK_DROPPED: &str = "cache.disk.dropped";
 /// Trace records dropped because the writer's channel was full.
 pub const TRACE_DROPPED: &str = "trace.dropped";
-/// Log lines lost (label `reason`: `queue_full`, `rate_limited`; see
+/// Log lines lost (label `reason`: `queue_full`, `rate_limited`, `journal`; see
 /// [`crate::telemetry::Dropped`]).
 pub const LOG_DROPPED: &str = "log.dropped";
 /// FUSE operations that returned an error (labels `op`, `errno`).

@@ -4,9 +4,11 @@
 //! ```text
 //!  any thread ─► event ─► filter ─► Limiter (warn/error: BURST per call site per WINDOW)
 //!                                     │
-//!              [init]        stderr ◄─┤ (the calling thread writes)
-//!              [init_daemon]  queue ◄─┘ (QUEUE_LINES) ─► "bootseer-log" thread ─► stderr
-//!                                                      (file, journal, pipe)
+//!    [init]                  stderr ◄─┤ (the calling thread writes)
+//!    [init_daemon] Stderr:    text ───┤
+//!    [init_daemon] Journal:  Entry ───┴─► queue (QUEUE_LINES) ─► "bootseer-log" thread
+//!                                           ─► stderr (file, journal stream, terminal, /dev/null)
+//!                                           ─► journald's socket ([`journal`])
 //!  lost lines ─► count_dropped(reason) ─► dropped() totals + `log.dropped{reason}`
 //! ```
 //!
@@ -20,16 +22,21 @@
 //!   fill the disk). After [`BURST`] lines from one site within [`WINDOW`], the rest are
 //!   counted, and the site's next line after the window says how many were left out. `info`
 //!   and below are not limited (`BOOTSEER_LOG=debug` asks for every line).
-//! - stderr is where the daemon's log goes: the `--log` file, the journal when systemd started
-//!   the process (its `JOURNAL_STREAM`, see [`crate::mount::daemonize`]), or the terminal in the
-//!   foreground.
-//! - Every line lost is counted by reason ([`Dropped`]): the queue was full, or the rate limit
-//!   left it out. The totals are kept here ([`dropped`]) and
+//! - Where a daemon's lines go ([`Output::for_daemon`]): the `--log` file, else the journal's
+//!   stream when systemd started the process (its `JOURNAL_STREAM`, see
+//!   [`crate::mount::daemonize`]), else (a daemon started from a shell on a systemd host)
+//!   journald's native socket when it exists and takes a connection, else /dev/null. In the
+//!   foreground, the terminal.
+//! - Every line lost is counted by reason ([`Dropped`]): the queue was full, the rate limit
+//!   left it out, or the journal did not take it. The totals are kept here ([`dropped`]) and
 //!   sent to the `metrics` recorder, which [`publish_dropped`] brings up to date when
 //!   `--metrics-addr` installs it after logging started.
 
+pub mod journal;
+
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
@@ -39,6 +46,8 @@ use tracing::callsite::Identifier;
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The environment variable that holds the log filter (`info`, `bootseer_common=debug`, …).
 pub const LOG_ENV: &str = "BOOTSEER_LOG";
@@ -52,8 +61,8 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// Lines a daemon's log queue holds before new ones are dropped (and counted).
 const QUEUE_LINES: usize = 16_384;
 
-/// How long [`flush`] waits for the writer thread to write what is queued: a stderr that
-/// stopped taking lines must not hold up the daemon's exit for long.
+/// How long [`flush`] waits for the writer thread to write what is queued: a stderr or journal
+/// that stopped taking lines must not hold up the daemon's exit for long.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// The daemon's log queue, taken by [`flush`].
@@ -66,23 +75,26 @@ pub enum Dropped {
     QueueFull,
     /// The call site's rate limit ([`BURST`] per [`WINDOW`]) left it out.
     RateLimited,
+    /// journald's socket did not take it (full, gone, or still too large once truncated).
+    Journal,
 }
 
 impl Dropped {
     /// Every reason, in label order.
-    pub const ALL: [Dropped; 2] = [Dropped::QueueFull, Dropped::RateLimited];
+    pub const ALL: [Dropped; 3] = [Dropped::QueueFull, Dropped::RateLimited, Dropped::Journal];
 
     /// The `reason` label.
     pub fn label(self) -> &'static str {
         match self {
             Dropped::QueueFull => "queue_full",
             Dropped::RateLimited => "rate_limited",
+            Dropped::Journal => "journal",
         }
     }
 }
 
 /// Lines lost since the process started, by [`Dropped`] reason.
-static DROPPED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static DROPPED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 /// Counts one lost line: in [`dropped`]'s totals first, then in the installed recorder.
 fn count_dropped(why: Dropped) {
@@ -105,17 +117,38 @@ pub fn publish_dropped() {
     }
 }
 
+/// Where a mount daemon's log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Text lines on stderr: the `--log` file, the journal's stream, the terminal, /dev/null.
+    Stderr,
+    /// Native-protocol datagrams to journald's socket at this path ([`journal`]).
+    Journal(PathBuf),
+}
+
+impl Output {
+    /// `Stderr` when stderr was chosen for the log (`stderr_chosen`: a `--log` file, the journal
+    /// stream systemd gave, or the foreground's terminal); otherwise journald's socket when one
+    /// takes a connection ([`journal::socket`]), else `Stderr` (/dev/null, once daemonized).
+    pub fn for_daemon(stderr_chosen: bool) -> Self {
+        if stderr_chosen {
+            return Output::Stderr;
+        }
+        journal::socket().map_or(Output::Stderr, Output::Journal)
+    }
+}
+
 /// Installs logging once per process, writing on the calling thread (for commands that are not
 /// mount daemons); later calls do nothing. Logs go to stderr.
 pub fn init(default_filter: &str) {
-    install(default_filter, false);
+    install(default_filter, None);
 }
 
-/// Installs logging once per process for a mount daemon: lines go to stderr through the log
+/// Installs logging once per process for a mount daemon: lines go to `output` through the log
 /// writer thread, so no thread that serves reads waits on it. Call after forking (the thread
 /// does not survive a fork) and [`flush`] before exiting.
-pub fn init_daemon(default_filter: &str) {
-    install(default_filter, true);
+pub fn init_daemon(default_filter: &str, output: Output) {
+    install(default_filter, Some(output));
 }
 
 /// Drains the daemon's log queue (waits, up to [`FLUSH_WAIT`], for its writer thread to write
@@ -129,24 +162,29 @@ pub fn flush() {
     }
 }
 
-fn install(default_filter: &str, queued: bool) {
+fn install(default_filter: &str, daemon: Option<Output>) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let filter =
-            EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
+            || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter));
         let _ = tracing_log::LogTracer::init();
         // Colours only on a terminal: a daemon's log file or journald gets plain text.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let builder =
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_target(true);
-        match queued.then(spawn_writer) {
-            Some(Ok(queue)) => {
-                let _ = builder.with_writer(RateLimited::new(queue, BURST, WINDOW)).try_init();
+        let builder = || {
+            tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(ansi).with_target(true)
+        };
+        match daemon.map(|output| (spawn_writer(&output), output)) {
+            Some((Ok(queue), Output::Journal(_))) => {
+                let layer = journal::JournalLayer { limiter: Limiter::new(BURST, WINDOW), queue };
+                let _ = tracing_subscriber::registry().with(filter()).with(layer).try_init();
+            }
+            Some((Ok(queue), Output::Stderr)) => {
+                let _ = builder().with_writer(RateLimited::new(queue, BURST, WINDOW)).try_init();
             }
             // No writer thread (it could not be started): lines are written where they are
             // logged, as a command's are.
-            Some(Err(_)) | None => {
-                let _ = builder
+            Some((Err(_), _)) | None => {
+                let _ = builder()
                     .with_writer(RateLimited::new(std::io::stderr, BURST, WINDOW))
                     .try_init();
             }
@@ -165,6 +203,8 @@ fn install(default_filter: &str, queued: bool) {
 enum Msg {
     /// Text for stderr (one formatted line, or a rate limit's note).
     Line(Vec<u8>),
+    /// A line for journald's socket.
+    Entry(journal::Entry),
     /// Write what came before, say what was lost, answer, and stop.
     Flush(Sender<()>),
 }
@@ -200,27 +240,54 @@ impl<'a> MakeWriter<'a> for Queue {
     }
 }
 
-/// Starts the "bootseer-log" thread writing to stderr and keeps its queue for [`flush`].
-fn spawn_writer() -> std::io::Result<Queue> {
+/// Starts the "bootseer-log" thread writing to `output` and keeps its queue for [`flush`].
+fn spawn_writer(output: &Output) -> std::io::Result<Queue> {
+    let journal = match output {
+        Output::Journal(path) => Some(journal::Socket::new(path, &journal::identifier())?),
+        Output::Stderr => None,
+    };
     let (tx, rx) = crossbeam_channel::bounded(QUEUE_LINES);
-    std::thread::Builder::new().name("bootseer-log".into()).spawn(move || write_lines(&rx))?;
+    std::thread::Builder::new()
+        .name("bootseer-log".into())
+        .spawn(move || write_lines(&rx, journal))?;
     *WRITER.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
     Ok(Queue(tx))
 }
 
 /// The writer thread's loop, until [`Msg::Flush`] (or every sender is gone).
-fn write_lines(rx: &Receiver<Msg>) {
+fn write_lines(rx: &Receiver<Msg>, journal: Option<journal::Socket>) {
+    let send = |entry: &journal::Entry| {
+        if journal.as_ref().is_none_or(|j| j.send(entry).is_err()) {
+            count_dropped(Dropped::Journal);
+        }
+    };
     for msg in rx {
         match msg {
             // A stderr that fails (closed, full disk) has nowhere to say so.
             Msg::Line(line) => drop(std::io::stderr().write_all(&line)),
+            Msg::Entry(entry) => send(&entry),
             Msg::Flush(done) => {
-                let queue = dropped(Dropped::QueueFull);
+                let (queue, journal_lost) =
+                    (dropped(Dropped::QueueFull), dropped(Dropped::Journal));
+                let mut lost = Vec::new();
                 if queue > 0 {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "bootseer: {queue} log lines dropped: the log writer fell behind"
-                    );
+                    lost.push(format!("{queue} log lines dropped: the log writer fell behind"));
+                }
+                if journal_lost > 0 {
+                    lost.push(format!("{journal_lost} log lines the journal did not take"));
+                }
+                for text in lost {
+                    match &journal {
+                        Some(_) => send(&journal::Entry {
+                            priority: journal::priority(Level::WARN),
+                            file: None,
+                            line: None,
+                            target: module_path!().to_string(),
+                            message: text,
+                            fields: Vec::new(),
+                        }),
+                        None => drop(writeln!(std::io::stderr(), "bootseer: {text}")),
+                    }
                 }
                 let _ = done.send(());
                 return;
