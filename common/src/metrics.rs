@@ -40,6 +40,9 @@ pub const CACHE_EVICT_DISK: &str = "cache.evict.disk";
 pub const CACHE_DISK_DROPPED: &str = "cache.disk.dropped";
 /// Trace records dropped because the writer's channel was full.
 pub const TRACE_DROPPED: &str = "trace.dropped";
+/// Log lines lost (label `reason`: `queue_full`, `rate_limited`, `journal`; see
+/// [`crate::telemetry::Dropped`]).
+pub const LOG_DROPPED: &str = "log.dropped";
 /// FUSE operations that returned an error (labels `op`, `errno`).
 pub const FUSE_ERRORS: &str = "fuse.errors";
 /// Latency of FUSE reads, in seconds, from the request to the reply (label `origin`).
@@ -62,6 +65,7 @@ pub const ALL: &[(&str, Kind, Unit, &str)] = &[
     (CACHE_EVICT_DISK, Kind::Counter, Unit::Count, "Blocks evicted from the disk tier"),
     (CACHE_DISK_DROPPED, Kind::Counter, Unit::Count, "Blocks not written to the disk tier"),
     (TRACE_DROPPED, Kind::Counter, Unit::Count, "Trace records dropped (writer behind)"),
+    (LOG_DROPPED, Kind::Counter, Unit::Count, "Log lines lost by reason"),
     (FUSE_ERRORS, Kind::Counter, Unit::Count, "FUSE operations answered with an error"),
     (FUSE_READ_LATENCY, Kind::Histogram, Unit::Seconds, "FUSE read latency by origin"),
     (FUSE_READ_BYTES, Kind::Counter, Unit::Bytes, "Bytes answered to FUSE reads by origin"),

@@ -8,6 +8,9 @@
 //!     (fadvise DONTNEED), read again ─► memory; scrape; unmount ─► summary 1
 //!  mount 2 (same cache dir, fresh memory): read every file ─► disk; scrape; unmount ─► summary 2
 //! ```
+//!
+//! Then where a daemon's log goes (a pipe nobody reads, the journal's stream, journald's native
+//! socket, `--log` before it), and `log_dropped` against the notes of the rate limit.
 
 mod common;
 
@@ -341,6 +344,8 @@ fn a_daemon_started_by_systemd_logs_to_its_journal_stream() {
             .arg(&mnt)
             .args(["--trace", "off"])
             .env("JOURNAL_STREAM", format!("{}:{ino}", md.dev()))
+            // No journald socket either (an empty path turns it off): /dev/null is what is left.
+            .env("BOOTSEER_JOURNAL_SOCKET", "")
             .stdout(Stdio::null())
             .stderr(file)
             .status()
@@ -364,4 +369,214 @@ fn a_daemon_started_by_systemd_logs_to_its_journal_stream() {
             assert_eq!(text(), "", "{case}: a stderr not named by JOURNAL_STREAM got lines");
         }
     }
+}
+
+/// Splits a journald native-protocol datagram into its fields (`KEY=value\n`, or `KEY\n`, a
+/// little-endian u64 length, the value and `\n`), as journald reads it.
+fn journal_fields(mut data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let nl = data.iter().position(|&b| b == b'\n').expect("a field ends with \\n");
+        let (head, rest) = (&data[..nl], &data[nl + 1..]);
+        let key = |k: &[u8]| String::from_utf8(k.to_vec()).expect("a UTF-8 key");
+        if let Some(eq) = head.iter().position(|&b| b == b'=') {
+            out.push((key(&head[..eq]), head[eq + 1..].to_vec()));
+            data = rest;
+        } else {
+            let len = u64::from_le_bytes(rest[..8].try_into().expect("length")) as usize;
+            out.push((key(head), rest[8..8 + len].to_vec()));
+            assert_eq!(rest[8 + len], b'\n', "a binary value ends with \\n");
+            data = &rest[9 + len..];
+        }
+    }
+    out
+}
+
+/// One received journal entry: field name ─► value (text).
+type JournalEntry = std::collections::BTreeMap<String, String>;
+
+/// Receives entries on `sock` until one that is `last` (or 10 s pass).
+fn journal_entries_until(
+    sock: &std::os::unix::net::UnixDatagram,
+    what: &str,
+    last: impl Fn(&JournalEntry) -> bool,
+) -> Vec<JournalEntry> {
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut entries = Vec::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("no entry {what} within 10 s ({e}); got {entries:#?}"),
+        };
+        let entry: JournalEntry = journal_fields(&buf[..n])
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).expect("UTF-8 value")))
+            .collect();
+        let done = last(&entry);
+        entries.push(entry);
+        if done {
+            return entries;
+        }
+    }
+}
+
+/// Issue 10 item 8: a daemon started from a shell on a systemd host (no `--log`, no
+/// `JOURNAL_STREAM`) logs to journald's native socket. A socket the test binds stands in for
+/// journald (`BOOTSEER_JOURNAL_SOCKET`); the datagrams are read as journald reads them. With
+/// `--log`, the file wins and the socket gets nothing.
+#[test]
+fn a_daemon_started_from_a_shell_logs_to_journalds_socket() {
+    if require_root_fuse(&["umount"]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("f"), pattern(91, 4096)).expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "native:v1");
+    let work = tempfile::tempdir().expect("work");
+    let path = work.path().join("journal.socket");
+    let journal = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the journal");
+    let mount = |mnt: &Path, log: Option<&Path>| {
+        std::fs::create_dir(mnt).expect("mnt");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bootseer-image"));
+        cmd.args(["mount", &reference]).arg(mnt).args(["--trace", "off"]);
+        if let Some(log) = log {
+            cmd.arg("--log").arg(log);
+        }
+        let out = cmd
+            .env("BOOTSEER_JOURNAL_SOCKET", &path)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("BOOTSEER_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read(mnt.join("f")).expect("read"), pattern(91, 4096));
+        let ok = Command::new("umount").arg(mnt).status().expect("umount");
+        assert!(ok.success(), "umount {}", mnt.display());
+    };
+
+    let mnt = work.path().join("mnt");
+    mount(&mnt, None);
+    // The summary is the daemon's last line.
+    let entries =
+        journal_entries_until(&journal, "with the summary", |e| e.contains_key("SUMMARY"));
+    let mounted = entries
+        .iter()
+        .find(|e| e.get("MESSAGE").is_some_and(|m| m.starts_with("mounted ")))
+        .unwrap_or_else(|| panic!("no `mounted` entry: {entries:#?}"));
+    let field = |e: &JournalEntry, k: &str| e.get(k).cloned().unwrap_or_default();
+    assert_eq!(field(mounted, "PRIORITY"), "6", "info: {mounted:?}");
+    assert_eq!(field(mounted, "SYSLOG_IDENTIFIER"), "bootseer-image", "{mounted:?}");
+    assert_eq!(field(mounted, "TARGET"), "bootseer_common::mount", "{mounted:?}");
+    assert!(field(mounted, "CODE_FILE").ends_with("mount/mod.rs"), "{mounted:?}");
+    assert!(field(mounted, "CODE_LINE").parse::<u32>().is_ok(), "{mounted:?}");
+    assert_eq!(field(mounted, "MOUNTPOINT"), mnt.display().to_string(), "{mounted:?}");
+    assert!(field(mounted, "MESSAGE").contains(&format!("mountpoint={}", mnt.display())));
+    // The summary is many lines: it arrives whole, in the protocol's binary form.
+    let unmounted = entries.last().expect("the last entry");
+    let summary: serde_json::Value =
+        serde_json::from_str(&field(unmounted, "SUMMARY")).expect("the SUMMARY field is JSON");
+    assert!(summary["cache"].is_object(), "{summary}");
+    assert!(field(unmounted, "SUMMARY").contains('\n'), "a pretty summary has newlines");
+
+    // `--log FILE` comes first: every line in the file, none on the socket.
+    let (mnt, log) = (work.path().join("mnt-log"), work.path().join("daemon.log"));
+    mount(&mnt, Some(&log));
+    wait_for("the daemon's last lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("unmounted"))
+    });
+    journal.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 4096];
+    let got = journal.recv(&mut buf);
+    assert!(
+        got.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "a daemon with --log also sent to the journal: {:?}",
+        got.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+}
+
+/// Issue 10 item 8: log lines the rate limit leaves out are counted in `log_dropped` by reason
+/// on the metrics endpoint, and the count is the one the log's notes give. A corrupted block
+/// makes every read of one file fail the same way (two warning sites per read); after the
+/// window, one more read makes each site say how many of its lines were left out.
+#[test]
+fn log_lines_left_out_by_the_rate_limit_are_counted_on_the_metrics_endpoint() {
+    if require_root_fuse(&["umount"]).is_none() {
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    std::fs::write(src.path().join("victim"), pattern(5, 2 * BLOCK as usize)).expect("write");
+    let store_dir = tempfile::tempdir().expect("store");
+    let (reference, _) = convert_into(src.path(), store_dir.path(), "noisy:v1");
+    // The largest file in blobs/ is the data blob; one flipped byte fails its verification.
+    let blob = std::fs::read_dir(store_dir.path().join("blobs"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| std::fs::metadata(p).expect("stat").len())
+        .expect("a blob");
+    let mut bytes = std::fs::read(&blob).expect("read blob");
+    let at = bytes.len() / 4;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&blob, &bytes).expect("write blob");
+    let work = tempfile::tempdir().expect("work");
+    let (mnt, log) = (work.path().join("mnt"), work.path().join("daemon.log"));
+    std::fs::create_dir(&mnt).expect("mnt");
+    let addr = free_port().expect("port");
+    let out = Command::new(env!("CARGO_BIN_EXE_bootseer-image"))
+        .args(["mount", &reference])
+        .arg(&mnt)
+        .args(["--trace", "off", "--metrics-addr", &addr.to_string(), "--log"])
+        .arg(&log)
+        .env_remove("BOOTSEER_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("mount");
+    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if is_mounted(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+    let guard = Unmount(mnt.clone());
+    let fail = || {
+        let err = std::fs::read(mnt.join("victim")).expect_err("a corrupt block was served");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    };
+    let before = scrape(addr).expect("scrape");
+    assert_eq!(before.sum("log_dropped", &[("reason", "rate_limited")]), 0.0);
+    assert!(before.has("log_dropped"), "the reasons show at 0 from the start");
+    let started = std::time::Instant::now();
+    for _ in 0..30 {
+        fail();
+    }
+    let m = scrape(addr).expect("scrape");
+    assert!(
+        started.elapsed() < bootseer_common::telemetry::WINDOW,
+        "the reads took longer than the window: no test"
+    );
+    let left_out = m.sum("log_dropped", &[("reason", "rate_limited")]);
+    assert!(left_out > 0.0, "30 failing reads, nothing left out: {:?}", m.samples);
+    assert_eq!(m.sum("log_dropped", &[("reason", "queue_full")]), 0.0);
+    assert!(m.help.contains_key("log_dropped"), "no HELP line");
+
+    std::thread::sleep(bootseer_common::telemetry::WINDOW + Duration::from_millis(200));
+    fail();
+    let ok = Command::new("umount").arg(&mnt).status().expect("umount");
+    assert!(ok.success(), "umount");
+    drop(guard);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the daemon's last lines", || text().contains("unmounted"));
+    let text = text();
+    let notes: Vec<&str> = text.lines().filter(|l| l.contains(" were left out in the ")).collect();
+    let said: f64 = notes
+        .iter()
+        .map(|l| l.split(' ').next().and_then(|n| n.parse::<f64>().ok()).expect("N more …"))
+        .sum();
+    assert!(notes.len() >= 2, "a note from each failing site: {notes:#?}");
+    assert_eq!(said, left_out, "the notes {notes:#?} vs the scrape");
 }

@@ -40,6 +40,8 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
         .install()
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {addr}: {e}"))?;
     crate::metrics::describe();
+    // Logging started before the recorder existed.
+    crate::telemetry::publish_dropped();
     tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     Ok(())
 }

@@ -570,7 +570,8 @@ pub fn absolute(path: &Path) -> PathBuf {
 pub struct DaemonOptions {
     /// Stay in the foreground (no fork; errors go to the terminal).
     pub foreground: bool,
-    /// The daemon's log file (stderr of the daemon; `None`: /dev/null once daemonized).
+    /// The daemon's log file (stderr of the daemon; `None`: the journal's stream or socket, else
+    /// /dev/null once daemonized; see [`crate::telemetry::Output::for_daemon`]).
     pub log: Option<PathBuf>,
     /// Default log filter when `BOOTSEER_LOG` is unset (e.g. `bootseer_image=info,…`).
     pub log_filter: &'static str,
@@ -614,7 +615,10 @@ pub fn run_daemon(
         daemonize(options.log.as_deref()).context("daemonizing")?
     };
     let signals = ServeSignals::block().context("blocking signals")?;
-    crate::telemetry::init_daemon(options.log_filter);
+    // The log file, the journal's stream or the terminal; else journald's socket, if any.
+    let stderr_chosen = options.foreground || options.log.is_some() || stderr_is_journal();
+    let output = crate::telemetry::Output::for_daemon(stderr_chosen);
+    crate::telemetry::init_daemon(options.log_filter, output);
     if let Some(p) = &options.pidfile
         && let Err(e) = write_atomic(p, format!("{}\n", std::process::id()).as_bytes())
     {
