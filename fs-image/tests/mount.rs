@@ -193,17 +193,8 @@ fn a_block_altered_on_the_store_is_eio_never_wrong_bytes() {
     std::fs::write(src.path().join("zbystander"), pattern(4, 2 * BLOCK as usize)).expect("write");
     let store_dir = tempfile::tempdir().expect("store");
     let (reference, store) = convert_into(src.path(), store_dir.path(), "corrupt:v1");
-    // Flip one byte in the middle of the data blob's second compressed block: the largest
-    // file in blobs/ is the data blob.
-    let blob = std::fs::read_dir(store_dir.path().join("blobs"))
-        .expect("blobs")
-        .map(|e| e.expect("entry").path())
-        .max_by_key(|p| std::fs::metadata(p).expect("stat").len())
-        .expect("a blob");
-    let mut bytes = std::fs::read(&blob).expect("read blob");
-    let at = bytes.len() / 3;
-    bytes[at] ^= 0x5a;
-    std::fs::write(&blob, &bytes).expect("write blob");
+    // Flip one byte in the middle of the data blob's second compressed block.
+    common::corrupt_data_blob(store_dir.path(), 1.0 / 3.0);
 
     let cache = tempfile::tempdir().expect("cache");
     let Some(m) = mount(&reference, &store, cache.path(), TraceMode::Off) else { return };

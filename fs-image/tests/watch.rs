@@ -510,16 +510,8 @@ fn log_lines_left_out_by_the_rate_limit_are_counted_on_the_metrics_endpoint() {
     std::fs::write(src.path().join("victim"), pattern(5, 2 * BLOCK as usize)).expect("write");
     let store_dir = tempfile::tempdir().expect("store");
     let (reference, _) = convert_into(src.path(), store_dir.path(), "noisy:v1");
-    // The largest file in blobs/ is the data blob; one flipped byte fails its verification.
-    let blob = std::fs::read_dir(store_dir.path().join("blobs"))
-        .expect("blobs")
-        .map(|e| e.expect("entry").path())
-        .max_by_key(|p| std::fs::metadata(p).expect("stat").len())
-        .expect("a blob");
-    let mut bytes = std::fs::read(&blob).expect("read blob");
-    let at = bytes.len() / 4;
-    bytes[at] ^= 0x5a;
-    std::fs::write(&blob, &bytes).expect("write blob");
+    // One flipped byte in the data blob fails its verification.
+    common::corrupt_data_blob(store_dir.path(), 0.25);
     let work = tempfile::tempdir().expect("work");
     let (mnt, log) = (work.path().join("mnt"), work.path().join("daemon.log"));
     std::fs::create_dir(&mnt).expect("mnt");

@@ -205,6 +205,20 @@ pub fn convert_into(src: &Path, store_dir: &Path, name_tag: &str) -> (String, Dy
     (reference, store)
 }
 
+/// Flips one byte at `at` (a fraction of its length) of the largest file in `store_dir/blobs`,
+/// the data blob of an image [`convert_into`] wrote: the block holding it fails verification.
+pub fn corrupt_data_blob(store_dir: &Path, at: f64) {
+    let blob = std::fs::read_dir(store_dir.join("blobs"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| std::fs::metadata(p).expect("stat").len())
+        .expect("a blob");
+    let mut bytes = std::fs::read(&blob).expect("read blob");
+    let at = (bytes.len() as f64 * at) as usize;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&blob, &bytes).expect("write blob");
+}
+
 /// Root, /dev/fuse and `tools` (looked up in the standard bin dirs); `None`: skipped (a
 /// failure with `BOOTSEER_REQUIRE_REAL=1`).
 pub fn require_root_fuse(tools: &[&str]) -> Option<()> {
