@@ -517,7 +517,7 @@ impl CkptFs {
         if let Some(dir) = fresh(&stale) {
             return Ok(dir);
         }
-        let gate = lock(&self.dirs).locks.entry(path.to_string()).or_default().clone();
+        let gate = self.listing_lock(path);
         let _listing = match gate.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => match stale {
@@ -535,11 +535,8 @@ impl CkptFs {
                 let entries = entries
                     .into_iter()
                     .map(|e| {
-                        let (kind, size) = match e.is_dir {
-                            true => (Kind::Directory, 0),
-                            false => (Kind::File, e.len),
-                        };
-                        (e.name, Node { kind, size, mtime: e.mtime })
+                        let kind = if e.is_dir { Kind::Directory } else { Kind::File };
+                        (e.name, Node { kind, size: e.len, mtime: e.mtime })
                     })
                     .collect();
                 let dir = Arc::new(Dir { fetched: Instant::now(), entries });
@@ -636,32 +633,34 @@ impl CkptFs {
     /// The listing of `path`, no older than the metadata TTL: waits for a listing under way (or
     /// makes one). Only for a name the held listing lacks, which may have landed since.
     async fn fresh_dir(&self, path: &str) -> Result<Arc<Dir>, CkptError> {
-        let gate = lock(&self.dirs).locks.entry(path.to_string()).or_default().clone();
-        drop(gate.lock().await);
+        drop(self.listing_lock(path).lock().await);
         self.dir(path).await
+    }
+
+    /// The lock held by whoever lists directory `path`.
+    fn listing_lock(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.dirs).locks.entry(path.to_string()).or_default().clone()
     }
 
     fn is_stale(&self, dir: &Dir) -> bool {
         dir.fetched.elapsed() >= self.config.metadata_ttl
     }
 
-    /// Refuses to list `path` when the listing of its parent says it is a file.
-    fn check_dir(&self, path: &str) -> Result<(), CkptError> {
-        let (parent, name) = split_path(path);
+    /// The path of directory `ino`; refused when the listing of its parent says it is a file.
+    fn dir_path(&self, ino: u64) -> Result<String, CkptError> {
+        let path = self.path_of(ino)?;
+        let (parent, name) = split_path(&path);
         let dirs = lock(&self.dirs);
         match dirs.listed.get(parent).and_then(|d| d.entries.get(name)) {
-            Some(node) if !path.is_empty() && node.kind == Kind::File => {
-                Err(CkptError::NotADirectory(display_path(path)))
-            }
-            _ => Ok(()),
+            Some(node) if node.kind == Kind::File => Err(CkptError::NotADirectory(path)),
+            _ => Ok(path),
         }
     }
 
     /// The entry `name` in directory `parent`. A name a listing older than the TTL lacks is
     /// looked up again in a fresh one (a file written since must not read as missing).
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr, CkptError> {
-        let dir = self.path_of(parent)?;
-        self.check_dir(&dir)?;
+        let dir = self.dir_path(parent)?;
         let listing = self.dir(&dir).await?;
         match self.entry_in(&listing, &dir, name) {
             Err(CkptError::NotFound(_)) if self.is_stale(&listing) => {
@@ -679,7 +678,7 @@ impl CkptFs {
         parent: u64,
         name: &str,
     ) -> Option<Result<Attr, CkptError>> {
-        let dir = match self.path_of(parent).and_then(|dir| self.check_dir(&dir).map(|()| dir)) {
+        let dir = match self.dir_path(parent) {
             Ok(dir) => dir,
             Err(e) => return Some(Err(e)),
         };
@@ -751,15 +750,14 @@ impl CkptFs {
 
     /// Entries of directory `ino` (without `.` and `..`), sorted by name.
     pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, CkptError> {
-        let dir = self.path_of(ino)?;
-        self.check_dir(&dir)?;
+        let dir = self.dir_path(ino)?;
         Ok(self.entries_of(&*self.dir(&dir).await?, &dir))
     }
 
     /// [`CkptFs::readdir`] answered from the listing the mount holds, never waiting on HDFS;
     /// `None` when the directory has not been listed yet.
     pub fn readdir_now(self: &Arc<Self>, ino: u64) -> Option<Result<Vec<DirEntry>, CkptError>> {
-        let dir = match self.path_of(ino).and_then(|dir| self.check_dir(&dir).map(|()| dir)) {
+        let dir = match self.dir_path(ino) {
             Ok(dir) => dir,
             Err(e) => return Some(Err(e)),
         };
@@ -1131,7 +1129,8 @@ impl CkptFs {
         if self.config.prefetch.is_empty() {
             return (0, 0);
         }
-        // Only the directories the patterns can reach are walked (recursively, once each).
+        // Only the directories the patterns can reach are walked (recursively, once each: no
+        // prefix left lies under another, so no path is listed twice).
         let mut prefixes: Vec<String> =
             self.config.prefetch.iter().map(|g| crate::warm::glob_prefix(g)).collect();
         prefixes.sort();
@@ -1147,7 +1146,6 @@ impl CkptFs {
             }
         }
         paths.sort();
-        paths.dedup();
         let mut budget = self.config.max_window().saturating_mul(self.config.stripe_size);
         let (mut files, mut bytes) = (0, 0);
         for path in paths {

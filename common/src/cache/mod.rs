@@ -659,7 +659,6 @@ impl BlockCache {
         let Some(tier) = self.inner.disk.clone() else { return vec![None; wanted.len()] };
         let blob: Arc<str> = source.id().into();
         let n = wanted.len();
-        let wanted_indexes: Vec<u64> = wanted.iter().map(|(i, _)| *i).collect();
         let blob2 = blob.clone();
         let loads = self
             .inner
@@ -667,13 +666,16 @@ impl BlockCache {
             .spawn_blocking(move || {
                 wanted
                     .into_iter()
-                    .map(|(i, within)| tier.load_range(&disk::disk_key(&blob2, i), i, within))
+                    .map(|(i, within)| (i, tier.load_range(&disk::disk_key(&blob2, i), i, within)))
                     .collect::<Vec<_>>()
             })
-            .await
-            .unwrap_or_else(|_| (0..n).map(|_| disk::Load::Miss).collect());
-        let indexes = wanted_indexes.into_iter();
-        loads.into_iter().zip(indexes).map(|(load, i)| self.disk_loaded(&blob, i, load)).collect()
+            .await;
+        match loads {
+            Ok(loads) => {
+                loads.into_iter().map(|(i, load)| self.disk_loaded(&blob, i, load)).collect()
+            }
+            Err(_) => vec![None; n],
+        }
     }
 
     /// [`Self::load_disk_ranges`] on the calling thread, without waiting on anything: only if
