@@ -426,9 +426,20 @@ mod loader {
         let files: Vec<std::fs::File> =
             paths.iter().map(std::fs::File::open).collect::<Result<_, _>>()?;
         let mut bytes = 0;
+        let verbose = std::env::var_os("BOOTSEER_BENCH_VERBOSE").is_some();
         for (shard, _, range) in tensors {
             let mut buf = vec![0u8; (range.end - range.start) as usize];
+            let t = Instant::now();
             files[*shard].read_exact_at(&mut buf, range.start)?;
+            if verbose {
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let mb = buf.len() as f64 / 1e6;
+                eprintln!(
+                    "  tensor {shard}@{}: {mb:.2} MB in {ms:.1} ms ({:.1} MB/s)",
+                    range.start,
+                    mb / ms * 1e3
+                );
+            }
             bytes += buf.len() as u64;
         }
         Ok(bytes)
@@ -441,6 +452,7 @@ mod loader {
     }
 
     fn case(name: &str, paths: &[PathBuf], seed: u64) -> anyhow::Result<Outcome> {
+        let t = Instant::now();
         let headers: Vec<Tensor> = paths
             .iter()
             .enumerate()
@@ -449,6 +461,7 @@ mod loader {
             .into_iter()
             .flatten()
             .collect();
+        eprintln!("  {name}: headers read in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
         let none = Vec::new();
         match name {
             "sequential" => {
@@ -467,7 +480,7 @@ mod loader {
                 Ok(Outcome { bytes, latencies: none })
             }
             "random-20" => {
-                let mut rng = seed | 1;
+                let mut rng = seed * 2 + 1; // odd (xorshift needs a non-zero state), one per seed
                 let mut picked = Vec::new();
                 while picked.len() < 20.min(headers.len()) {
                     let t = &headers[(xorshift(&mut rng) % headers.len() as u64) as usize];
@@ -576,7 +589,15 @@ mod loader {
         println!(
             "                mount      cold     served        MB                         (MB/s)"
         );
-        for name in ["sequential", "random-20", "key-order", "key-no-idx", "preads-64"] {
+        // `--cases a,b`: only these (default all), e.g. to look into one case.
+        let all = ["sequential", "random-20", "key-order", "key-no-idx", "preads-64"];
+        let args: Vec<String> = std::env::args().collect();
+        let only = args.iter().position(|a| a == "--cases").and_then(|i| args.get(i + 1));
+        let only: Vec<&str> = only.map(|o| o.split(',').collect()).unwrap_or(all.to_vec());
+        if let Some(bad) = only.iter().find(|c| !all.contains(c)) {
+            anyhow::bail!("unknown case {bad}; the cases are {}", all.join(", "));
+        }
+        for name in all.into_iter().filter(|c| only.contains(c)) {
             let (config, reads) = match name {
                 "key-no-idx" => (&CkptConfig { key_order: false, ..config.clone() }, "key-order"),
                 _ => (config, name),
