@@ -567,29 +567,25 @@ impl StripeSource {
     /// moves work off a DataNode that is behind. Paths not measured yet count at the block's
     /// mean measured rate (at first all are equal, so the round-robin start spreads them).
     fn choose_slot(&self, block: u64) -> usize {
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let n = self.slots.max(1);
-        let stats: Vec<(usize, u64, u64)> = (0..n)
-            .map(|k| (start + k) % n)
-            .filter_map(|slot| {
-                let p = self.path(slot, block)?;
-                Some((slot, p.rate.load(Ordering::Relaxed), p.inflight.load(Ordering::Relaxed)))
-            })
-            .collect();
-        best_slot(&stats).unwrap_or(start % n)
+        self.best_slot_among(block, |_| true)
     }
 
     /// The slot for a piece of a small fetch: the one with the fewest such reads on it now, by
-    /// measured speed among those ([`best_slot`] on the paths of `block`).
+    /// measured speed among those.
     fn spread_slot(&self, block: u64) -> usize {
-        let least = self.spread_inflight.iter().map(|n| n.load(Ordering::Relaxed)).min();
+        let count = |slot: usize| self.spread_inflight[slot].load(Ordering::Relaxed);
+        let least = (0..self.slots).map(count).min().unwrap_or(0);
+        self.best_slot_among(block, |slot| count(slot) == least)
+    }
+
+    /// [`best_slot`] over the paths of `block` through the slots `keep` allows, in round-robin
+    /// preference order (the round-robin start when it allows none).
+    fn best_slot_among(&self, block: u64, keep: impl Fn(usize) -> bool) -> usize {
         let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
         let n = self.slots.max(1);
         let stats: Vec<(usize, u64, u64)> = (0..n)
             .map(|k| (start + k) % n)
-            .filter(|&slot| {
-                self.spread_inflight[slot].load(Ordering::Relaxed) == least.unwrap_or(0)
-            })
+            .filter(|&slot| keep(slot))
             .filter_map(|slot| {
                 let p = self.path(slot, block)?;
                 Some((slot, p.rate.load(Ordering::Relaxed), p.inflight.load(Ordering::Relaxed)))
