@@ -34,13 +34,14 @@ use bootseer_common::store::hdfs::{HdfsOptions, HdfsStore};
 use bootseer_common::testing::fuse::MountGuard;
 use bootseer_common::testing::minidfs::{MiniDfs, MiniDfsConfig};
 
-fn arg(name: &str, default: u64) -> u64 {
+/// The value after `name` on the command line, if any.
+fn arg_str(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    arg_str(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -591,9 +592,8 @@ mod loader {
         );
         // `--cases a,b`: only these (default all), e.g. to look into one case.
         let all = ["sequential", "random-20", "key-order", "key-no-idx", "preads-64"];
-        let args: Vec<String> = std::env::args().collect();
-        let only = args.iter().position(|a| a == "--cases").and_then(|i| args.get(i + 1));
-        let only: Vec<&str> = only.map(|o| o.split(',').collect()).unwrap_or(all.to_vec());
+        let only = super::arg_str("--cases");
+        let only: Vec<&str> = only.as_deref().map_or(all.to_vec(), |o| o.split(',').collect());
         if let Some(bad) = only.iter().find(|c| !all.contains(c)) {
             anyhow::bail!("unknown case {bad}; the cases are {}", all.join(", "));
         }

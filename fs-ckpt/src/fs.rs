@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bootseer_common::cache::{BlockCache, CacheConfig, CacheStats, DynSource, Priority};
 use bootseer_common::metrics::ReadOrigin;
-use bootseer_common::store::hdfs::HdfsStore;
+use bootseer_common::store::hdfs::{HdfsStore, is_not_a_directory};
 use bootseer_common::store::{Store, StoreError};
 use bytes::Bytes;
 use serde::Serialize;
@@ -548,9 +548,7 @@ impl CkptFs {
                 lock(&self.dirs).listed.remove(path);
                 Err(CkptError::NotFound(display_path(path)))
             }
-            Err(StoreError::Other { message, .. }) if message.contains("not a directory") => {
-                Err(CkptError::NotADirectory(display_path(path)))
-            }
+            Err(e) if is_not_a_directory(&e) => Err(CkptError::NotADirectory(display_path(path))),
             Err(err) => match stale {
                 Some(stale) => {
                     tracing::warn!(dir = %display_path(path), error = %err, "listing failed; serving the previous listing");
@@ -576,7 +574,7 @@ impl CkptFs {
                 Err(StoreError::NotFound { .. }) => {
                     return Err(CkptError::NotFound(format!("{url} (the HDFS directory)")));
                 }
-                Err(StoreError::Other { message, .. }) if message.contains("not a directory") => {
+                Err(e) if is_not_a_directory(&e) => {
                     return Err(CkptError::NotADirectory(url.clone()));
                 }
                 Err(e) => return Err(e.into()),
@@ -697,10 +695,16 @@ impl CkptFs {
         }
     }
 
-    /// The root's attributes: a directory as new as the newest entry of its listing.
-    fn root_attr(&self, root: &Dir) -> Attr {
-        let mtime = root.entries.values().map(|n| n.mtime).max().unwrap_or(SystemTime::UNIX_EPOCH);
-        self.attr_of("", &Node { kind: Kind::Directory, size: 0, mtime })
+    /// The attributes of `path` from `parent`, the listing of its parent directory (the root's
+    /// own for the root, which is a directory as new as the newest entry of its listing).
+    fn attr_in(&self, parent: &Dir, path: &str) -> Result<Attr, CkptError> {
+        if path.is_empty() {
+            let newest = parent.entries.values().map(|n| n.mtime).max();
+            let mtime = newest.unwrap_or(SystemTime::UNIX_EPOCH);
+            return Ok(self.attr_of("", &Node { kind: Kind::Directory, size: 0, mtime }));
+        }
+        let (dir, name) = split_path(path);
+        self.entry_in(parent, dir, name)
     }
 
     /// Attributes of `ino`; with the handle `fh` the kernel read through, the length and mtime
@@ -711,11 +715,7 @@ impl CkptFs {
         if let Some(attr) = self.pinned_attr(&path, ino, fh) {
             return Ok(attr);
         }
-        if path.is_empty() {
-            return Ok(self.root_attr(&*self.dir("").await?));
-        }
-        let (parent, name) = split_path(&path);
-        self.entry_in(&*self.dir(parent).await?, parent, name)
+        self.attr_in(&*self.dir(split_path(&path).0).await?, &path)
     }
 
     /// [`CkptFs::getattr`] answered from the pinned handle or the listing the mount holds,
@@ -732,11 +732,7 @@ impl CkptFs {
         if let Some(attr) = self.pinned_attr(&path, ino, fh) {
             return Some(Ok(attr));
         }
-        if path.is_empty() {
-            return Some(Ok(self.root_attr(&*self.known_dir("")?)));
-        }
-        let (parent, name) = split_path(&path);
-        Some(self.entry_in(&*self.known_dir(parent)?, parent, name))
+        Some(self.attr_in(&*self.known_dir(split_path(&path).0)?, &path))
     }
 
     fn pinned_attr(&self, path: &str, ino: u64, fh: Option<u64>) -> Option<Attr> {

@@ -9,7 +9,7 @@
 //!        up to `concurrency` pieces at once, one *attempt* at a time:
 //!          slot    = the reader whose path to this HDFS block has the best measured
 //!                    bytes/s per read in flight (see `choose_slot`); a small fetch
-//!                    (≤ SPREAD_MAX, what a FUSE read that missed asks for) is cut into
+//!                    (≤ SPREAD_MAX: a FUSE read that missed, a tensor queued ahead) is cut into
 //!                    SPREAD_PIECEs that wait for a free place on any reader and take the
 //!                    least busy one (work stealing, see `spread_slot`)
 //!          attempt = reader[slot].read_range_cut(piece)       (clamped at the pinned length;
@@ -935,7 +935,8 @@ fn best_slot(stats: &[(usize, u64, u64)]) -> Option<usize> {
 }
 
 /// Fetches of at most this many bytes (what a FUSE read that missed asks for: a tensor's piece,
-/// a random pread) are spread over the readers by work stealing rather than by assignment. Each
+/// a random pread; also a small prefetch job, such as a tensor queued ahead of a key-order
+/// loader) are spread over the readers by work stealing rather than by assignment. Each
 /// reader reads a block from one replica, and several readers often share one: a 1 MiB read per
 /// reader then finishes when the most shared DataNode has sent its share (measured on 4
 /// DataNodes at 200 Mbit/s: 20 tensors at 26 MB/s, one reader 19, where a sequential read gets
@@ -1020,11 +1021,8 @@ impl BlockSource for StripeSource {
         if let Err(e) = self.verify_if_stale() {
             return Err(fail(blocks.start, e));
         }
-        let bytes = match blocks.is_empty() {
-            true => 0,
-            false => self.piece_range(&blocks).end - self.piece_range(&blocks).start,
-        };
-        let spread = self.slots > 1 && bytes <= SPREAD_MAX;
+        let bytes = (!blocks.is_empty()).then(|| self.piece_range(&blocks));
+        let spread = self.slots > 1 && bytes.is_some_and(|b| b.end - b.start <= SPREAD_MAX);
         let mut pieces = self.pieces(blocks.clone());
         if spread {
             let per = (SPREAD_PIECE / self.plan.stripe_size.max(1)).max(1);

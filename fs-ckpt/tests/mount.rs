@@ -790,12 +790,13 @@ fn a_directory_of_10000_files_is_listed_lazily_and_blocks_no_read(
     use futures::StreamExt;
     const N: usize = 10_000;
     let name = |i: usize| format!("f-{i:05}");
+    // Every 1,000th file holds its own index as bytes, the rest are empty.
+    let body = |i: usize| if i % 1000 == 7 { vec![7u8; i] } else { Vec::new() };
     let started = Instant::now();
     let puts = futures::stream::iter(0..N)
         .map(|i| {
             let store = env.store.clone();
-            // Every 1,000th file holds its own index as bytes, the rest are empty.
-            let body = if i % 1000 == 7 { Bytes::from(vec![7u8; i]) } else { Bytes::new() };
+            let body = Bytes::from(body(i));
             async move { (i, store.put(&format!("many/{}", name(i)), body).await) }
         })
         .buffer_unordered(64)
@@ -807,8 +808,7 @@ fn a_directory_of_10000_files_is_listed_lazily_and_blocks_no_read(
         .filter_map(|(i, r)| r.err().map(|e| eprintln!("put {}: {e}", name(i))).map(|()| i))
         .collect();
     for i in failed {
-        let body = if i % 1000 == 7 { vec![7u8; i] } else { Vec::new() };
-        env.put(&format!("many/{}", name(i)), body);
+        env.put(&format!("many/{}", name(i)), body(i));
     }
     eprintln!("10,000 files written in {:.1} s", started.elapsed().as_secs_f64());
 

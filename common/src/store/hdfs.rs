@@ -94,6 +94,19 @@ impl fmt::Debug for HdfsStore {
     }
 }
 
+const NOT_A_DIRECTORY: &str = "is a file, not a directory";
+
+/// A directory operation on `key` that found a file.
+fn not_a_directory(op: &'static str, key: &str) -> StoreError {
+    StoreError::Other { op, key: key.to_string(), message: NOT_A_DIRECTORY.into() }
+}
+
+/// Whether `err` says the path is a file where a directory was asked for
+/// ([`HdfsStore::check_root`], [`HdfsStore::list_dir`]).
+pub fn is_not_a_directory(err: &StoreError) -> bool {
+    matches!(err, StoreError::Other { message, .. } if message == NOT_A_DIRECTORY)
+}
+
 /// One open HDFS file: its block locations as the NameNode gave them at open time.
 ///
 /// Reads through one reader may run concurrently, but each goes to the replicas in the order
@@ -313,16 +326,12 @@ impl HdfsStore {
     }
 
     /// Whether the store's root is a directory: one NameNode RPC. [`StoreError::NotFound`] when
-    /// nothing is there, [`StoreError::Other`] when it is a file. ([`Store::list`] of a missing
+    /// nothing is there, [`is_not_a_directory`] when it is a file. ([`Store::list`] of a missing
     /// directory is empty, so a mount checks this first.)
     pub async fn check_root(&self) -> StoreResult<()> {
         let status = guarded("stat", &self.root, self.client.get_file_info(&self.root)).await?;
         if !status.isdir {
-            return Err(StoreError::Other {
-                op: "stat",
-                key: self.root.clone(),
-                message: "is a file, not a directory".into(),
-            });
+            return Err(not_a_directory("stat", &self.root));
         }
         Ok(())
     }
@@ -331,8 +340,8 @@ impl HdfsStore {
     /// name: what a mount needs to answer `ls` of one directory without walking the tree under
     /// it (hdfs-native pages through a large directory, 1,000 names per NameNode RPC). Dot-names
     /// (temporary files of puts in progress) are left out, as [`Store::list`] does.
-    /// [`StoreError::NotFound`] when nothing is there; [`StoreError::Other`] "not a directory"
-    /// when `dir` is a file.
+    /// [`StoreError::NotFound`] when nothing is there; [`is_not_a_directory`] when `dir` is a
+    /// file.
     pub async fn list_dir(&self, dir: &str) -> StoreResult<Vec<HdfsDirEntry>> {
         const OP: &str = "list";
         if !dir.is_empty() {
@@ -346,11 +355,7 @@ impl HdfsStore {
             // A file lists as itself, under its own path.
             let Some(name) = status.path.strip_prefix(&base).filter(|n| !n.is_empty()) else {
                 if !status.isdir {
-                    return Err(StoreError::Other {
-                        op: OP,
-                        key: dir.to_string(),
-                        message: "not a directory".into(),
-                    });
+                    return Err(not_a_directory(OP, dir));
                 }
                 continue;
             };
