@@ -271,26 +271,6 @@ struct PathStats {
     inflight: AtomicU64,
 }
 
-/// A small fetch's piece running on a slot, counted in [`StripeSource::spread_inflight`] until
-/// dropped.
-struct SpreadSlot<'a> {
-    slot: usize,
-    inflight: &'a [AtomicU64],
-}
-
-impl<'a> SpreadSlot<'a> {
-    fn take(inflight: &'a [AtomicU64], slot: usize) -> Self {
-        inflight[slot].fetch_add(1, Ordering::Relaxed);
-        Self { slot, inflight }
-    }
-}
-
-impl Drop for SpreadSlot<'_> {
-    fn drop(&mut self) {
-        self.inflight[self.slot].fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// `piece` cut into pieces of at most `per` chunks.
 fn split_piece(piece: Range<u64>, per: u64) -> impl Iterator<Item = Range<u64>> {
     let per = per.max(1);
@@ -316,19 +296,21 @@ impl Drop for HedgeSlot<'_> {
     }
 }
 
-/// Counts a read on a path while it runs, however it ends (done, failed or dropped).
-struct Inflight<'a>(&'a PathStats);
+/// Counts a read in `counter` while it runs, however it ends (done, failed or dropped): a
+/// path's reads ([`PathStats::inflight`]) and a slot's small-fetch pieces
+/// ([`StripeSource::spread_inflight`]).
+struct Inflight<'a>(&'a AtomicU64);
 
 impl<'a> Inflight<'a> {
-    fn new(path: &'a PathStats) -> Self {
-        path.inflight.fetch_add(1, Ordering::Relaxed);
-        Self(path)
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
     }
 }
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -673,7 +655,7 @@ impl StripeSource {
         let mut reads: FuturesUnordered<Read<'_>> = FuturesUnordered::new();
         let first = piece.clone();
         let block = range.start / self.plan.block_size.max(1);
-        let _inflight = self.path(slot, block).map(Inflight::new);
+        let _inflight = self.path(slot, block).map(|p| Inflight::new(&p.inflight));
         let want = range.end - range.start;
         reads.push(
             async move {
@@ -807,7 +789,8 @@ impl StripeSource {
                     return Err(StoreError::Timeout { op, key, after: started.elapsed() });
                 };
                 let block = range.start / self.plan.block_size.max(1);
-                Some((SpreadSlot::take(&self.spread_inflight, self.spread_slot(block)), permit))
+                let slot = self.spread_slot(block);
+                Some((slot, Inflight::new(&self.spread_inflight[slot]), permit))
             }
         };
         let need = self.budget.permits_for(want);
@@ -817,7 +800,7 @@ impl StripeSource {
             let (op, key) = ("memory for read_range", self.key.clone());
             return Err(StoreError::Timeout { op, key, after: started.elapsed() });
         };
-        let slot = spread_slot.as_ref().map(|(s, _)| s.slot);
+        let slot = spread_slot.as_ref().map(|&(slot, _, _)| slot);
         let result = self.fetch_stripe_until(piece.clone(), deadline, slot).await;
         match &result {
             Ok(_) => {
