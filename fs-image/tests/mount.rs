@@ -315,10 +315,8 @@ fn the_binary_mounts_in_every_calling_form_and_writes_a_summary() {
             std::fs::remove_file(&summary).expect("remove the SIGUSR1 summary");
             assert!(is_mounted(mnt.path()), "SIGUSR1 must not end the mount");
         }
-        let unmounted =
-            std::process::Command::new("umount").arg(mnt.path()).status().expect("umount");
+        bootseer_common::testing::fuse::umount_now(mnt.path());
         assert_eq!(read.expect("read through the daemon"), b"hello, image\n");
-        assert!(unmounted.success());
         if let Some(snapshot) = snapshot {
             let s: serde_json::Value = serde_json::from_slice(&snapshot).expect("json");
             assert_eq!(s["at_unmount"], false, "{s}");
@@ -442,10 +440,10 @@ fn a_killed_daemon_leaves_no_stuck_mount_and_a_restart_reuses_the_disk_cache() {
 
     let mut second = start();
     let read = std::fs::read(mnt.path().join("f"));
-    let unmounted = std::process::Command::new("umount").arg(mnt.path()).status().expect("umount");
+    bootseer_common::testing::fuse::umount_now(mnt.path());
     let status = second.wait().expect("wait");
     assert_eq!(read.expect("read after restart"), data);
-    assert!(unmounted.success() && status.success(), "{status}");
+    assert!(status.success(), "{status}");
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&summary).expect("summary")).expect("json");
     assert_eq!(s["cache"]["blocks_on_demand"], 0, "the restart fetched again: {s}");
@@ -674,8 +672,7 @@ fn as_nobody(args: &[&std::ffi::OsStr]) -> std::process::Output {
 }
 
 fn unmount_now(guard: UmountOnDrop) {
-    let ok = std::process::Command::new("umount").arg(&guard.0).status().expect("umount");
-    assert!(ok.success(), "umount {}", guard.0.display());
+    bootseer_common::testing::fuse::umount_now(&guard.0);
 }
 
 /// Issue 10 item 1: an image's setuid-root binary run by an unprivileged user gains nothing with

@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bootseer_common::mount::is_mounted;
+use bootseer_common::testing::fuse::umount_now;
 use bootseer_common::testing::mem::pattern;
 use bootseer_common::testing::prom::{Scrape, free_port, scrape};
 use common::{BLOCK, convert_into, require_root_fuse, wait_for};
@@ -34,8 +35,7 @@ struct Daemon {
 impl Daemon {
     /// Unmounts and waits for the daemon to exit (it writes its summary on the way out).
     fn stop(mut self) {
-        let ok = Command::new("umount").arg(&self.mnt).status().expect("umount");
-        assert!(ok.success(), "umount {}", self.mnt.display());
+        umount_now(&self.mnt);
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "daemon exited with {status}");
     }
@@ -352,8 +352,7 @@ fn a_daemon_started_by_systemd_logs_to_its_journal_stream() {
             .expect("mount");
         assert!(status.success(), "{case}: mount");
         assert_eq!(std::fs::read(mnt.join("f")).expect("read"), pattern(90, 4096));
-        let ok = Command::new("umount").arg(&mnt).status().expect("umount");
-        assert!(ok.success(), "{case}: umount");
+        umount_now(&mnt);
         let text = || std::fs::read_to_string(&journal).unwrap_or_default();
         if named_is_stderr {
             wait_for("the daemon's last lines", || text().contains("unmounted"));
@@ -453,8 +452,7 @@ fn a_daemon_started_from_a_shell_logs_to_journalds_socket() {
             .expect("mount");
         assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(std::fs::read(mnt.join("f")).expect("read"), pattern(91, 4096));
-        let ok = Command::new("umount").arg(mnt).status().expect("umount");
-        assert!(ok.success(), "umount {}", mnt.display());
+        umount_now(mnt);
     };
 
     let mnt = work.path().join("mnt");
@@ -558,8 +556,7 @@ fn log_lines_left_out_by_the_rate_limit_are_counted_on_the_metrics_endpoint() {
 
     std::thread::sleep(bootseer_common::telemetry::WINDOW + Duration::from_millis(200));
     fail();
-    let ok = Command::new("umount").arg(&mnt).status().expect("umount");
-    assert!(ok.success(), "umount");
+    umount_now(&mnt);
     drop(guard);
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for("the daemon's last lines", || text().contains("unmounted"));

@@ -80,3 +80,25 @@ impl Drop for MountGuard {
         }
     }
 }
+
+/// Runs `umount PATH` as a user would, and panics (with umount's stderr) if it still fails after
+/// retrying for up to 5 s. A busy mount right after a test closed its last file is a race, not a
+/// bug under test: the kernel drops a closed file's last reference asynchronously (a parallel
+/// test's short-lived child can hold it a moment too), and `umount` then says EBUSY.
+pub fn umount_now(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("umount").arg(path).output().expect("run umount");
+        if out.status.success() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!(
+                "umount {} failed for 5 s: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
