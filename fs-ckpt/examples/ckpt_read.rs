@@ -119,7 +119,10 @@ fn mounted<T>(
     let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
     let mount = MountGuard::mount(adapter, &mount_config)?;
     if nix::unistd::geteuid().is_root() {
-        let _ = bootseer_common::mount::raise_read_ahead(mount.path(), 4096);
+        let _ = bootseer_common::mount::raise_read_ahead(
+            mount.path(),
+            bootseer_ckpt::cli::READ_AHEAD_KB,
+        );
     }
     let t = Instant::now();
     let out = read(mount.path())?;
@@ -343,8 +346,9 @@ fn main() -> anyhow::Result<()> {
 ///   reads the size asked and a byte window alone do);
 /// - `preads-64`: 64 threads of random 1 MiB O_DIRECT preads for 10 s (latency p50/p99).
 ///
-/// Each prints MB/s, bytes fetched ÷ bytes served (the mount's summary) and the same reads of a
-/// local copy after `posix_fadvise(DONTNEED)` (cold page cache).
+/// Each prints MB/s, bytes fetched ÷ bytes served (the mount's summary, which counts what the
+/// kernel's read-ahead asked for too), bytes fetched ÷ bytes the loader asked for, and the same
+/// reads of a local copy after `posix_fadvise(DONTNEED)` (cold page cache).
 mod loader {
     use std::collections::BTreeMap;
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -585,10 +589,10 @@ mod loader {
         }
         eprintln!("wrote {files} safetensors shards, {tensors} tensors");
         println!(
-            "\ncase             MB/s     local   fetched/     mount        p50        p99  runs"
+            "\ncase             MB/s     local   fetched/   fetched/     mount        p50        p99  runs"
         );
         println!(
-            "                mount      cold     served        MB                         (MB/s)"
+            "                mount      cold     served      asked        MB                         (MB/s)"
         );
         // `--cases a,b`: only these (default all), e.g. to look into one case.
         let all = ["sequential", "random-20", "key-order", "key-no-idx", "preads-64"];
@@ -602,8 +606,8 @@ mod loader {
                 "key-no-idx" => (&CkptConfig { key_order: false, ..config.clone() }, "key-order"),
                 _ => (config, name),
             };
-            let (mut mbps, mut local_mbps, mut ratios, mut served) =
-                (vec![], vec![], vec![], vec![]);
+            let (mut mbps, mut local_mbps, mut ratios, mut asked, mut served) =
+                (vec![], vec![], vec![], vec![], vec![]);
             let mut latencies = Vec::new();
             for rep in 0..reps {
                 let seed = 0xC0FFEE + rep as u64;
@@ -613,6 +617,7 @@ mod loader {
                 })?;
                 mbps.push(outcome.bytes as f64 / 1e6 / took.as_secs_f64());
                 ratios.push(summary.bytes_fetched as f64 / summary.bytes_read.max(1) as f64);
+                asked.push(summary.bytes_fetched as f64 / outcome.bytes.max(1) as f64);
                 served.push(summary.bytes_read as f64 / 1e6);
                 latencies.extend(outcome.latencies);
                 drop_page_cache(&local_paths)?;
@@ -634,10 +639,11 @@ mod loader {
                 ),
             };
             println!(
-                "{name:<11} {:>9.1} {:>9.1} {:>10.3} {:>9.1} {:>10} {:>10}  {}",
+                "{name:<11} {:>9.1} {:>9.1} {:>10.3} {:>10.3} {:>9.1} {:>10} {:>10}  {}",
                 med(mbps),
                 med(local_mbps),
                 med(ratios),
+                med(asked),
                 med(served),
                 pct(0.5),
                 pct(0.99),

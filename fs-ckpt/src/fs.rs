@@ -196,6 +196,9 @@ const RUN_GAP: u64 = 1 << 20;
 /// kernel's read-ahead asks for after one pread (up to two windows of the 4 MiB the mount sets,
 /// and the window it was in).
 const SURE_SEQUENTIAL: u64 = 16 << 20;
+/// How close to a tensor's first byte a read that starts a run must begin for the rest of the
+/// tensor to be queued with it: the page the kernel rounds a pread's offset down to.
+const TENSOR_START_SLACK: u64 = 4096;
 
 #[derive(Debug)]
 struct OpenFile {
@@ -236,6 +239,7 @@ struct Counters {
     warm_bytes: AtomicU64,
     headers_indexed: AtomicU64,
     key_order_bytes: AtomicU64,
+    tensor_rest_bytes: AtomicU64,
     dirs_listed: AtomicU64,
 }
 
@@ -290,6 +294,9 @@ pub struct Summary {
     pub safetensors_headers_indexed: u64,
     /// Bytes of tensors queued ahead of key-order loaders (the next tensors by name).
     pub key_order_bytes_queued: u64,
+    /// Bytes queued as the rest of a tensor whose first page a read began at (a loader's
+    /// pread of one whole tensor), spread over every reader.
+    pub tensor_rest_bytes_queued: u64,
     /// Directory listings fetched from the NameNode (one level each: a directory is listed
     /// when something first looks into it, and again once its listing is older than the
     /// metadata TTL).
@@ -921,7 +928,7 @@ impl CkptFs {
         let share = self.window_share();
         let first = self.config.initial_window.saturating_mul(self.config.stripe_size);
         let index = file.source.tensors().get();
-        let (range, tensors, stopped) = {
+        let (range, tensors, rest, stopped) = {
             let mut w = lock(&file.window);
             let continues = w.run_bytes > 0
                 && offset <= w.run_end.saturating_add(RUN_AHEAD)
@@ -995,26 +1002,51 @@ impl CkptFs {
                 w.queued_end = w.queued_end.max(stop);
                 start..stop
             };
-            (range, tensors, (byte_stopped && !key_order) || key_stopped)
+            // A read that starts a run at a tensor's first page (a loader's pread of one
+            // tensor: `read_exact_at(buf, start)`) gets the rest of that tensor queued at once,
+            // in spread-sized jobs that every reader takes a part of: the kernel would ask for
+            // it one read-ahead request after another, each a round trip to one DataNode.
+            // A run that merely crosses a tensor start (random preads, read-ahead spilling) does
+            // not: only a read begun within a page of the start says "this tensor, whole".
+            let mut rest = 0..0;
+            if let Some(i) = index
+                && !continues
+                && !key_order
+                && let Some(start) = i.first_start_after(offset.saturating_sub(1))
+                && start < offset + TENSOR_START_SLACK
+                && let Some(k) = i.at(start)
+            {
+                let tensor_end = i.range(k).end.min(end.saturating_add(share)).min(plan.len);
+                rest = w.queued_end.max(plan.stripe_of(end))..plan.covering(start..tensor_end).end;
+                w.queued_end = w.queued_end.max(rest.end);
+            }
+            (range, tensors, rest, (byte_stopped && !key_order) || key_stopped)
         };
         if stopped && file.source.handles() <= 1 && !self.is_warmed(&file.source) {
             let cancelled = self.cache.cancel_queued(file.dyn_source.id());
             tracing::debug!(source = file.dyn_source.id(), cancelled, "reads left the run");
         }
         let per_stripe = self.config.stripe_size / self.config.chunk();
-        let queue = |chunks: &mut dyn Iterator<Item = u64>| {
+        let queue = |chunks: &mut dyn Iterator<Item = u64>, per_job: u64| {
             let chunks = chunks.filter(|&i| !file.source.is_consumed(i));
-            for job in prefetch_jobs(plan, per_stripe, chunks) {
+            for job in prefetch_jobs(plan, per_job, chunks) {
                 self.cache.spawn_prefetch(&file.dyn_source, job, Priority::Background);
             }
         };
         if !range.is_empty() {
-            queue(&mut range.into_iter());
+            queue(&mut range.into_iter(), per_stripe);
+        }
+        if !rest.is_empty() {
+            self.counters.tensor_rest_bytes.fetch_add(
+                plan.range(rest.end - 1).end - plan.range(rest.start).start,
+                Ordering::Relaxed,
+            );
+            queue(&mut rest.into_iter(), (crate::stripe::SPREAD_MAX / self.config.chunk()).max(1));
         }
         // Tensor by tensor, in name order (the queue is FIFO).
         for k in tensors.filter_map(|k| index.map(|i| i.range(k))) {
             self.counters.key_order_bytes.fetch_add(k.end - k.start, Ordering::Relaxed);
-            queue(&mut plan.covering(k));
+            queue(&mut plan.covering(k), per_stripe);
         }
     }
 
@@ -1290,6 +1322,7 @@ impl CkptFs {
             prefetched_at_mount_bytes: get(&self.counters.warm_bytes),
             safetensors_headers_indexed: get(&self.counters.headers_indexed),
             key_order_bytes_queued: get(&self.counters.key_order_bytes),
+            tensor_rest_bytes_queued: get(&self.counters.tensor_rest_bytes),
             dirs_listed: get(&self.counters.dirs_listed),
             cache: self.cache.stats(),
             timeline: bootseer_common::timeline::global(),

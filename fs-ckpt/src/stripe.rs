@@ -926,7 +926,7 @@ fn best_slot(stats: &[(usize, u64, u64)]) -> Option<usize> {
 /// 63). Cut into [`SPREAD_PIECE`]s with [`SPREAD_DEPTH`] places per reader, the next piece
 /// goes to whichever reader freed a place first, so a DataNode serving two readers takes half
 /// as many pieces and every replica the readers reach stays busy until the fetch is done.
-const SPREAD_MAX: u64 = 2 << 20;
+pub(crate) const SPREAD_MAX: u64 = 2 << 20;
 /// The piece a small fetch is cut into (a DataNode packet is 64 KiB; 4 of them per read keep
 /// the per-read setup small beside the bytes).
 const SPREAD_PIECE: u64 = 256 << 10;
