@@ -10,7 +10,9 @@
 //! - `mount-cat`: `cat FILE > /dev/null` on a fresh mount;
 //! - `mount-fio`: fio running `scripts/fio/ckpt-seq.fio` (one sequential 1 MiB reader), on a
 //!   fresh mount. After the repetitions, `scripts/fio/ckpt-rand.fio` (4 random 128 KiB readers,
-//!   10 s) runs once per repetition on a fresh mount and its MB/s is printed beside the table.
+//!   10 s) runs once per repetition on a fresh mount and its MB/s is printed beside the table;
+//! - `cat-1-dn-slow` (`--slow-dn-kbit K`, with `--dn-mbit`): `mount-cat` again with the first
+//!   DataNode's link cut to K kbit/s, and its time ÷ the healthy `mount-cat`.
 //!
 //! `--loader` runs the loader cases instead (see [`loader`]): safetensors shards read as ML
 //! loaders read them, each case beside the same reads of a local copy from a cold page cache.
@@ -204,6 +206,12 @@ fn main() -> anyhow::Result<()> {
     if have_fio {
         results.push(("mount-fio", vec![]));
     }
+    let cat_all = |root: &Path| {
+        let paths: Vec<_> = keys.iter().map(|k| root.join(k)).collect();
+        let status = Command::new("cat").args(&paths).stdout(Stdio::null()).status()?;
+        anyhow::ensure!(status.success(), "cat failed");
+        Ok(())
+    };
     for rep in 0..reps {
         // single stream
         let t = Instant::now();
@@ -258,12 +266,7 @@ fn main() -> anyhow::Result<()> {
         })?;
         results[3].1.push(took);
 
-        let (took, ((), _)) = mounted(&store, &config, &runtime, |root| {
-            let paths: Vec<_> = keys.iter().map(|k| root.join(k)).collect();
-            let status = Command::new("cat").args(&paths).stdout(Stdio::null()).status()?;
-            anyhow::ensure!(status.success(), "cat failed");
-            Ok(())
-        })?;
+        let (took, ((), _)) = mounted(&store, &config, &runtime, cat_all)?;
         results[4].1.push(took);
 
         if have_fio {
@@ -281,6 +284,34 @@ fn main() -> anyhow::Result<()> {
             results[5].1.push(took);
         }
         eprintln!("rep {} done", rep + 1);
+    }
+
+    // `--slow-dn-kbit K` (with `--dn-mbit`): the first DataNode's class cut to K kbit/s (a
+    // crawling host: bytes still trickle, so its reads neither fail nor time out), then the same
+    // `cat` on a fresh mount per repetition; the healthy `mount-cat` above is the baseline.
+    let slow_kbit = arg("--slow-dn-kbit", 0);
+    let mut slow_runs = Vec::new();
+    if slow_kbit > 0 && dn_mbit > 0 {
+        let set_rate = |rate: String| {
+            sh(
+                "tc",
+                &[
+                    "class", "change", "dev", "lo", "parent", "1:", "classid", "1:10", "htb",
+                    "rate", &rate, "ceil", &rate,
+                ],
+            )
+        };
+        set_rate(format!("{slow_kbit}kbit"))?;
+        for _ in 0..reps {
+            let (took, ((), s)) = mounted(&store, &config, &runtime, cat_all)?;
+            eprintln!(
+                "  one DataNode slow: {took:?}, {} hedged, {} hedge wins",
+                s.stripes_hedged, s.hedge_wins
+            );
+            slow_runs.push(took);
+        }
+        set_rate(format!("{dn_mbit}mbit"))?;
+        results.push(("cat-1-dn-slow", slow_runs.clone()));
     }
 
     // Random 128 KiB preads (scripts/fio/ckpt-rand.fio), a fresh mount per repetition.
@@ -313,6 +344,13 @@ fn main() -> anyhow::Result<()> {
             "{name:<14} {:>10.3} {mbps:>9.1} {ratio:>8.2}  {}",
             m.as_secs_f64(),
             all.join(" ")
+        );
+    }
+    if !slow_runs.is_empty() {
+        let healthy = median(results[4].1.clone()).as_secs_f64();
+        println!(
+            "cat-1-dn-slow ÷ mount-cat: {:.2} (one DataNode at {slow_kbit} kbit/s, the rest at {dn_mbit} Mbit/s)",
+            median(slow_runs).as_secs_f64() / healthy
         );
     }
     if !rand_mbps.is_empty() {

@@ -1012,12 +1012,12 @@ impl CkptFs {
             if let Some(i) = index
                 && !continues
                 && !key_order
-                && let Some(start) = i.first_start_after(offset.saturating_sub(1))
-                && start < offset + TENSOR_START_SLACK
-                && let Some(k) = i.at(start)
+                && let Some(k) = i.begun_at(offset, TENSOR_START_SLACK)
             {
-                let tensor_end = i.range(k).end.min(end.saturating_add(share)).min(plan.len);
-                rest = w.queued_end.max(plan.stripe_of(end))..plan.covering(start..tensor_end).end;
+                let tensor = i.range(k);
+                let tensor_end = tensor.end.min(end.saturating_add(share)).min(plan.len);
+                rest = w.queued_end.max(plan.stripe_of(end))
+                    ..plan.covering(tensor.start..tensor_end).end;
                 w.queued_end = w.queued_end.max(rest.end);
             }
             (range, tensors, rest, (byte_stopped && !key_order) || key_stopped)

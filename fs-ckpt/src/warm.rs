@@ -223,6 +223,20 @@ impl TensorIndex {
         self.by_start.get(after).map(|&(start, _, _)| start)
     }
 
+    /// The tensor a read beginning at `offset` is the start of, if any: one whose first byte
+    /// lies in `offset..offset + slack` (the kernel rounds a pread's offset down to its page).
+    /// A read that begins in the header is the header's, even when the first tensor starts
+    /// within its last page: a loader reads the header first, and that read says nothing about
+    /// the tensor after it.
+    pub fn begun_at(&self, offset: u64, slack: u64) -> Option<usize> {
+        if offset < self.header_end {
+            return None;
+        }
+        let first = self.by_start.partition_point(|&(start, _, _)| start < offset);
+        let &(start, _, k) = self.by_start.get(first)?;
+        (start < offset.saturating_add(slack)).then_some(k)
+    }
+
     /// The bytes of the `k`-th tensor by name.
     pub fn range(&self, k: usize) -> Range<u64> {
         self.by_name.get(k).cloned().unwrap_or(0..0)
@@ -419,6 +433,21 @@ mod tests {
         assert_eq!(idx.at(299), Some(0));
         assert_eq!(idx.at(499), Some(1), "b lies last");
         assert_eq!(idx.at(500), None, "past the last tensor");
+    }
+
+    #[test]
+    fn a_read_begun_at_a_tensors_first_page_is_that_tensors_but_the_headers_is_not() {
+        // Tensors at 100..200 (c), 200..300 (a), 300..400 (d), 400..500 (b); the header ends at
+        // 100, inside the page the first tensor starts in.
+        let idx = index(&["c", "a", "d", "b"]);
+        assert_eq!(idx.begun_at(0, 4096), None, "the header's read, not c's");
+        assert_eq!(idx.begun_at(99, 4096), None, "still the header");
+        assert_eq!(idx.begun_at(100, 4096), Some(2), "c at its first byte");
+        assert_eq!(idx.begun_at(150, 4096), Some(0), "a, the next start, within the slack");
+        assert_eq!(idx.begun_at(150, 40), None, "a is 50 bytes on: past a 40-byte slack");
+        assert_eq!(idx.begun_at(150, 51), Some(0));
+        assert_eq!(idx.begun_at(400, 1), Some(1), "b at its first byte");
+        assert_eq!(idx.begun_at(401, 4096), None, "no tensor starts after b's first byte");
     }
 
     #[test]

@@ -905,8 +905,13 @@ fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>), form: F
     std::fs::create_dir(&mountpoint).expect("mkdir");
     let summary = dir.path().join("summary.json");
     let log = dir.path().join("daemon.log");
+    // `-o read_ahead=` in one form; the mount's own (smaller than the image mounts') in the other.
+    let (read_ahead, expect_kb) = match form {
+        Form::Helper => (",read_ahead=256k", 256),
+        Form::MountFuse3 => ("", bootseer_ckpt::cli::READ_AHEAD_KB),
+    };
     let options = format!(
-        "ro,stripe_size=512K,readers=2,metadata_ttl=1s,conf_dir={},summary={},log={}",
+        "ro,stripe_size=512K,readers=2,metadata_ttl=1s{read_ahead},conf_dir={},summary={},log={}",
         env.dfs.conf_dir().display(),
         summary.display(),
         log.display()
@@ -946,6 +951,8 @@ fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>), form: F
     assert!(status.success(), "mount helper failed: {status}\n{}", log_text());
     assert!(bootseer_common::mount::is_mounted(&mountpoint), "not mounted after exit 0");
     eprintln!("{form:?}: daemon mount ready after {:?}", started.elapsed());
+    // The kernel's own record of the mount's read-ahead (its backing device in sysfs).
+    let kb = bootseer_common::mount::read_ahead_kb(&mountpoint);
     let read = std::fs::read(mountpoint.join(key));
     // SIGUSR1: the summary so far, written while the mount keeps serving.
     let mp = mountpoint.to_string_lossy().into_owned();
@@ -963,6 +970,7 @@ fn cli_mounts_in_daemon_form(env: &Env, (key, data): &(String, Vec<u8>), form: F
     std::fs::remove_file(&summary).expect("remove the SIGUSR1 summary");
     let read = read.expect("read through the daemon's mount");
     assert_eq!(sha(&read), sha(data));
+    assert_eq!(kb.expect("read_ahead_kb in sysfs"), expect_kb, "{form:?}: kernel read-ahead");
     // The daemon writes its summary after the session ends, then exits.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mp = mountpoint.to_string_lossy().into_owned();
