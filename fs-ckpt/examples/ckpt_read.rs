@@ -121,10 +121,9 @@ fn mounted<T>(
     let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
     let mount = MountGuard::mount(adapter, &mount_config)?;
     if nix::unistd::geteuid().is_root() {
-        let _ = bootseer_common::mount::raise_read_ahead(
-            mount.path(),
-            bootseer_ckpt::cli::READ_AHEAD_KB,
-        );
+        // `--read-ahead-kb` (default: what bootseer-ckpt sets), as `-o read_ahead=` would.
+        let kb = arg("--read-ahead-kb", bootseer_ckpt::cli::READ_AHEAD_KB.into()) as u32;
+        let _ = bootseer_common::mount::raise_read_ahead(mount.path(), kb);
     }
     let t = Instant::now();
     let out = read(mount.path())?;
@@ -689,10 +688,11 @@ mod loader {
             );
         }
         println!(
-            "\n{shape}; medians of {reps}; stripe {} MiB, chunk {} KiB, --memory {} MiB",
+            "\n{shape}; medians of {reps}; stripe {} MiB, chunk {} KiB, --memory {} MiB, kernel read-ahead {} KiB",
             config.stripe_size >> 20,
             config.chunk_size >> 10,
-            config.memory_bytes >> 20
+            config.memory_bytes >> 20,
+            super::arg("--read-ahead-kb", bootseer_ckpt::cli::READ_AHEAD_KB.into())
         );
         Ok(())
     }
