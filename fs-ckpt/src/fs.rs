@@ -983,7 +983,9 @@ impl CkptFs {
                         Some(b) if b <= last => (Some(plan.stripe_of(w.run_end)), false),
                         _ => (i.at(last).map(|k| plan.covering(i.range(k)).end), false),
                     },
-                    None => (None, false),
+                    // Without an index, the same test without tensors: a run further than
+                    // the kernel's read-ahead ever reaches that skipped nothing.
+                    None => (None, !w.gapped && w.run_bytes > SURE_SEQUENTIAL),
                 };
                 // Otherwise as far ahead as the run is long: a sequential reader's window
                 // doubles as it reads (to the whole file within its share), while a reader

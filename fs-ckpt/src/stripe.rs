@@ -14,8 +14,8 @@
 //!                    least busy one (work stealing, see `spread_slot`)
 //!          attempt = reader[slot].read_range_cut(piece)       (clamped at the pinned length;
 //!                    │                                   packets land in chunk buffers)
-//!                    └─ no bytes for the hedge delay → the same read on a fresh reader,
-//!                       again each hedge delay (≤ MAX_HEDGES); first full reply wins
+//!                    └─ too slow (see below) → the same read on a fresh reader, again
+//!                       while no byte comes (≤ MAX_HEDGES); first full reply wins
 //!            ├─ full length                    → the chunks (a winning fresh reader takes
 //!            │                                   the slot)
 //!            └─ error / no bytes for           → backoff → fresh reader (open + verify version)
@@ -29,9 +29,12 @@
 //!
 //! The hedge delay is `max(hedge_after, 4 × the mount's moving average stripe time)`, and an
 //! attempt past it is hedged only if, at the pace its bytes arrive, it would not be done within
-//! another half delay. So a link that is merely busy (every stripe slow, bytes flowing) does
-//! not add to its own load, while a stalled or crawling DataNode (one stripe far slower than
-//! its peers) costs about one hedge delay, not an attempt timeout; and at most `hedge_cap`
+//! another half delay. Sooner, an attempt is hedged only if it crawls: no byte yet at a quarter
+//! of `hedge_after`, or at `hedge_after` a pace that ends past twice the delay. So a link that
+//! is merely busy (every stripe slow, bytes flowing) does not add to its own load, while a
+//! stalled or crawling DataNode (one stripe far slower than its peers) costs a quarter of
+//! `hedge_after` per replica tried, not a hedge delay (several seconds on a loaded mount) or
+//! an attempt timeout; and at most `hedge_cap`
 //! hedges per mount hold a slot at once (a hedge gives its slot back after one delay, so
 //! hedges stuck on the stalled replica too block no others). hdfs-native reads a block from
 //! the first replica the NameNode listed, and the NameNode shuffles equal replicas per open,
@@ -668,9 +671,18 @@ impl StripeSource {
             .boxed(),
         );
         let delay = self.hedge_delay();
-        let hedge_timer = tokio::time::sleep(delay);
+        // The first look comes at a quarter of `hedge_after`, long before the whole delay: a
+        // DataNode sends its first packet within milliseconds, so a read with no byte by then
+        // is on a stalled or crawling replica, and so is one whose pace at `hedge_after` would
+        // take more than twice the delay. Waiting out 4 × the average stripe for it made one
+        // crawling DataNode cost a shard 3 × its healthy time, and a 1 s wait each for the
+        // small reads that open a file (a loader's header) cost most of the rest.
+        let first_look = (self.config.hedge_after / 4).min(delay);
+        let hedge_timer = tokio::time::sleep(first_look);
         tokio::pin!(hedge_timer);
         let mut hedges = 0;
+        // When the last hedge started, and the bytes received by then.
+        let mut last_hedge: Option<(tokio::time::Instant, u64)> = None;
         loop {
             tokio::select! {
                 Some((result, fresh)) = reads.next() => match result {
@@ -703,6 +715,27 @@ impl StripeSource {
                         hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay / 2);
                         continue;
                     }
+                    // Bytes are coming: their pace is judged at `hedge_after`, not sooner.
+                    let pace_at = self.config.hedge_after.min(delay);
+                    if elapsed < pace_at && received > 0 {
+                        hedge_timer.as_mut().reset(tokio::time::Instant::now() + (pace_at - elapsed));
+                        continue;
+                    }
+                    // Before the delay, only a crawl is hedged: bytes flowing at a pace that
+                    // ends within twice the delay may be a busy link's, so look again then.
+                    if elapsed < delay && received > 0 && total <= delay * 2 {
+                        hedge_timer.as_mut().reset(tokio::time::Instant::now() + (delay - elapsed));
+                        continue;
+                    }
+                    // Bytes came since the last hedge started: it (or the first read) is
+                    // moving, so it gets a whole delay before another joins.
+                    if let Some((at, before)) = last_hedge
+                        && received > before
+                        && at.elapsed() < delay
+                    {
+                        hedge_timer.as_mut().reset(at + delay);
+                        continue;
+                    }
                     hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay);
                     let Some(slot_guard) = HedgeSlot::take(&self.counters, self.hedge_cap()) else {
                         // Enough hedges run already: on a saturated link more would only
@@ -715,6 +748,12 @@ impl StripeSource {
                         continue;
                     };
                     hedges += 1;
+                    // A fresh reader lands on the crawling replica again a third of the time
+                    // (3 replicas): look again as soon as at first, and if no read has sent a
+                    // byte since, hedge once more.
+                    let now = tokio::time::Instant::now();
+                    hedge_timer.as_mut().reset(now + first_look);
+                    last_hedge = Some((now, received));
                     self.counters.hedged.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(key = %self.key, ?range, after = ?started.elapsed(), "hedging a slow stripe on a fresh reader");
                     let piece = piece.clone();
