@@ -285,34 +285,6 @@ fn main() -> anyhow::Result<()> {
         eprintln!("rep {} done", rep + 1);
     }
 
-    // `--slow-dn-kbit K` (with `--dn-mbit`): the first DataNode's class cut to K kbit/s (a
-    // crawling host: bytes still trickle, so its reads neither fail nor time out), then the same
-    // `cat` on a fresh mount per repetition; the healthy `mount-cat` above is the baseline.
-    let slow_kbit = arg("--slow-dn-kbit", 0);
-    let mut slow_runs = Vec::new();
-    if slow_kbit > 0 && dn_mbit > 0 {
-        let set_rate = |rate: String| {
-            sh(
-                "tc",
-                &[
-                    "class", "change", "dev", "lo", "parent", "1:", "classid", "1:10", "htb",
-                    "rate", &rate, "ceil", &rate,
-                ],
-            )
-        };
-        set_rate(format!("{slow_kbit}kbit"))?;
-        for _ in 0..reps {
-            let (took, ((), s)) = mounted(&store, &config, &runtime, cat_all)?;
-            eprintln!(
-                "  one DataNode slow: {took:?}, {} hedged, {} hedge wins",
-                s.stripes_hedged, s.hedge_wins
-            );
-            slow_runs.push(took);
-        }
-        set_rate(format!("{dn_mbit}mbit"))?;
-        results.push(("cat-1-dn-slow", slow_runs.clone()));
-    }
-
     // Random 128 KiB preads (scripts/fio/ckpt-rand.fio), a fresh mount per repetition.
     let mut rand_mbps = Vec::new();
     if have_fio {
@@ -330,6 +302,33 @@ fn main() -> anyhow::Result<()> {
             })?;
             rand_mbps.push(mbps);
         }
+    }
+
+    // `--slow-dn-kbit K` (with `--dn-mbit`): the first DataNode's class cut to K kbit/s (a
+    // crawling host: bytes still trickle, so its reads neither fail nor time out), then the same
+    // `cat` on a fresh mount per repetition; the healthy `mount-cat` above is the baseline. Last
+    // of all cases: `tc class change` back to the old rate keeps the burst computed for K kbit/s,
+    // so the DataNode stays throttled for whatever runs after.
+    let slow_kbit = arg("--slow-dn-kbit", 0);
+    let mut slow_runs = Vec::new();
+    if slow_kbit > 0 && dn_mbit > 0 {
+        let rate = format!("{slow_kbit}kbit");
+        sh(
+            "tc",
+            &[
+                "class", "change", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate",
+                &rate, "ceil", &rate,
+            ],
+        )?;
+        for _ in 0..reps {
+            let (took, ((), s)) = mounted(&store, &config, &runtime, cat_all)?;
+            eprintln!(
+                "  one DataNode slow: {took:?}, {} hedged, {} hedge wins",
+                s.stripes_hedged, s.hedge_wins
+            );
+            slow_runs.push(took);
+        }
+        results.push(("cat-1-dn-slow", slow_runs.clone()));
     }
 
     let base = median(results[0].1.clone());
