@@ -46,6 +46,11 @@ fn arg(name: &str, default: u64) -> u64 {
     arg_str(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// `--read-ahead-kb` (default: what bootseer-ckpt sets), as `-o read_ahead=` would set it.
+fn read_ahead_kb() -> u32 {
+    arg("--read-ahead-kb", bootseer_ckpt::cli::READ_AHEAD_KB.into()) as u32
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -121,9 +126,7 @@ fn mounted<T>(
     let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
     let mount = MountGuard::mount(adapter, &mount_config)?;
     if nix::unistd::geteuid().is_root() {
-        // `--read-ahead-kb` (default: what bootseer-ckpt sets), as `-o read_ahead=` would.
-        let kb = arg("--read-ahead-kb", bootseer_ckpt::cli::READ_AHEAD_KB.into()) as u32;
-        let _ = bootseer_common::mount::raise_read_ahead(mount.path(), kb);
+        let _ = bootseer_common::mount::raise_read_ahead(mount.path(), read_ahead_kb());
     }
     let t = Instant::now();
     let out = read(mount.path())?;
@@ -691,7 +694,7 @@ mod loader {
             config.stripe_size >> 20,
             config.chunk_size >> 10,
             config.memory_bytes >> 20,
-            super::arg("--read-ahead-kb", bootseer_ckpt::cli::READ_AHEAD_KB.into())
+            super::read_ahead_kb()
         );
         Ok(())
     }

@@ -191,10 +191,10 @@ const RUN_AHEAD: u64 = 2 << 20;
 /// How far past the run's end a read may start without its run counting as one that skipped
 /// bytes: one FUSE read (the kernel's largest is 1 MiB) overtaking the one before it.
 const RUN_GAP: u64 = 1 << 20;
-/// How far a run must read on past the end of its first tensor (of a `.safetensors` file whose
-/// header is known), skipping nothing, to be taken for a sequential reader: further than the
-/// kernel's read-ahead asks for after one pread (up to two windows of the 4 MiB the mount sets,
-/// and the window it was in).
+/// How far a run must read on, skipping nothing, to be taken for a sequential reader (of a
+/// `.safetensors` file whose header is known: this far past the end of its first tensor):
+/// further than the kernel's read-ahead asks for after one pread (up to two windows of the
+/// read-ahead, 4 MiB at most with `-o read_ahead=4M`, and the window it was in).
 const SURE_SEQUENTIAL: u64 = 16 << 20;
 /// How close to a tensor's first byte a read that starts a run must begin for the rest of the
 /// tensor to be queued with it: the page the kernel rounds a pread's offset down to.
@@ -1017,7 +1017,7 @@ impl CkptFs {
                 && let Some(k) = i.begun_at(offset, TENSOR_START_SLACK)
             {
                 let tensor = i.range(k);
-                let tensor_end = tensor.end.min(end.saturating_add(share)).min(plan.len);
+                let tensor_end = tensor.end.min(end.saturating_add(share));
                 rest = w.queued_end.max(plan.stripe_of(end))
                     ..plan.covering(tensor.start..tensor_end).end;
                 w.queued_end = w.queued_end.max(rest.end);

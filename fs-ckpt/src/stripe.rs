@@ -677,7 +677,8 @@ impl StripeSource {
         // take more than twice the delay. Waiting out 4 × the average stripe for it made one
         // crawling DataNode cost a shard 3 × its healthy time, and a 1 s wait each for the
         // small reads that open a file (a loader's header) cost most of the rest.
-        let first_look = (self.config.hedge_after / 4).min(delay);
+        // (`delay` is never below `hedge_after`.)
+        let first_look = self.config.hedge_after / 4;
         let hedge_timer = tokio::time::sleep(first_look);
         tokio::pin!(hedge_timer);
         let mut hedges = 0;
@@ -716,7 +717,7 @@ impl StripeSource {
                         continue;
                     }
                     // Bytes are coming: their pace is judged at `hedge_after`, not sooner.
-                    let pace_at = self.config.hedge_after.min(delay);
+                    let pace_at = self.config.hedge_after;
                     if elapsed < pace_at && received > 0 {
                         hedge_timer.as_mut().reset(tokio::time::Instant::now() + (pace_at - elapsed));
                         continue;

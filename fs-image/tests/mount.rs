@@ -10,7 +10,8 @@ use std::time::Duration;
 use bootseer_common::digest::Digest;
 use bootseer_common::mount::{MountConfig, is_mounted};
 use bootseer_common::store::DynStore;
-use bootseer_common::testing::{fuse::MountGuard, mem::pattern, require_real};
+use bootseer_common::testing::fuse::{MountGuard, UnmountOnDrop};
+use bootseer_common::testing::{mem::pattern, require_real};
 use bootseer_image::{LayerFuse, LayerRef, LayerSession, MountSummary, SessionConfig, TraceMode};
 use common::{BLOCK, awkward_tree, convert_into, describe, is_root, require_root_fuse, wait_for};
 
@@ -575,17 +576,6 @@ fn a_python_import_workload_replays_its_trace() {
     );
 }
 
-/// Unmounts (lazily) on drop if still mounted: a failed assertion leaves no stale mount.
-struct UmountOnDrop(PathBuf);
-
-impl Drop for UmountOnDrop {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 /// Runs a command that returns once a mount is ready (or failed); fails after 10 s.
 fn run_bounded(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
     let mut child = cmd
@@ -636,7 +626,7 @@ fn pattern_image(
 
 /// Mounts `reference` at `mnt` through the binary's helper form (`direct`) or through
 /// `mount.fuse3 -t bootseer-image` (what `mount -t fuse.bootseer-image` runs), with `options`.
-fn mount_with_binary(direct: bool, reference: &str, mnt: &Path, options: &str) -> UmountOnDrop {
+fn mount_with_binary(direct: bool, reference: &str, mnt: &Path, options: &str) -> UnmountOnDrop {
     let bin = env!("CARGO_BIN_EXE_bootseer-image");
     let mut cmd = if direct {
         std::process::Command::new(bin)
@@ -652,7 +642,7 @@ fn mount_with_binary(direct: bool, reference: &str, mnt: &Path, options: &str) -
     }
     cmd.args(["-o", options]);
     let out = run_bounded(&mut cmd, "mount");
-    let guard = UmountOnDrop(mnt.to_path_buf());
+    let guard = UnmountOnDrop(mnt.to_path_buf());
     assert!(
         out.status.success(),
         "mount -o {options} (direct: {direct}): {}",
@@ -669,10 +659,6 @@ fn as_nobody(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .args(args)
         .output()
         .expect("setpriv")
-}
-
-fn unmount_now(guard: UmountOnDrop) {
-    bootseer_common::testing::fuse::umount_now(&guard.0);
 }
 
 /// Issue 10 item 1: an image's setuid-root binary run by an unprivileged user gains nothing with
@@ -722,12 +708,12 @@ fn setuid_bits_and_other_users_need_asking_for() {
             .find(|l| l.contains(&*mnt.path().to_string_lossy()))
             .expect("in /proc/mounts");
         assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
-        unmount_now(m);
+        m.unmount();
 
         let m = mount_with_binary(direct, &reference, mnt.path(), "suid,allow_other,trace=off");
         let shown = run_id();
         assert!(shown.contains("euid=0"), "direct: {direct}: -o suid not honoured: {shown}");
-        unmount_now(m);
+        m.unmount();
 
         let m = mount_with_binary(direct, &reference, mnt.path(), "trace=off");
         assert_eq!(std::fs::read(&hello).expect("the mounter reads"), b"hello\n");
@@ -736,7 +722,7 @@ fn setuid_bits_and_other_users_need_asking_for() {
             !out.status.success(),
             "direct: {direct}: another uid read the tree without allow_other"
         );
-        unmount_now(m);
+        m.unmount();
     }
 }
 
@@ -803,7 +789,7 @@ fn the_binary_refuses_a_regular_file_as_mount_point() {
         },
     ] {
         let out = run_bounded(&mut cmd, "mount on a file");
-        let _guard = UmountOnDrop(file.clone());
+        let _guard = UnmountOnDrop(file.clone());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "mounted on a regular file");
         assert!(stderr.contains("not a directory") && stderr.contains("not-a-dir"), "{stderr}");
@@ -842,7 +828,7 @@ fn a_missing_store_or_image_is_named_once() {
                 .args(["-o", "trace=off"]),
             "mount a missing image",
         );
-        let _guard = UmountOnDrop(mnt.path().to_path_buf());
+        let _guard = UnmountOnDrop(mnt.path().to_path_buf());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{reference} mounted");
         assert!(stderr.contains(&want), "{stderr:?} does not say {want:?}");
@@ -878,7 +864,7 @@ fn a_mount_without_fusermount3_keeps_its_subtype() {
     let mnt = tempfile::tempdir().expect("mountpoint");
     let bg = bootseer_common::mount::spawn_session(fuse, mnt.path(), &mount_config)
         .expect("spawn_session");
-    let guard = UmountOnDrop(mnt.path().to_path_buf());
+    let guard = UnmountOnDrop(mnt.path().to_path_buf());
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
     let line = mounts
         .lines()
@@ -1057,13 +1043,7 @@ fn a_cache_dir_on_a_full_filesystem_costs_readers_nothing() {
         .status()
         .expect("mount tmpfs");
     assert!(ok.success(), "mount tmpfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _tmpfs = Unmount(tmpfs.path().to_path_buf());
+    let _tmpfs = UnmountOnDrop(tmpfs.path().to_path_buf());
     let work = tempfile::tempdir().expect("work");
     let (log, summary, pidfile) =
         (work.path().join("log"), work.path().join("s.json"), work.path().join("pid"));
@@ -1094,7 +1074,7 @@ fn a_cache_dir_on_a_full_filesystem_costs_readers_nothing() {
         std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop caches");
     }
     let hwm = status_kib(pid, "VmHWM");
-    unmount_now(guard);
+    guard.unmount();
     let s = summary_json(&summary);
     let cache = &s["cache"];
     assert_eq!(cache["fetch_errors"], 0, "{cache}");
@@ -1133,7 +1113,7 @@ fn two_mounts_share_one_cache_dir_and_its_budget() {
     let work = tempfile::tempdir().expect("work");
     let cache = work.path().join("cache");
     let budget: u64 = 8 << 20;
-    let mounts: Vec<(PathBuf, PathBuf, UmountOnDrop)> = ["a", "b"]
+    let mounts: Vec<(PathBuf, PathBuf, UnmountOnDrop)> = ["a", "b"]
         .iter()
         .map(|name| {
             let mnt = work.path().join(name);
@@ -1168,7 +1148,7 @@ fn two_mounts_share_one_cache_dir_and_its_budget() {
     });
     let mut summaries = Vec::new();
     for (_, summary, guard) in mounts {
-        unmount_now(guard);
+        guard.unmount();
         summaries.push(summary_json(&summary));
     }
     assert!(
@@ -1224,10 +1204,10 @@ fn relative_paths_are_taken_from_where_the_command_ran() {
         "mount with relative paths",
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let guard = UmountOnDrop(cwd.path().join("mnt"));
+    let guard = UnmountOnDrop(cwd.path().join("mnt"));
     assert!(is_mounted(&cwd.path().join("mnt")), "not mounted at ./mnt");
     assert_eq!(std::fs::read(cwd.path().join("mnt/f")).expect("read"), b"relative");
-    unmount_now(guard);
+    guard.unmount();
     let s = summary_json(&cwd.path().join("s.json"));
     assert_eq!(s["cache"]["blocks_on_demand"], 1, "{s}");
     assert!(cwd.path().join("cache/v2").is_dir(), "the cache directory is ./cache");

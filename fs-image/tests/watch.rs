@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bootseer_common::mount::is_mounted;
-use bootseer_common::testing::fuse::umount_now;
+use bootseer_common::testing::fuse::{UnmountOnDrop, umount_now};
 use bootseer_common::testing::mem::pattern;
 use bootseer_common::testing::prom::{Scrape, free_port, scrape};
 use common::{BLOCK, convert_into, require_root_fuse, wait_for};
@@ -351,8 +351,9 @@ fn a_daemon_started_by_systemd_logs_to_its_journal_stream() {
             .status()
             .expect("mount");
         assert!(status.success(), "{case}: mount");
+        let guard = UnmountOnDrop(mnt.clone());
         assert_eq!(std::fs::read(mnt.join("f")).expect("read"), pattern(90, 4096));
-        umount_now(&mnt);
+        guard.unmount();
         let text = || std::fs::read_to_string(&journal).unwrap_or_default();
         if named_is_stderr {
             wait_for("the daemon's last lines", || text().contains("unmounted"));
@@ -451,8 +452,9 @@ fn a_daemon_started_from_a_shell_logs_to_journalds_socket() {
             .output()
             .expect("mount");
         assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        let guard = UnmountOnDrop(mnt.to_path_buf());
         assert_eq!(std::fs::read(mnt.join("f")).expect("read"), pattern(91, 4096));
-        umount_now(mnt);
+        guard.unmount();
     };
 
     let mnt = work.path().join("mnt");
@@ -524,15 +526,7 @@ fn log_lines_left_out_by_the_rate_limit_are_counted_on_the_metrics_endpoint() {
         .output()
         .expect("mount");
     assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            if is_mounted(&self.0) {
-                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-            }
-        }
-    }
-    let guard = Unmount(mnt.clone());
+    let guard = UnmountOnDrop(mnt.clone());
     let fail = || {
         let err = std::fs::read(mnt.join("victim")).expect_err("a corrupt block was served");
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
@@ -556,8 +550,7 @@ fn log_lines_left_out_by_the_rate_limit_are_counted_on_the_metrics_endpoint() {
 
     std::thread::sleep(bootseer_common::telemetry::WINDOW + Duration::from_millis(200));
     fail();
-    umount_now(&mnt);
-    drop(guard);
+    guard.unmount();
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for("the daemon's last lines", || text().contains("unmounted"));
     let text = text();

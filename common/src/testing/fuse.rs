@@ -1,5 +1,7 @@
 //! [`MountGuard`]: a test mount that cannot outlive its test. `Drop` unmounts (lazily if the
 //! mount is busy) and joins the session thread, so a failed assertion never leaves a stale mount.
+//! [`UnmountOnDrop`] does the same for a mount a command made (a daemon, mount(8)), and
+//! [`umount_now`] unmounts as a user would, retrying a busy mount briefly.
 //! Test bodies touch the mount only through `std::fs`, as users do.
 
 use std::path::{Path, PathBuf};
@@ -77,6 +79,26 @@ impl Drop for MountGuard {
             && let Err(e) = session.join()
         {
             eprintln!("FUSE session at {} ended with {e}", self.mountpoint.display());
+        }
+    }
+}
+
+/// A mount a test made through a command (a daemon's `mount`, mount(8), a tmpfs), unmounted
+/// lazily on drop if still mounted, so a failed assertion leaves no stale mount behind.
+#[derive(Debug)]
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl UnmountOnDrop {
+    /// Unmounts now, as a user would ([`umount_now`]).
+    pub fn unmount(self) {
+        umount_now(&self.0);
+    }
+}
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
 }
