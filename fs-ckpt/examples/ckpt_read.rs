@@ -26,7 +26,6 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bootseer_ckpt::{CkptConfig, CkptFs, CkptFuse};
@@ -121,7 +120,7 @@ fn mounted<T>(
     runtime: &tokio::runtime::Runtime,
     read: impl FnOnce(&Path) -> anyhow::Result<T>,
 ) -> anyhow::Result<(Duration, (T, bootseer_ckpt::fs::Summary))> {
-    let fs = Arc::new(CkptFs::new(store.clone(), config.clone(), runtime.handle().clone())?);
+    let fs = CkptFs::new(store.clone(), config.clone(), runtime.handle().clone())?;
     let mount_config = MountConfig::default();
     let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
     let mount = MountGuard::mount(adapter, &mount_config)?;

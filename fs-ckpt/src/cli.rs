@@ -13,7 +13,6 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -343,7 +342,7 @@ fn serve_mount(
     let store = runtime
         .block_on(HdfsStore::open_with(&options.source, &hdfs_options))
         .with_context(|| format!("opening {}", options.source))?;
-    let fs = Arc::new(CkptFs::new(store, options.config.clone(), runtime.handle().clone())?);
+    let fs = CkptFs::new(store, options.config.clone(), runtime.handle().clone())?;
     // The source must be a directory the NameNode answers for within the connect timeout: a
     // typo, a file or a dead NameNode fails the mount, never mounts an empty directory or hangs.
     runtime.block_on(fs.check_source()).with_context(|| format!("mounting {}", options.source))?;

@@ -20,7 +20,9 @@
 //!              └─ window: a handle whose reads continue one run for `sequential_after` bytes
 //!                 gets chunks queued ahead (Background, stripe-sized jobs), as far ahead as
 //!                 the run is long, capped at half the memory budget split over open handles;
-//!                 a read away from the run starts a new one and drops what was queued
+//!                 a read away from the run starts a new one and drops what was queued;
+//!                 a sure sequential window past the file's end queues the start of the next
+//!                 file of the directory (same suffix, by name; `queue_next_file`)
 //!              └─ a chunk every open handle has been served is released from memory at once,
 //!                 and never queued for prefetch again
 //!   warm (--prefetch GLOB, at mount) ─► matched files opened as for a handle, their chunks
@@ -179,6 +181,8 @@ struct Window {
     gapped: bool,
     /// The run in tensor-name order, for a `.safetensors` file whose header is read.
     key: crate::warm::KeyRun,
+    /// Bytes of the next file in the directory queued for this run ([`CkptFs::queue_next_file`]).
+    next_queued: u64,
 }
 
 /// How far behind the run's end a read may start and still belong to it: the kernel's
@@ -199,6 +203,11 @@ const SURE_SEQUENTIAL: u64 = 16 << 20;
 /// How close to a tensor's first byte a read that starts a run must begin for the rest of the
 /// tensor to be queued with it: the page the kernel rounds a pread's offset down to.
 const TENSOR_START_SLACK: u64 = 4096;
+/// The most of the next file in a directory a sequential reader's window queues past the end
+/// of the file it reads ([`CkptFs::queue_next_file`]): four 8 MiB stripes cover the next
+/// handle's open and ramp (header, then [`SURE_SEQUENTIAL`] before it gets its whole share),
+/// and cost a rank that reads one shard only that much.
+const NEXT_FILE_AHEAD: u64 = 32 << 20;
 
 #[derive(Debug)]
 struct OpenFile {
@@ -240,6 +249,7 @@ struct Counters {
     headers_indexed: AtomicU64,
     key_order_bytes: AtomicU64,
     tensor_rest_bytes: AtomicU64,
+    next_file_bytes: AtomicU64,
     dirs_listed: AtomicU64,
 }
 
@@ -297,6 +307,10 @@ pub struct Summary {
     /// Bytes queued as the rest of a tensor whose first page a read began at (a loader's
     /// pread of one whole tensor), spread over every reader.
     pub tensor_rest_bytes_queued: u64,
+    /// Bytes of the next file of a directory (by name, the same suffix) queued while a
+    /// sequential reader's window ran past the end of the file before it (shards read one
+    /// after another).
+    pub next_file_bytes_queued: u64,
     /// Directory listings fetched from the NameNode (one level each: a directory is listed
     /// when something first looks into it, and again once its listing is older than the
     /// metadata TTL).
@@ -332,6 +346,12 @@ pub struct CkptFs {
     runtime: Handle,
     /// Reads that missed memory and may wait on HDFS at once (see [`MISS_READS`]).
     miss_reads: tokio::sync::Semaphore,
+    /// The file a sequential reader's window ran into past the end of the one before it
+    /// ([`CkptFs::queue_next_file`]): its version is held open until a handle opens it (or the
+    /// next such file replaces it), so that handle finds the chunks queued for it.
+    next_file: Mutex<Option<(String, Arc<StripeSource>)>>,
+    /// This filesystem, for tasks that read and prefetch in the background.
+    me: Weak<CkptFs>,
 }
 
 /// Reads past memory that may run at once; more wait for a slot, holding nothing but their reply
@@ -466,7 +486,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl CkptFs {
     /// A filesystem over `store` whose fetches run on `runtime` (the runtime the store was
     /// created on: hdfs-native's connection tasks live there).
-    pub fn new(store: HdfsStore, config: CkptConfig, runtime: Handle) -> Result<Self, CkptError> {
+    pub fn new(
+        store: HdfsStore,
+        config: CkptConfig,
+        runtime: Handle,
+    ) -> Result<Arc<Self>, CkptError> {
         let cache = BlockCache::new(
             CacheConfig {
                 memory_bytes: config.cache_bytes(),
@@ -479,7 +503,7 @@ impl CkptFs {
         let inflight = Arc::new(InflightBudget::new(config.inflight_bytes()));
         let mut inodes = Inodes::default();
         inodes.ino("");
-        Ok(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             store,
             config,
             cache,
@@ -496,7 +520,9 @@ impl CkptFs {
             counters: Arc::default(),
             runtime,
             miss_reads: tokio::sync::Semaphore::new(MISS_READS),
-        })
+            next_file: Mutex::new(None),
+            me: me.clone(),
+        }))
     }
 
     /// The configuration.
@@ -811,6 +837,13 @@ impl CkptFs {
         };
         let version = source.version();
         source.handle_opened();
+        {
+            // A handle holds it now; the next sequential reader's spill may take the slot.
+            let mut next = lock(&self.next_file);
+            if next.as_ref().is_some_and(|(p, s)| *p == path && Arc::ptr_eq(s, &source)) {
+                *next = None;
+            }
+        }
         let dyn_source: DynSource = source.clone();
         self.note_opened_version(&path, version);
         if self.config.key_order && path.ends_with(".safetensors") {
@@ -928,6 +961,7 @@ impl CkptFs {
         let share = self.window_share();
         let first = self.config.initial_window.saturating_mul(self.config.stripe_size);
         let index = file.source.tensors().get();
+        let mut next = 0..0;
         let (range, tensors, rest, stopped) = {
             let mut w = lock(&file.window);
             let continues = w.run_bytes > 0
@@ -939,9 +973,16 @@ impl CkptFs {
                 w.run_bytes += end.saturating_sub(w.run_end);
                 w.run_end = w.run_end.max(end);
             } else {
-                let key = std::mem::take(&mut w.key);
+                let (key, next_queued) = (std::mem::take(&mut w.key), w.next_queued);
                 let run_bytes = end - offset;
-                *w = Window { run_end: end, run_bytes, queued_end: 0, gapped: false, key };
+                *w = Window {
+                    run_end: end,
+                    run_bytes,
+                    queued_end: 0,
+                    gapped: false,
+                    key,
+                    next_queued,
+                };
             }
             let (mut key_order, mut key_stopped, mut tensors) = (false, false, 0..0);
             if let Some(index) = index {
@@ -992,6 +1033,19 @@ impl CkptFs {
                 // that stops (a tensor read to its end) leaves at most its own length fetched
                 // past it.
                 let ahead = if sure { share } else { w.run_bytes.max(first).min(share) };
+                // A sure window that runs past the file's end spills into the next file of the
+                // directory (a loader reading shards one after another), up to
+                // [`NEXT_FILE_AHEAD`] in whole stripes: enough to keep the links busy while the
+                // next handle opens and ramps up, little for a rank that reads one shard only.
+                if sure {
+                    let stripe = self.config.stripe_size.max(1);
+                    let over = w.run_end.saturating_add(ahead).saturating_sub(plan.len);
+                    let want = over.min(NEXT_FILE_AHEAD.min(share)) / stripe * stripe;
+                    if want > w.next_queued {
+                        next = w.next_queued..want;
+                        w.next_queued = want;
+                    }
+                }
                 let start = w.queued_end.max(plan.stripe_of(w.run_end));
                 let target = plan.stripe_of(w.run_end.saturating_add(ahead).min(plan.len));
                 // Whole stripes only (but the last, and a tensor's end): a window that slides
@@ -1050,6 +1104,67 @@ impl CkptFs {
             self.counters.key_order_bytes.fetch_add(k.end - k.start, Ordering::Relaxed);
             queue(&mut plan.covering(k), per_stripe);
         }
+        if !next.is_empty()
+            && let (Some(fs), Ok(path)) = (self.me.upgrade(), self.path_of(file.ino))
+        {
+            self.runtime.spawn(async move { fs.queue_next_file(&path, next).await });
+        }
+    }
+
+    /// The file after `path` in its directory: the next name with the same suffix (`.bin`,
+    /// `.safetensors`; or none) that is a file of some bytes, from the listing held.
+    fn next_file_of(&self, path: &str) -> Option<String> {
+        let (parent, name) = split_path(path);
+        let suffix = |n: &str| n.rfind('.').map(|dot| n[dot..].to_string());
+        let listing = lock(&self.dirs).listed.get(parent).cloned()?;
+        listing
+            .entries
+            .range::<str, _>((std::ops::Bound::Excluded(name), std::ops::Bound::Unbounded))
+            .find(|(n, node)| node.kind == Kind::File && node.size > 0 && suffix(n) == suffix(name))
+            .map(|(n, _)| child_path(parent, n))
+    }
+
+    /// Queues `bytes` of the file after `path` in its directory ([`CkptFs::next_file_of`]) in
+    /// the background, for a sequential reader whose window ran past `path`'s end: opened at
+    /// its current version (held in `next_file` until a handle opens it), in file order. A
+    /// file that cannot be opened is logged and left alone: its reader opens it as usual.
+    async fn queue_next_file(&self, path: &str, bytes: std::ops::Range<u64>) {
+        let Some(next) = self.next_file_of(path) else { return };
+        let held =
+            lock(&self.next_file).as_ref().filter(|(p, _)| *p == next).map(|(_, s)| s.clone());
+        let source = match held {
+            Some(source) => source,
+            None => {
+                let limit = self.config.connect_timeout;
+                let opened = match bounded(limit, "stat", &next, self.store.file_info(&next)).await
+                {
+                    Ok(info) => self.source_within(&next, &info, limit).await,
+                    Err(e) => Err(e.into()),
+                };
+                match opened {
+                    Ok(source) => {
+                        *lock(&self.next_file) = Some((next.clone(), source.clone()));
+                        source
+                    }
+                    Err(e) => {
+                        tracing::debug!(key = %next, error = %e, "next file not prefetched");
+                        return;
+                    }
+                }
+            }
+        };
+        let plan = *source.plan();
+        let chunks = plan.covering(bytes.start.min(plan.len)..bytes.end.min(plan.len));
+        let chunks = chunks.filter(|&i| !source.is_consumed(i));
+        let per_stripe = self.config.stripe_size / self.config.chunk();
+        let dyn_source: DynSource = source.clone();
+        let mut queued = 0;
+        for job in prefetch_jobs(&plan, per_stripe, chunks) {
+            queued += plan.range(job.end - 1).end - plan.range(job.start).start;
+            self.cache.spawn_prefetch(&dyn_source, job, Priority::Background);
+        }
+        self.counters.next_file_bytes.fetch_add(queued, Ordering::Relaxed);
+        tracing::debug!(after = %path, key = %next, queued, "next file queued");
     }
 
     /// Reads up to `size` bytes at `offset` of handle `fh`: full length unless at EOF.
@@ -1325,6 +1440,7 @@ impl CkptFs {
             safetensors_headers_indexed: get(&self.counters.headers_indexed),
             key_order_bytes_queued: get(&self.counters.key_order_bytes),
             tensor_rest_bytes_queued: get(&self.counters.tensor_rest_bytes),
+            next_file_bytes_queued: get(&self.counters.next_file_bytes),
             dirs_listed: get(&self.counters.dirs_listed),
             cache: self.cache.stats(),
             timeline: bootseer_common::timeline::global(),

@@ -134,6 +134,7 @@ fn reads_through_the_mount_equal_the_source() {
     safetensors_loads_through_the_mount(&env);
     logic_layer_fetches_each_stripe_once(&env, &files[5].1);
     random_preads_fetch_what_they_read(&env);
+    a_sequential_reader_gets_the_next_shard_queued(&env);
     prefetch_at_mount_takes_tensors_in_key_order(&env);
     key_order_loaders_get_the_next_tensors_by_name(&env);
     memory_budget_holds_with_64_readers(&env);
@@ -283,6 +284,45 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     assert_eq!(done.bytes_fetched - after.bytes_fetched, len, "each byte once: {done:?}");
     fs.release(fh).expect("release");
     assert!(matches!(fs.release(fh), Err(bootseer_ckpt::CkptError::BadHandle(_))));
+}
+
+/// Shards read one after another: a reader that reads `a.bin` in order to its end gets the
+/// next file of the directory with the same suffix (`b.bin`, not `c.txt`) queued while it reads,
+/// so that `b.bin` is in memory before anyone opens it, and reading it then fetches nothing.
+fn a_sequential_reader_gets_the_next_shard_queued(env: &Env) {
+    let a = bytes(7001, 18 * BLOCK as usize + 5);
+    let b = bytes(7002, 3 * BLOCK as usize + 7);
+    let c = bytes(7003, BLOCK as usize);
+    env.put("shards/a.bin", a.clone());
+    env.put("shards/b.bin", b.clone());
+    env.put("shards/c.txt", c.clone());
+    std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
+    let dir = env.mount.path().join("shards");
+    let before = env.fs.summary();
+    assert_eq!(sha(&read_all(&dir.join("a.bin"))), sha(&a), "a.bin");
+    let (a_len, b_len) = (a.len() as u64, b.len() as u64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fetched = || env.fs.summary().bytes_fetched - before.bytes_fetched;
+    while fetched() < a_len + b_len {
+        let s = env.fs.summary();
+        assert!(Instant::now() < deadline, "b.bin was not fetched ahead of its open: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let queued = env.fs.summary();
+    assert_eq!(
+        queued.next_file_bytes_queued - before.next_file_bytes_queued,
+        b_len,
+        "the whole of b.bin (shorter than the spill) is queued: {queued:?}"
+    );
+    let opened = env.fs.summary();
+    assert_eq!(sha(&read_all(&dir.join("b.bin"))), sha(&b), "b.bin");
+    let done = env.fs.summary();
+    assert_eq!(
+        done.bytes_fetched - before.bytes_fetched,
+        a_len + b_len,
+        "b.bin is served from what was queued, c.txt is left alone: {done:?}"
+    );
+    assert_eq!(done.cache.fetched_demand, opened.cache.fetched_demand, "{done:?}");
 }
 
 /// Random preads on a fresh mount fetch about what they are served: chunk-aligned misses, no

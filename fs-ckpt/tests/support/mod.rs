@@ -77,7 +77,7 @@ pub fn setup(dfs: MiniDfs, files: &[(&str, &[u8])], config: CkptConfig) -> Optio
     for (key, data) in files {
         put_retrying(&runtime, &store, key, Bytes::copy_from_slice(data), None);
     }
-    let fs = Arc::new(CkptFs::new(store.clone(), config, runtime.handle().clone()).expect("fs"));
+    let fs = CkptFs::new(store.clone(), config, runtime.handle().clone()).expect("fs");
     let mount_config = MountConfig { threads: 4, ..MountConfig::default() };
     let adapter = CkptFuse::new(fs.clone(), runtime.handle().clone(), mount_config.clone());
     let mount = require_real("FUSE", MountGuard::mount(adapter, &mount_config))?;
@@ -126,8 +126,7 @@ pub fn assert_nothing_leaked(mountpoint: &std::path::Path) {
 /// A second mount of the same HDFS directory with another `config`, on `env`'s runtime. Drop the
 /// guard before `env`.
 pub fn mount_again(env: &Env, config: CkptConfig) -> (Arc<CkptFs>, MountGuard) {
-    let fs =
-        Arc::new(CkptFs::new(env.store.clone(), config, env.runtime.handle().clone()).expect("fs"));
+    let fs = CkptFs::new(env.store.clone(), config, env.runtime.handle().clone()).expect("fs");
     let mount_config = MountConfig { threads: 4, ..MountConfig::default() };
     let adapter = CkptFuse::new(fs.clone(), env.runtime.handle().clone(), mount_config.clone());
     let mount = MountGuard::mount(adapter, &mount_config).expect("a second mount");
