@@ -183,11 +183,6 @@ struct Window {
     key: crate::warm::KeyRun,
     /// Bytes of the next file in the directory queued for this run ([`CkptFs::queue_next_file`]).
     next_queued: u64,
-    /// The handle was opened on a file a sequential reader's window spilled into, and this run
-    /// began at its start: it continues that reader's, and is sure from its first read while it
-    /// skips nothing (no ramp: the spill is fetched by the time it opens, and the links would
-    /// idle while the run proved itself again).
-    follows: bool,
 }
 
 /// How far behind the run's end a read may start and still belong to it: the kernel's
@@ -842,23 +837,20 @@ impl CkptFs {
         };
         let version = source.version();
         source.handle_opened();
-        // A handle holds it now; the next sequential reader's spill may take the slot. A handle
-        // on a file spilled into continues the reader before it (see `Window::follows`).
-        let follows = {
+        {
+            // A handle holds it now; the next sequential reader's spill may take the slot.
             let mut next = lock(&self.next_file);
-            let spilled = next.as_ref().is_some_and(|(p, s)| *p == path && Arc::ptr_eq(s, &source));
-            if spilled {
+            if next.as_ref().is_some_and(|(p, s)| *p == path && Arc::ptr_eq(s, &source)) {
                 *next = None;
             }
-            spilled
-        };
+        }
         let dyn_source: DynSource = source.clone();
         self.note_opened_version(&path, version);
         if self.config.key_order && path.ends_with(".safetensors") {
             self.index_tensors(&path, &source);
         }
-        let window = Mutex::new(Window { follows, ..Window::default() });
-        let file = Arc::new(OpenFile { ino, source, dyn_source, window });
+        let file =
+            Arc::new(OpenFile { ino, source, dyn_source, window: Mutex::new(Window::default()) });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, file);
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
@@ -982,7 +974,6 @@ impl CkptFs {
                 w.run_end = w.run_end.max(end);
             } else {
                 let (key, next_queued) = (std::mem::take(&mut w.key), w.next_queued);
-                let follows = w.follows && w.run_bytes == 0 && offset < RUN_AHEAD;
                 let run_bytes = end - offset;
                 *w = Window {
                     run_end: end,
@@ -991,7 +982,6 @@ impl CkptFs {
                     gapped: false,
                     key,
                     next_queued,
-                    follows,
                 };
             }
             let (mut key_order, mut key_stopped, mut tensors) = (false, false, 0..0);
@@ -1015,7 +1005,7 @@ impl CkptFs {
                     w.key.queued = w.key.queued.max(last + 1);
                 }
             }
-            let range = if key_order || (w.run_bytes < self.config.sequential_after && !w.follows) {
+            let range = if key_order || w.run_bytes < self.config.sequential_after {
                 0..0
             } else {
                 // With a known header, a run within one tensor (the header before it aside)
@@ -1027,7 +1017,6 @@ impl CkptFs {
                 let run_start = w.run_end.saturating_sub(w.run_bytes);
                 let last = w.run_end.saturating_sub(1);
                 let (cap, sure) = match index {
-                    _ if w.follows && !w.gapped => (None, true),
                     Some(i) => match i.first_start_after(run_start.max(i.data_start())) {
                         Some(b) if b <= last && w.run_end - b > SURE_SEQUENTIAL => {
                             (None, !w.gapped)

@@ -286,69 +286,43 @@ fn logic_layer_fetches_each_stripe_once(env: &Env, like: &[u8]) {
     assert!(matches!(fs.release(fh), Err(bootseer_ckpt::CkptError::BadHandle(_))));
 }
 
-/// Shards read one after another: a reader that reads `a.bin` in order to its end gets the start
-/// of the next file of the directory with the same suffix (`b.bin`, not `c.txt`) queued while it
-/// reads, up to the spill (32 MiB, within one handle's share); a handle that then opens `b.bin`
-/// and reads from its start continues that reader (its whole window is queued after one read,
-/// no ramp), and every byte of both is fetched once.
+/// Shards read one after another: a reader that reads `a.bin` in order to its end gets the
+/// next file of the directory with the same suffix (`b.bin`, not `c.txt`) queued while it reads,
+/// so that `b.bin` is in memory before anyone opens it, and reading it then fetches nothing.
 fn a_sequential_reader_gets_the_next_shard_queued(env: &Env) {
     let a = bytes(7001, 18 * BLOCK as usize + 5);
-    let b = bytes(7002, 40 * BLOCK as usize + 7);
+    let b = bytes(7002, 3 * BLOCK as usize + 7);
     let c = bytes(7003, BLOCK as usize);
     env.put("shards/a.bin", a.clone());
     env.put("shards/b.bin", b.clone());
     env.put("shards/c.txt", c.clone());
     std::thread::sleep(env.fs.config().metadata_ttl + Duration::from_millis(200));
-    let fs = env.fs.clone();
-    let config = fs.config().clone();
-    let share = config.max_window() * config.stripe_size;
-    let spill = (32u64 << 20).min(share);
-    assert!(spill < b.len() as u64, "b.bin must be longer than the spill");
     let dir = env.mount.path().join("shards");
-    let before = fs.summary();
+    let before = env.fs.summary();
     assert_eq!(sha(&read_all(&dir.join("a.bin"))), sha(&a), "a.bin");
     let (a_len, b_len) = (a.len() as u64, b.len() as u64);
-    let fetched = || fs.summary().bytes_fetched - before.bytes_fetched;
-    let wait_for = |bytes: u64, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while fetched() < bytes {
-            let s = fs.summary();
-            assert!(Instant::now() < deadline, "{what}: {} of {bytes}: {s:?}", fetched());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_for(a_len + spill, "b.bin's start was not fetched ahead of its open");
-    let queued = fs.summary();
-    let next_queued = queued.next_file_bytes_queued - before.next_file_bytes_queued;
-    assert_eq!(next_queued, spill, "{queued:?}");
-
-    let (fh, mut got) = env.runtime.block_on(async {
-        let root = bootseer_ckpt::fs::ROOT_INO;
-        let dir = fs.lookup(root, "shards").await.expect("lookup shards").ino;
-        let ino = fs.lookup(dir, "b.bin").await.expect("lookup b.bin").ino;
-        let fh = fs.open(ino).await.expect("open b.bin").fh;
-        let mut got = Vec::new();
-        while (got.len() as u64) < 2 * BLOCK {
-            got.extend_from_slice(&fs.read(fh, got.len() as u64, 64 << 10).await.expect("read"));
-        }
-        (fh, got)
-    });
-    // Without the handle continuing a.bin's reader, 2 MiB in order would queue 4 MiB ahead of
-    // it at most, all within what the spill fetched.
-    wait_for(a_len + spill + BLOCK, "the handle on b.bin did not get its whole window");
-    env.runtime.block_on(async {
-        while (got.len() as u64) < b_len {
-            got.extend_from_slice(&fs.read(fh, got.len() as u64, 128 << 10).await.expect("read"));
-        }
-    });
-    fs.release(fh).expect("release");
-    assert_eq!(sha(&got), sha(&b), "b.bin");
-    let done = fs.summary();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fetched = || env.fs.summary().bytes_fetched - before.bytes_fetched;
+    while fetched() < a_len + b_len {
+        let s = env.fs.summary();
+        assert!(Instant::now() < deadline, "b.bin was not fetched ahead of its open: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let queued = env.fs.summary();
+    assert_eq!(
+        queued.next_file_bytes_queued - before.next_file_bytes_queued,
+        b_len,
+        "the whole of b.bin (shorter than the spill) is queued: {queued:?}"
+    );
+    let opened = env.fs.summary();
+    assert_eq!(sha(&read_all(&dir.join("b.bin"))), sha(&b), "b.bin");
+    let done = env.fs.summary();
     assert_eq!(
         done.bytes_fetched - before.bytes_fetched,
         a_len + b_len,
-        "every byte of a.bin and b.bin once, nothing of c.txt: {done:?}"
+        "b.bin is served from what was queued, c.txt is left alone: {done:?}"
     );
+    assert_eq!(done.cache.fetched_demand, opened.cache.fetched_demand, "{done:?}");
 }
 
 /// Random preads on a fresh mount fetch about what they are served: chunk-aligned misses, no
