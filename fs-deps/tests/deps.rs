@@ -601,6 +601,14 @@ fn a_layer_daemon_reopens_its_log_on_sighup_and_keeps_serving() {
         .expect("mount");
     ok(&out, "layer daemon");
     let pid: i32 = std::fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    // Lines are written by the daemon's log thread, after the mount command returns: rotate once
+    // the mount's line is in the file, as logrotate would rotate a log with lines in it (a line
+    // still queued at SIGHUP rightly goes to the new file).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("mounted") {
+        assert!(Instant::now() < deadline, "no 'mounted' line in {}", log.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let rotated = s.path("layer.log.1");
     std::fs::rename(&log, &rotated).expect("rotate");
     let signal = |sig: &str| {
