@@ -728,19 +728,29 @@ impl StripeSource {
                         hedge_timer.as_mut().reset(tokio::time::Instant::now() + (delay - elapsed));
                         continue;
                     }
-                    // Bytes came since the last hedge started: it (or the first read) is
-                    // moving, so it gets a whole delay before another joins.
+                    // Bytes came since the last hedge started at a pace that ends the read
+                    // within the delay: it (or the first read) is moving, so it gets a whole
+                    // delay before another joins. A trickle (the hedge, too, landed on the
+                    // crawling replica) is not moving.
                     if let Some((at, before)) = last_hedge
                         && received > before
                         && at.elapsed() < delay
                     {
-                        hedge_timer.as_mut().reset(at + delay);
-                        continue;
+                        let since = at.elapsed().as_secs_f64().max(1e-3);
+                        let pace = (received - before) as f64 / since;
+                        let left = (want.saturating_sub(received)) as f64 / pace.max(1.0);
+                        if left < delay.as_secs_f64() {
+                            hedge_timer.as_mut().reset(at + delay);
+                            continue;
+                        }
                     }
-                    hedge_timer.as_mut().reset(tokio::time::Instant::now() + delay);
+                    // No slot or no memory for a hedge now: look again soon, not after a
+                    // whole delay (a crawler waiting out 4 × the average stripe for a slot
+                    // ran into the attempt timeout).
+                    hedge_timer.as_mut().reset(tokio::time::Instant::now() + first_look);
                     let Some(slot_guard) = HedgeSlot::take(&self.counters, self.hedge_cap()) else {
                         // Enough hedges run already: on a saturated link more would only
-                        // compete with first reads; try again after another delay.
+                        // compete with first reads.
                         continue;
                     };
                     let need = self.budget.permits_for(range.end - range.start);
