@@ -1084,10 +1084,7 @@ impl CkptFs {
         }
         let per_stripe = self.config.stripe_size / self.config.chunk();
         let queue = |chunks: &mut dyn Iterator<Item = u64>, per_job: u64| {
-            let chunks = chunks.filter(|&i| !file.source.is_consumed(i));
-            for job in prefetch_jobs(plan, per_job, chunks) {
-                self.cache.spawn_prefetch(&file.dyn_source, job, Priority::Background);
-            }
+            self.queue_unconsumed(&file.source, &file.dyn_source, chunks, per_job);
         };
         if !range.is_empty() {
             queue(&mut range.into_iter(), per_stripe);
@@ -1134,37 +1131,51 @@ impl CkptFs {
             lock(&self.next_file).as_ref().filter(|(p, _)| *p == next).map(|(_, s)| s.clone());
         let source = match held {
             Some(source) => source,
-            None => {
-                let limit = self.config.connect_timeout;
-                let opened = match bounded(limit, "stat", &next, self.store.file_info(&next)).await
-                {
-                    Ok(info) => self.source_within(&next, &info, limit).await,
-                    Err(e) => Err(e.into()),
-                };
-                match opened {
-                    Ok(source) => {
-                        *lock(&self.next_file) = Some((next.clone(), source.clone()));
-                        source
-                    }
-                    Err(e) => {
-                        tracing::debug!(key = %next, error = %e, "next file not prefetched");
-                        return;
-                    }
+            None => match self.open_current(&next).await {
+                Ok(source) => {
+                    *lock(&self.next_file) = Some((next.clone(), source.clone()));
+                    source
                 }
-            }
+                Err(e) => {
+                    tracing::debug!(key = %next, error = %e, "next file not prefetched");
+                    return;
+                }
+            },
         };
         let plan = *source.plan();
-        let chunks = plan.covering(bytes.start.min(plan.len)..bytes.end.min(plan.len));
-        let chunks = chunks.filter(|&i| !source.is_consumed(i));
+        let mut chunks = plan.covering(bytes.start.min(plan.len)..bytes.end.min(plan.len));
         let per_stripe = self.config.stripe_size / self.config.chunk();
         let dyn_source: DynSource = source.clone();
-        let mut queued = 0;
-        for job in prefetch_jobs(&plan, per_stripe, chunks) {
-            queued += plan.range(job.end - 1).end - plan.range(job.start).start;
-            self.cache.spawn_prefetch(&dyn_source, job, Priority::Background);
-        }
+        let queued = self.queue_unconsumed(&source, &dyn_source, &mut chunks, per_stripe);
         self.counters.next_file_bytes.fetch_add(queued, Ordering::Relaxed);
         tracing::debug!(after = %path, key = %next, queued, "next file queued");
+    }
+
+    /// Queues `chunks` of `source` for prefetch (Background) in jobs of at most `per_job` chunks
+    /// ([`prefetch_jobs`]), leaving out chunks every handle has consumed. Returns the bytes queued.
+    fn queue_unconsumed(
+        &self,
+        source: &StripeSource,
+        dyn_source: &DynSource,
+        chunks: &mut dyn Iterator<Item = u64>,
+        per_job: u64,
+    ) -> u64 {
+        let plan = source.plan();
+        let mut queued = 0;
+        for job in prefetch_jobs(plan, per_job, chunks.filter(|&i| !source.is_consumed(i))) {
+            queued += plan.range(job.end - 1).end - plan.range(job.start).start;
+            self.cache.spawn_prefetch(dyn_source, job, Priority::Background);
+        }
+        queued
+    }
+
+    /// The source of `path` at its current version, as an open makes it (stat, then its
+    /// readers), within one connect timeout each: for opens the mount makes on its own
+    /// (`--prefetch`, the next file of a spill).
+    async fn open_current(&self, path: &str) -> Result<Arc<StripeSource>, CkptError> {
+        let limit = self.config.connect_timeout;
+        let info = bounded(limit, "stat", path, self.store.file_info(path)).await?;
+        self.source_within(path, &info, limit).await
     }
 
     /// Reads up to `size` bytes at `offset` of handle `fh`: full length unless at EOF.
@@ -1313,9 +1324,7 @@ impl CkptFs {
 
     /// Opens `path` at its current version and queues up to `budget` bytes of it.
     async fn warm_file(&self, path: &str, budget: u64) -> Result<u64, CkptError> {
-        let limit = self.config.connect_timeout;
-        let info = bounded(limit, "stat", path, self.store.file_info(path)).await?;
-        let source = self.source_within(path, &info, limit).await?;
+        let source = self.open_current(path).await?;
         let dyn_source: DynSource = source.clone();
         let plan = *source.plan();
         let whole: Vec<std::ops::Range<u64>> = std::iter::once(0..plan.len).collect();
