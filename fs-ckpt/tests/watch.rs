@@ -59,7 +59,21 @@ fn metrics_addr_serves_ckpt_read_latency_and_agrees_with_the_summary() {
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     }
     let again = std::fs::read(&path);
-    let m = scrape(addr);
+    // A read's observation is recorded after its reply reaches the kernel, so the reader can
+    // return before its last read is counted: scrape until two scrapes 100 ms apart agree.
+    let reads = |m: &anyhow::Result<bootseer_common::testing::prom::Scrape>| {
+        m.as_ref().ok().map(|m| m.sum("fuse_read_latency_count", &[]))
+    };
+    let mut m = scrape(addr);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let next = scrape(addr);
+        let settled = reads(&next).is_some() && reads(&next) == reads(&m);
+        m = next;
+        if settled {
+            break;
+        }
+    }
     bootseer_common::testing::fuse::umount_now(&mnt);
     let status = daemon.wait().expect("wait");
     assert!(status.success(), "daemon {status}");
